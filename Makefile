@@ -1,0 +1,39 @@
+# One-command entry points. `make train` and `make test` set everything up first.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+DATA   ?=
+ARGS   ?=
+
+.PHONY: install train test test-fast bench clean
+
+install: $(STAMP)
+
+# Re-install only when the package metadata changes; the package itself is editable.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+# `make train` trains on CIFAR-10 from Keras (needs network once);
+# `make train DATA=dir` trains on a local folder with one subfolder per class.
+train: install
+ifeq ($(strip $(DATA)),)
+	$(BIN)/imgclf train $(ARGS)
+else
+	$(BIN)/imgclf train --data-dir $(DATA) $(ARGS)
+endif
+
+test: install
+	$(BIN)/python -m pytest $(ARGS)
+
+test-fast: install
+	$(BIN)/python -m pytest -m "not slow" $(ARGS)
+
+bench: install
+	$(BIN)/imgclf bench $(ARGS)
+
+clean:
+	rm -rf $(VENV) build src/*.egg-info .pytest_cache

@@ -1,0 +1,46 @@
+"""imgclf: train, measure, keep and use convolutional image classifiers (TensorFlow/Keras).
+
+The Python API (the CLI and the notebooks call exactly these):
+
+    from imgclf import TrainConfig, train, load_model, predict_files, evaluate
+    run_dir = train(TrainConfig(data_dir="photos", epochs=5))
+    model = load_model(run_dir / "best_model.keras")
+    predictions, skipped = predict_files(model, ["new_photos/"])
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ start-up chatter out of the CLI
+
+__version__ = "0.1.0"
+
+from .config import TrainConfig  # noqa: E402
+from .errors import DataError, ImgclfError, ModelFileError  # noqa: E402
+
+
+def __getattr__(name: str):
+    # The heavy parts (TensorFlow) load on first use, so `imgclf --help` is instant.
+    lazy = {
+        "train": ("train", "train"),
+        "load_model": ("modelio", "load_model"),
+        "save_model": ("modelio", "save_model"),
+        "predict_files": ("predict", "predict_files"),
+        "predict_probabilities": ("predict", "predict_probabilities"),
+        "evaluate": ("evaluate", "evaluate"),
+        "evaluate_images": ("predict", "evaluate_images"),
+        "load_data": ("data", "load_data"),
+        "create_model": ("models", "create_model"),
+    }
+    if name in lazy:
+        import importlib
+
+        module, attr = lazy[name]
+        return getattr(importlib.import_module(f".{module}", __name__), attr)
+    raise AttributeError(f"module 'imgclf' has no attribute {name!r}")
+
+
+__all__ = ["TrainConfig", "ImgclfError", "DataError", "ModelFileError", "train", "load_model",
+           "save_model", "predict_files", "predict_probabilities", "evaluate", "evaluate_images",
+           "load_data", "create_model"]

@@ -1,0 +1,121 @@
+"""Keras callbacks: per-epoch validation metrics + history.csv, and best-model checkpointing."""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from .files import write_csv
+from .metrics import ConfusionMatrix, summarize
+from .modelio import save_model
+
+BASE_COLUMNS = [
+    "epoch", "loss", "accuracy", "val_loss", "val_accuracy",
+    "val_f1", "val_precision", "val_recall", "learning_rate", "seconds",
+]
+
+
+class EpochMetrics(keras.callbacks.Callback):
+    """After each epoch: derive validation F1/precision/recall (macro and per class) from
+    the confusion matrix Keras accumulated during its validation pass, add them to the
+    logs (so History, checkpoints and progress bars see them), rewrite history.csv and
+    print a one-line summary."""
+
+    def __init__(self, matrix: ConfusionMatrix, class_names: list[str], history_csv: Path, *,
+                 epochs: int, verbose: int = 1, rows: list[dict] | None = None):
+        super().__init__()
+        self.matrix_metric = matrix
+        self.class_names = class_names
+        self.history_csv = Path(history_csv)
+        self.epochs = epochs
+        self.verbose = verbose
+        self.rows: list[dict] = list(rows or [])
+        self.best_val_loss = min((r["val_loss"] for r in self.rows), default=math.inf)
+        self._started = 0.0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._started = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs if logs is not None else {}
+        summary = summarize(self.matrix_metric.matrix(), self.class_names)
+        logs["val_f1"] = summary["f1"]
+        logs["val_precision"] = summary["precision"]
+        logs["val_recall"] = summary["recall"]
+        row = {
+            "epoch": epoch + 1,
+            "loss": logs.get("loss"),
+            "accuracy": logs.get("accuracy"),
+            "val_loss": logs.get("val_loss"),
+            "val_accuracy": summary["accuracy"],
+            "val_f1": summary["f1"],
+            "val_precision": summary["precision"],
+            "val_recall": summary["recall"],
+            "learning_rate": _learning_rate(self.model),
+            "seconds": time.perf_counter() - self._started,
+        }
+        for item in summary["per_class"]:
+            for key in ("f1", "precision", "recall"):
+                row[f"val_{key}[{item['class']}]"] = item[key]
+        self.rows.append(row)
+        write_history(self.history_csv, self.rows)
+        improved = row["val_loss"] is not None and row["val_loss"] < self.best_val_loss
+        if improved:
+            self.best_val_loss = row["val_loss"]
+        if self.verbose:
+            print(format_epoch(row, self.epochs, improved), file=sys.stdout, flush=True)
+
+
+class BestModelCheckpoint(keras.callbacks.Callback):
+    """Save the model whenever validation loss reaches a new minimum (atomically, with
+    class names). `best` starts from the best value so far, so a resumed run never
+    replaces a better model with a worse one."""
+
+    def __init__(self, path: Path, class_names: list[str], *, best: float = math.inf, **metadata):
+        super().__init__()
+        self.path = Path(path)
+        self.class_names = class_names
+        self.best = best
+        self.best_epoch: int | None = None
+        self.metadata = metadata
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = (logs or {}).get("val_loss")
+        if value is not None and np.isfinite(value) and value < self.best:
+            self.best = float(value)
+            self.best_epoch = epoch + 1
+            save_model(self.model, self.path, self.class_names, epoch=epoch + 1, val_loss=self.best, **self.metadata)
+
+
+def write_history(path: Path, rows: list[dict]) -> None:
+    columns = list(BASE_COLUMNS) + [k for k in rows[0] if k not in BASE_COLUMNS] if rows else BASE_COLUMNS
+    write_csv(path, columns, [[_cell(r.get(c)) for c in columns] for r in rows])
+
+
+def _cell(value):
+    return "" if value is None else (f"{value:.6g}" if isinstance(value, float) else value)
+
+
+def _learning_rate(model) -> float | None:
+    try:
+        return float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
+    except Exception:  # schedules and exotic optimizers: not worth failing an epoch over
+        return None
+
+
+def format_epoch(row: dict, epochs: int, improved: bool) -> str:
+    def f(key, digits=4):
+        value = row.get(key)
+        return "-" if value is None else f"{value:.{digits}f}"
+
+    return (
+        f"epoch {row['epoch']:>3}/{epochs}  {row['seconds']:6.1f}s  "
+        f"loss {f('loss')}  acc {f('accuracy')}  |  val_loss {f('val_loss')}  "
+        f"val_acc {f('val_accuracy')}  f1 {f('val_f1')}  precision {f('val_precision')}  "
+        f"recall {f('val_recall')}" + ("  * best, saved" if improved else "")
+    )

@@ -1,0 +1,252 @@
+"""Command line: `imgclf train | predict | evaluate | bench`. It only parses arguments and
+calls the Python API; errors print one line and exit non-zero."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import tempfile
+from pathlib import Path
+
+from .config import TrainConfig
+from .errors import ImgclfError
+
+EXIT_ERROR = 1  # the command ran and failed (bad data, bad model file, ...)
+EXIT_USAGE = 2  # the command line itself is wrong
+EXIT_INTERRUPTED = 130  # Ctrl-C
+UNSET = argparse.SUPPRESS  # option not given: leave the key out, so TrainConfig's default applies
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, no usage dump
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def add_data_options(parser: argparse.ArgumentParser, *, image_size: bool = True) -> None:
+    defaults = TrainConfig()
+    group = parser.add_argument_group("data")
+    group.add_argument("--dataset", default=UNSET, choices=["cifar10"],
+                       help=f"built-in dataset, downloaded by Keras (default: {defaults.dataset})")
+    group.add_argument("--data-dir", default=UNSET,
+                       help="folder with one subfolder per class (train/ and test/ inside are splits)")
+    group.add_argument("--labels", default=UNSET, help="CSV file with columns path,label")
+    group.add_argument("--limit", type=int, default=UNSET, help="use at most N images (stratified sample)")
+    if image_size:
+        group.add_argument("--image-size", type=int, default=UNSET,
+                           help=f"square side in pixels the images are resized to (default: {defaults.image_size})")
+
+
+def build_parser() -> Parser:
+    defaults = TrainConfig()
+    parser = Parser(prog="imgclf", description="Train, measure, keep and use CNN image classifiers.")
+    parser.add_argument("--version", action="version", version=f"imgclf {_version()}")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+
+    p = commands.add_parser("train", help="train a model; writes a run folder",
+                            description="Train a model and write a run folder (models, metrics, plots).")
+    add_data_options(p)
+    p.add_argument("--val-split", type=float, default=UNSET, help=f"validation fraction (default: {defaults.val_split})")
+    p.add_argument("--model", default=UNSET, help=f"model name from the registry (default: {defaults.model})")
+    p.add_argument("--epochs", type=int, default=UNSET, help=f"default: {defaults.epochs}")
+    p.add_argument("--batch-size", type=int, default=UNSET, help=f"default: {defaults.batch_size}")
+    p.add_argument("--learning-rate", type=float, default=UNSET, help=f"Adam step size (default: {defaults.learning_rate})")
+    p.add_argument("--seed", type=int, default=UNSET, help=f"fixes split, initialisation, augmentation (default: {defaults.seed})")
+    p.add_argument("--out", default=UNSET, help="run folder (default: runs/<model>-<time>)")
+    p.add_argument("--name", default=UNSET, help="run name under runs/")
+    p.add_argument("--config", help="JSON file of configuration keys; command-line options given override it")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+
+    p = commands.add_parser("predict", help="predict the class of images",
+                            description="Predict the class of image files, folders or globs.")
+    p.add_argument("model", help="saved model (.keras)")
+    p.add_argument("paths", nargs="+", help="image files, folders (recursive) or glob patterns")
+    p.add_argument("--top-k", type=int, default=1, help="show the K most likely classes (default: %(default)s)")
+    p.add_argument("--output", help="also write the predictions to a .csv or .json file")
+    p.add_argument("--tta", action="store_true", help="test-time augmentation (average with the mirror image)")
+    p.add_argument("--unsafe", action="store_true", help="allow model files that run code when loaded")
+
+    p = commands.add_parser("evaluate", help="measure a saved model on labelled data",
+                            description="Accuracy, F1, precision, recall, per-class table and confusion matrix.")
+    p.add_argument("model", help="saved model (.keras)")
+    add_data_options(p, image_size=False)
+    p.add_argument("--out", help="folder for the report (metrics.json, per_class.csv, confusion matrix)")
+    p.add_argument("--tta", action="store_true", help="test-time augmentation (average with the mirror image)")
+    p.add_argument("--unsafe", action="store_true", help="allow model files that run code when loaded")
+
+    p = commands.add_parser("bench", help="benchmark training speed against a plain Keras notebook",
+                            description="Train the reference model as a notebook would and as imgclf does, "
+                                        "side by side on the same data and split; report the ratio.")
+    add_data_options(p)
+    p.add_argument("--epochs", type=int, default=1, help="epochs per contender (default: %(default)s)")
+    p.add_argument("--out", default="bench_out", help="folder for bench.json (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=UNSET)
+    return parser
+
+
+# Lines TensorFlow's C++ core prints at start-up, before any log level applies.
+TF_STARTUP_NOISE = re.compile(
+    r"^(WARNING: All log messages before absl::InitializeLog|[IWE]\d{4} .*(port\.cc|cudart_stub|cpu_feature_guard"
+    r"|cuda_platform|cuda_executor|cuda_diagnostics)|To enable the following instructions|\s*$)"
+)
+
+
+def import_tensorflow_quietly() -> None:
+    """Import TensorFlow and start its devices with the C++ start-up chatter filtered out
+    of stderr (anything else it prints, such as a real error, still shows)."""
+    with tempfile.TemporaryFile() as captured:
+        saved = os.dup(2)
+        os.dup2(captured.fileno(), 2)
+        try:
+            import tensorflow as tf
+
+            tf.config.list_physical_devices()
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            for line in captured.read().decode(errors="replace").splitlines():
+                if not TF_STARTUP_NOISE.match(line):
+                    print(line, file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        import_tensorflow_quietly()
+        return COMMANDS[args.command](args)
+    except ImgclfError as exc:
+        print(f"imgclf: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("imgclf: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as exc:  # a bug: still one line, with the way to the traceback
+        if os.environ.get("IMGCLF_DEBUG"):
+            raise
+        print(f"imgclf: internal error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
+              "(set IMGCLF_DEBUG=1 for the traceback)", file=sys.stderr)
+        return EXIT_ERROR
+
+
+def _config_from_args(args: argparse.Namespace, keys: list[str]) -> TrainConfig:
+    """Config file values (if --config), overridden by the options given on the command line;
+    options not given keep TrainConfig's defaults (argparse leaves them out: SUPPRESS)."""
+    values = {}
+    if getattr(args, "config", None):
+        path = Path(args.config)
+        try:
+            values = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise ImgclfError(f"cannot read configuration file {path}: {exc}") from None
+        if not isinstance(values, dict):
+            raise ImgclfError(f"configuration file {path} must hold a JSON object")
+    values.update({key: getattr(args, key) for key in keys if hasattr(args, key)})
+    return TrainConfig.from_dict(values)
+
+
+DATA_KEYS = ["dataset", "data_dir", "labels", "limit"]
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .train import train
+
+    keys = DATA_KEYS + ["image_size", "val_split", "model", "epochs", "batch_size", "learning_rate",
+                        "seed", "out", "name"]
+    config = _config_from_args(args, keys)
+    if args.quiet:
+        config = config.replace(verbose=0)
+    train(config)
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from .modelio import load_model
+    from .predict import predict_files
+
+    if args.top_k < 1:
+        raise ImgclfError(f"--top-k must be at least 1 (got {args.top_k})")
+    if args.output and Path(args.output).suffix.lower() not in (".csv", ".json"):
+        raise ImgclfError(f"--output must end in .csv or .json (got {args.output})")
+    loaded = load_model(args.model, unsafe=args.unsafe)
+    predictions, skipped = predict_files(loaded, args.paths, top_k=args.top_k, tta=args.tta, verbose=1)
+    print_predictions(predictions, args.top_k)
+    if args.output:
+        write_predictions(args.output, predictions)
+        print(f"wrote {args.output}")
+    return 0
+
+
+def print_predictions(predictions, top_k: int) -> None:
+    width = min(max(len(p.name) for p in predictions), 70)
+    cwidth = max(5, max(len(p.label) for p in predictions))
+    header = f"{'file':<{width}}  {'class':<{cwidth}}  confidence"
+    if top_k > 1:
+        header += "  next most likely"
+    print(header)
+    for p in predictions:
+        name = p.name if len(p.name) <= width else "..." + p.name[-(width - 3):]
+        line = f"{name:<{width}}  {p.label:<{cwidth}}  {p.confidence:10.4f}"
+        if top_k > 1:
+            line += "  " + ", ".join(f"{c} {s:.4f}" for c, s in p.top[1:])
+        print(line)
+
+
+def write_predictions(path: str, predictions) -> None:
+    from .files import write_csv, write_json
+
+    if path.lower().endswith(".json"):
+        write_json(path, [{"file": p.name, "class": p.label, "confidence": p.confidence,
+                           "top": [{"class": c, "probability": s} for c, s in p.top]} for p in predictions])
+    else:
+        k = len(predictions[0].top)
+        header = ["file", "class", "confidence"] + [f"{kind}_{i}" for i in range(2, k + 1) for kind in ("class", "confidence")]
+        rows = [[p.name, p.label, f"{p.confidence:.6f}"] + [v for c, s in p.top[1:] for v in (c, f"{s:.6f}")]
+                for p in predictions]
+        write_csv(path, header, rows)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate
+
+    config = _config_from_args(args, DATA_KEYS)
+    report = evaluate(args.model, config, out=args.out, tta=args.tta, unsafe=args.unsafe)
+    print(f"{report['source']}: {report['images']} images")
+    print(f"accuracy {report['accuracy']:.4f}  f1 {report['f1']:.4f}  precision {report['precision']:.4f}  "
+          f"recall {report['recall']:.4f}  loss {report['loss']:.4f}")
+    width = max(5, max(len(c["class"]) for c in report["per_class"]))
+    print(f"{'class':<{width}}  precision  recall      f1  support")
+    for c in report["per_class"]:
+        print(f"{c['class']:<{width}}  {c['precision']:9.4f}  {c['recall']:6.4f}  {c['f1']:6.4f}  {c['support']:7d}")
+    names = report["class_names"]
+    print("confusion matrix (rows: true, columns: predicted)")
+    cell = max(5, max(len(str(v)) for row in report["confusion_matrix"] for v in row) + 1, min(12, max(map(len, names)) + 1))
+    print(" " * width + "".join(f"{n[:cell - 1]:>{cell}}" for n in names))
+    for name, row in zip(names, report["confusion_matrix"]):
+        print(f"{name:<{width}}" + "".join(f"{v:>{cell}}" for v in row))
+    if args.out:
+        print(f"wrote {args.out}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import run_bench
+
+    config = _config_from_args(args, DATA_KEYS + ["image_size", "seed"])
+    run_bench(config, epochs=args.epochs, out=Path(args.out))
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "predict": cmd_predict, "evaluate": cmd_evaluate, "bench": cmd_bench}
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,107 @@
+"""The training configuration: one frozen dataclass, every field typed and explained.
+
+`TrainConfig.from_dict` rejects unknown keys and wrong types, and `validate`
+rejects impossible values, before any data is read or any model is built.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ImgclfError
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    # --- data ---
+    dataset: str = "cifar10"  # built-in dataset used when neither data_dir nor labels is given
+    data_dir: str | None = None  # folder with one subfolder per class; train/ and test/ inside are splits
+    labels: str | None = None  # CSV file with columns path,label (paths relative to the CSV's folder)
+    image_size: int = 32  # side of the square images the model takes, in pixels
+    val_split: float = 0.2  # fraction of the labelled training data held out for validation
+    limit: int | None = None  # use at most this many training images (stratified sample), for quick tries
+    memory_limit_mb: int = 4096  # decoded images are held in memory (uint8) up to this size, else streamed
+    # --- model and optimisation ---
+    model: str = "seed"  # name in the model registry (`imgclf.models.MODELS`)
+    epochs: int = 50  # full passes over the training split
+    batch_size: int = 32  # images per optimisation step
+    learning_rate: float = 1e-3  # Adam step size
+    seed: int = 42  # fixes the split, the initialisation and the augmentation
+    # --- output ---
+    out: str | None = None  # run folder; default runs/<name>
+    name: str | None = None  # run name used for the default run folder; default <model>-<timestamp>
+    verbose: int = 1  # 0 silent, 1 progress bar and one line per epoch
+    extra: dict = field(default_factory=dict)  # reserved for model-specific options (must be JSON-serialisable)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
+        """Build a config from plain values, rejecting unknown keys and wrong types."""
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise ImgclfError(f"unknown configuration key(s): {', '.join(unknown)}")
+        hints = typing.get_type_hints(cls)
+        for key, value in values.items():
+            _check_type(key, value, hints[key])
+        config = cls(**values)
+        config.validate()
+        return config
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> "TrainConfig":
+        try:
+            values = json.loads(Path(path).read_text())
+        except (OSError, ValueError) as exc:
+            raise ImgclfError(f"cannot read configuration {path}: {exc}") from None
+        return cls.from_dict(values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any) -> "TrainConfig":
+        return self.from_dict({**self.to_dict(), **changes})
+
+    def validate(self) -> None:
+        """Reject impossible values with a one-line message."""
+        problems = []
+        if self.epochs < 1:
+            problems.append(f"epochs must be at least 1 (got {self.epochs})")
+        if self.batch_size < 1:
+            problems.append(f"batch_size must be at least 1 (got {self.batch_size})")
+        if not 0.0 < self.val_split < 1.0:
+            problems.append(f"val_split must be between 0 and 1, exclusive (got {self.val_split})")
+        if self.image_size < 8:
+            problems.append(f"image_size must be at least 8 pixels (got {self.image_size})")
+        if not self.learning_rate > 0:
+            problems.append(f"learning_rate must be positive (got {self.learning_rate})")
+        if self.limit is not None and self.limit < 2:
+            problems.append(f"limit must be at least 2 images (got {self.limit})")
+        if self.memory_limit_mb < 0:
+            problems.append(f"memory_limit_mb must not be negative (got {self.memory_limit_mb})")
+        if self.verbose not in (0, 1):
+            problems.append(f"verbose must be 0 or 1 (got {self.verbose})")
+        if self.data_dir is not None and self.labels is not None:
+            problems.append("give either data_dir or labels, not both")
+        if problems:
+            raise ImgclfError("; ".join(problems))
+
+
+def _check_type(key: str, value: Any, hint: Any) -> None:
+    allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    for typ in allowed:
+        if typ is type(None) and value is None:
+            return
+        if typ is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return
+        if typ is int and isinstance(value, int) and not isinstance(value, bool):
+            return
+        if typ in (str, dict) and isinstance(value, typ):
+            return
+    names = " or ".join("null" if t is type(None) else t.__name__ for t in allowed)
+    raise ImgclfError(f"configuration key '{key}' must be {names} (got {value!r})")

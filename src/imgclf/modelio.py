@@ -1,0 +1,91 @@
+"""Saving and loading models that carry their own class names and input size.
+
+A saved `.keras` file is a zip archive; imgclf adds one member, `imgclf.json`
+(class names, input size, model name), next to Keras' own. Keras ignores it, so
+the same file loads with plain `keras.models.load_model` in a session that never
+imports imgclf; `load_model` here reads it back. Files are written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+
+from .errors import ModelFileError
+from .files import atomic_path
+
+METADATA_MEMBER = "imgclf.json"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class LoadedModel:
+    model: keras.Model
+    class_names: list[str]
+    image_size: tuple[int, int]  # (height, width) in pixels
+    metadata: dict
+    path: Path | None = None
+
+
+def save_model(model: keras.Model, path: str | Path, class_names: list[str], **extra) -> None:
+    """Save `model` to `path` (.keras) with its class names and input size, atomically."""
+    height, width = model.input_shape[1:3]
+    metadata = {
+        "format_version": FORMAT_VERSION,
+        "class_names": list(class_names),
+        "image_size": [int(height), int(width)],
+        "input": "RGB uint8 pixels 0-255; the model rescales them itself",
+        **extra,
+    }
+    with atomic_path(path, suffix=".keras") as tmp:
+        model.save(tmp)
+        with zipfile.ZipFile(tmp, "a") as archive:
+            archive.writestr(METADATA_MEMBER, json.dumps(metadata, ensure_ascii=False, indent=2))
+
+
+def read_metadata(path: str | Path) -> dict:
+    try:
+        with zipfile.ZipFile(path) as archive:
+            if METADATA_MEMBER not in archive.namelist():
+                return {}
+            return json.loads(archive.read(METADATA_MEMBER))
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return {}
+
+
+def load_model(path: str | Path, *, unsafe: bool = False) -> LoadedModel:
+    """Load a saved model with Keras' safe mode (no arbitrary code) unless `unsafe`."""
+    path = Path(path)
+    if not path.exists():
+        raise ModelFileError(f"model file not found: {path}")
+    if path.is_dir():
+        raise ModelFileError(f"model path is a folder, not a .keras file: {path}")
+    if not zipfile.is_zipfile(path):
+        raise ModelFileError(f"not a Keras model file (.keras zip archive): {path}")
+    try:
+        model = keras.models.load_model(path, compile=False, safe_mode=not unsafe)
+    except ValueError as exc:
+        if "safe_mode" in str(exc) or "Lambda" in str(exc):
+            raise ModelFileError(
+                f"refusing to load {path}: it contains code that would run on loading "
+                "(e.g. a Lambda layer); pass --unsafe only if you trust its source"
+            ) from None
+        raise ModelFileError(f"cannot load model {path}: {_first_line(exc)}") from None
+    except Exception as exc:  # Keras raises many types for a damaged archive
+        raise ModelFileError(f"cannot load model {path}: {type(exc).__name__}: {_first_line(exc)}") from None
+    metadata = read_metadata(path)
+    height, width = model.input_shape[1:3]
+    num_classes = int(model.output_shape[-1])
+    class_names = metadata.get("class_names") or [str(i) for i in range(num_classes)]
+    if len(class_names) != num_classes:
+        raise ModelFileError(f"{path}: metadata names {len(class_names)} classes, the model outputs {num_classes}")
+    return LoadedModel(model, class_names, (int(height), int(width)), metadata, path)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

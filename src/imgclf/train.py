@@ -1,0 +1,182 @@
+"""Training: config in, run folder out.
+
+    data -> stratified split -> model -> fit (per-epoch metrics, best-model checkpoint)
+         -> final evaluation of the best model -> CSV/JSON reports and plots
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from . import __version__
+from .callbacks import BestModelCheckpoint, EpochMetrics
+from .config import TrainConfig
+from .data import Images, LoadedData, check_classes, load_data, make_dataset, split_indices
+from .files import write_csv, write_json
+from .metrics import ConfusionMatrix
+from .modelio import load_model, save_model
+from .models import create_model
+from .plots import plot_confusion, plot_history, read_history
+from .predict import evaluate_images
+
+RUNS_DIR = Path("runs")
+
+
+def train(config: TrainConfig, data: LoadedData | None = None) -> Path:
+    """Train as `config` says and return the run folder (see README for its contents)."""
+    config.validate()
+    started = time.perf_counter()
+    keras.utils.set_random_seed(config.seed)
+    if data is None:
+        data = load_data(config)
+    labelled = data.labelled
+    check_classes(labelled)
+    train_idx, val_idx = split_indices(labelled.labels, config.val_split, config.seed)
+    train_set, val_set = labelled.subset(train_idx), labelled.subset(val_idx)
+
+    run_dir = make_run_dir(config)
+    write_json(run_dir / "config.json", config.to_dict())
+    write_json(run_dir / "environment.json", environment(config))
+    write_split(run_dir / "split.csv", labelled, train_idx, val_idx)
+    write_json(run_dir / "data.json", {
+        "source": data.source,
+        "class_names": labelled.class_names,
+        "train_images": len(train_set),
+        "val_images": len(val_set),
+        "test_images": len(data.test) if data.test is not None else 0,
+        "in_memory": labelled.in_memory,
+        "skipped_files": len(labelled.skipped) + (len(data.test.skipped) if data.test is not None else 0),
+        "skipped": [{"path": p, "reason": r} for p, r in labelled.skipped],
+    })
+    if config.verbose:
+        print(f"run folder: {run_dir}")
+        print(f"data: {data.source}: {len(train_set)} train / {len(val_set)} validation images, "
+              f"{len(labelled.class_names)} classes, {'in memory' if labelled.in_memory else 'streamed from disk'}")
+
+    num_classes = len(labelled.class_names)
+    model = create_model(config.model, (config.image_size, config.image_size, 3), num_classes)
+    matrix = ConfusionMatrix(num_classes)
+    model.compile(
+        optimizer=keras.optimizers.Adam(config.learning_rate),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy", matrix],
+    )
+    checkpoint = BestModelCheckpoint(run_dir / "best_model.keras", labelled.class_names, model_name=config.model)
+    callbacks = [
+        EpochMetrics(matrix, labelled.class_names, run_dir / "history.csv", epochs=config.epochs, verbose=config.verbose),
+        checkpoint,
+    ]
+    model.fit(
+        make_dataset(train_set, config.batch_size, shuffle=True, seed=config.seed),
+        validation_data=make_dataset(val_set, config.batch_size),
+        epochs=config.epochs,
+        callbacks=callbacks,
+        verbose=1 if config.verbose and _interactive() else 0,
+    )
+    save_model(model, run_dir / "last_model.keras", labelled.class_names, model_name=config.model, epoch=config.epochs)
+    train_seconds = time.perf_counter() - started
+
+    best = load_model(run_dir / "best_model.keras")
+    report = evaluate_images(best, val_set)
+    write_reports(run_dir, report, prefix="")
+    metrics = {
+        "split": "validation",
+        "best_epoch": checkpoint.best_epoch,
+        **{k: report[k] for k in ("loss", "accuracy", "f1", "precision", "recall", "images")},
+        "train_seconds": round(train_seconds, 1),
+        "skipped_files": len(labelled.skipped),
+    }
+    if data.test is not None:
+        test_report = evaluate_images(best, data.test)
+        write_reports(run_dir, test_report, prefix="test_")
+        metrics["test"] = {k: test_report[k] for k in ("loss", "accuracy", "f1", "precision", "recall", "images")}
+    write_json(run_dir / "metrics.json", metrics)
+    plot_history(read_history(run_dir / "history.csv"), run_dir)
+    if config.verbose:
+        print(f"best model (epoch {checkpoint.best_epoch}) on validation: accuracy {report['accuracy']:.4f}  "
+              f"f1 {report['f1']:.4f}  precision {report['precision']:.4f}  recall {report['recall']:.4f}  "
+              f"[{train_seconds:.0f}s]")
+        print(f"saved: {run_dir / 'best_model.keras'}")
+    return run_dir
+
+
+def write_reports(run_dir: Path, report: dict, prefix: str = "") -> None:
+    """per_class.csv, confusion_matrix.csv and its plot, for one evaluated split."""
+    names = report["class_names"]
+    write_csv(run_dir / f"{prefix}per_class.csv", ["class", "precision", "recall", "f1", "support"],
+              [[c["class"], f"{c['precision']:.6f}", f"{c['recall']:.6f}", f"{c['f1']:.6f}", c["support"]]
+               for c in report["per_class"]])
+    matrix = np.array(report["confusion_matrix"])
+    write_csv(run_dir / f"{prefix}confusion_matrix.csv", ["true \\ predicted", *names],
+              [[name, *row] for name, row in zip(names, matrix.tolist())])
+    plot_confusion(matrix, names, run_dir / f"{prefix}confusion_matrix.png",
+                   title="test" if prefix else "validation")
+
+
+def make_run_dir(config: TrainConfig) -> Path:
+    if config.out:
+        run_dir = Path(config.out)
+    else:
+        name = config.name or f"{config.model}-{datetime.now():%Y%m%d-%H%M%S}"
+        run_dir = RUNS_DIR / name
+        suffix = 2
+        while run_dir.exists():
+            run_dir = RUNS_DIR / f"{name}-{suffix}"
+            suffix += 1
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def write_split(path: Path, images: Images, train_idx: np.ndarray, val_idx: np.ndarray) -> None:
+    subset = np.empty(len(images), dtype=object)
+    subset[train_idx], subset[val_idx] = "train", "val"
+    names = images.names()
+    write_csv(path, ["item", "label", "class", "subset"],
+              [[names[i], int(images.labels[i]), images.class_names[images.labels[i]], subset[i]]
+               for i in range(len(images))])
+
+
+def environment(config: TrainConfig) -> dict:
+    import matplotlib
+    import PIL
+    import sklearn
+    import tensorflow as tf
+
+    return {
+        "imgclf": __version__,
+        "python": sys.version.split()[0],
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "numpy": np.__version__,
+        "scikit-learn": sklearn.__version__,
+        "matplotlib": matplotlib.__version__,
+        "pillow": PIL.__version__,
+        "platform": platform.platform(),
+        "cpu": _cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "gpus": [d.name for d in tf.config.list_physical_devices("GPU")],
+        "seed": config.seed,
+        "started": datetime.now().isoformat(timespec="seconds"),
+    }
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _interactive() -> bool:
+    return sys.stdout.isatty() or "ipykernel" in sys.modules

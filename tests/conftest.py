@@ -1,0 +1,55 @@
+"""Shared fixtures: tiny generated image folders (no network, no shared data needed)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+REPO = Path(__file__).resolve().parents[1]
+CIFAR10_TRAIN = REPO.parent / "shared" / "datasets" / "cifar10" / "train"
+COLORS = {"red": (200, 40, 40), "green": (40, 190, 40), "blue": (40, 40, 200)}  # easy to learn
+
+
+def make_image_folder(root: Path, per_class: int = 16, size=(20, 24), classes=COLORS, seed: int = 0) -> Path:
+    """One subfolder per class of noisy solid-colour images (varied sizes and formats)."""
+    rng = np.random.default_rng(seed)
+    for c, (name, color) in enumerate(classes.items()):
+        folder = root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            pixels = np.clip(np.array(color) + rng.normal(0, 30, (*size, 3)), 0, 255).astype(np.uint8)
+            image = Image.fromarray(pixels)
+            image.save(folder / (f"{i}.png" if (i + c) % 2 else f"{i}.jpg"))
+    return root
+
+
+@pytest.fixture
+def image_folder(tmp_path: Path) -> Path:
+    return make_image_folder(tmp_path / "images")
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory) -> Path:
+    """One short training shared by the tests that only need a run folder and a model."""
+    from imgclf import TrainConfig, train
+
+    root = tmp_path_factory.mktemp("shared")
+    data = make_image_folder(root / "images")
+    return train(TrainConfig(data_dir=str(data), epochs=2, image_size=16, out=str(root / "run"), verbose=0))
+
+
+def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run the real `imgclf` command in a subprocess."""
+    return subprocess.run(
+        [sys.executable, "-m", "imgclf.cli", *map(str, args)],
+        capture_output=True, text=True, cwd=cwd, timeout=timeout,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )

@@ -1,0 +1,92 @@
+"""The real command line, end to end, in subprocesses."""
+
+import csv
+import json
+
+import pytest
+
+from conftest import make_image_folder, run_cli
+
+
+def assert_clean_error(result, *fragments):
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr + result.stdout
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def test_train_predict_evaluate_end_to_end(tmp_path):
+    data = make_image_folder(tmp_path / "data", per_class=12)
+    run = tmp_path / "run"
+    result = run_cli("train", "--data-dir", data, "--epochs", "2", "--image-size", "16", "--out", run)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "epoch   2/2" in result.stdout and (run / "best_model.keras").is_file()
+
+    result = run_cli("predict", run / "best_model.keras", data / "red", str(data / "blue" / "*.png"),
+                     "--top-k", "2", "--output", tmp_path / "p.csv")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.splitlines()[0].split()[:3] == ["file", "class", "confidence"]
+    rows = list(csv.DictReader(open(tmp_path / "p.csv")))
+    assert len(rows) == 12 + 6 and {"file", "class", "confidence", "class_2"} <= set(rows[0])
+
+    result = run_cli("predict", run / "best_model.keras", data / "green" / "1.png", "--output", tmp_path / "p.json")
+    assert result.returncode == 0
+    (item,) = json.loads((tmp_path / "p.json").read_text())
+    assert item["file"].endswith("1.png") and 0 <= item["confidence"] <= 1
+
+    result = run_cli("evaluate", run / "best_model.keras", "--data-dir", data, "--out", tmp_path / "eval")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "accuracy" in result.stdout and "confusion matrix" in result.stdout
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["images"] == 36 and 0 <= metrics["f1"] <= 1
+    assert (tmp_path / "eval" / "confusion_matrix.png").is_file()
+
+
+def test_config_file_and_overrides(tmp_path):
+    data = make_image_folder(tmp_path / "data", per_class=5)
+    (tmp_path / "c.json").write_text(json.dumps({"data_dir": str(data), "epochs": 5, "image_size": 16}))
+    result = run_cli("train", "--config", tmp_path / "c.json", "--epochs", "1", "--out", tmp_path / "run", "--quiet")
+    assert result.returncode == 0, result.stderr[-3000:]
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["epochs"] == 1 and saved["image_size"] == 16 and saved["data_dir"] == str(data)
+
+
+@pytest.mark.parametrize("make_args,fragment", [
+    (lambda t: ["train", "--data-dir", t / "missing"], "not found"),
+    (lambda t: ["train", "--data-dir", (t / "empty").mkdir() or t / "empty"], "no images"),
+    (lambda t: ["train", "--data-dir", make_image_folder(t / "one", per_class=3, classes={"a": (1, 1, 1)})],
+     "two classes"),
+    (lambda t: ["train", "--frobnicate"], "unrecognized arguments"),
+    (lambda t: ["train", "--epochs", "zero"], "invalid int"),
+    (lambda t: ["train", "--epochs", "0"], "epochs must be at least 1"),
+    (lambda t: ["train", "--val-split", "1"], "val_split"),
+    (lambda t: ["predict", (t / "m.keras").write_text("hi") and t / "m.keras", t], "not a Keras model"),
+    (lambda t: ["predict", t / "none.keras", t], "not found"),
+    (lambda t: ["evaluate", t], "folder"),
+])
+def test_bad_input_is_one_line_and_non_zero(tmp_path, make_args, fragment):
+    assert_clean_error(run_cli(*make_args(tmp_path)), fragment)
+
+
+def test_predict_skips_and_names_bad_files(tmp_path, trained_run):
+    folder = tmp_path / "mixed"
+    make_image_folder(folder, per_class=2)
+    (folder / "red" / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    result = run_cli("predict", trained_run / "best_model.keras", folder)
+    assert result.returncode == 0
+    assert "broken.jpg" in result.stderr and "broken.jpg" not in result.stdout
+    assert len(result.stdout.splitlines()) == 1 + 6
+
+
+def test_predict_with_nothing_usable_fails(tmp_path, trained_run):
+    (tmp_path / "a.jpg").write_text("text")
+    assert_clean_error(run_cli("predict", trained_run / "best_model.keras", tmp_path / "a.jpg"), "usable image")
+
+
+def test_cifar10_without_network_fails_fast_with_a_hint(tmp_path, monkeypatch):
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    monkeypatch.setenv("IMGCLF_CIFAR10_HOST", "cifar10.invalid")
+    result = run_cli("train", "--epochs", "1", "--out", tmp_path / "run", timeout=60)
+    assert_clean_error(result, "CIFAR-10", "--data-dir")

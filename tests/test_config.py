@@ -1,0 +1,34 @@
+import pytest
+
+from imgclf import ImgclfError, TrainConfig
+
+
+def test_defaults_follow_the_original_description():
+    config = TrainConfig()
+    assert (config.model, config.epochs, config.val_split, config.image_size) == ("seed", 50, 0.2, 32)
+
+
+def test_unknown_key_is_rejected():
+    with pytest.raises(ImgclfError, match="unknown configuration key.*epochz"):
+        TrainConfig.from_dict({"epochz": 3})
+
+
+@pytest.mark.parametrize("key,value", [("epochs", "ten"), ("epochs", 2.5), ("val_split", "x"), ("seed", True)])
+def test_wrong_type_is_rejected(key, value):
+    with pytest.raises(ImgclfError, match=key):
+        TrainConfig.from_dict({key: value})
+
+
+@pytest.mark.parametrize("key,value", [
+    ("epochs", 0), ("batch_size", -4), ("val_split", 0.0), ("val_split", 1.0), ("image_size", 0),
+    ("learning_rate", 0.0), ("limit", 1),
+])
+def test_impossible_values_are_rejected(key, value):
+    with pytest.raises(ImgclfError, match=key):
+        TrainConfig.from_dict({key: value})
+
+
+def test_round_trip_through_dict():
+    config = TrainConfig(data_dir="x", epochs=3, learning_rate=0.01)
+    assert TrainConfig.from_dict(config.to_dict()) == config
+    assert config.replace(epochs=4).epochs == 4
