@@ -4,8 +4,23 @@ from imgclf import ImgclfError, TrainConfig
 
 
 def test_defaults_follow_the_original_description():
-    config = TrainConfig()
+    config = TrainConfig().resolved()
     assert (config.model, config.epochs, config.val_split, config.image_size) == ("seed", 50, 0.2, 32)
+    assert (config.batch_size, config.learning_rate) == (32, 1e-3)
+
+
+def test_recipe_defaults_fill_only_what_is_not_given():
+    config = TrainConfig(model="fast", epochs=3).resolved()
+    assert config.epochs == 3 and config.batch_size == 512
+    half = TrainConfig(model="fast", batch_size=256).resolved()  # fast: learning rate scales with the batch
+    assert half.learning_rate == pytest.approx(config.learning_rate / 2)
+
+
+def test_cli_lists_every_registered_model():
+    from imgclf.cli import _model_names
+    from imgclf.models import RECIPES
+
+    assert sorted(_model_names()) == sorted(RECIPES)
 
 
 def test_unknown_key_is_rejected():
@@ -21,7 +36,7 @@ def test_wrong_type_is_rejected(key, value):
 
 @pytest.mark.parametrize("key,value", [
     ("epochs", 0), ("batch_size", -4), ("val_split", 0.0), ("val_split", 1.0), ("image_size", 0),
-    ("learning_rate", 0.0), ("limit", 1),
+    ("learning_rate", 0.0), ("limit", 1), ("precision", "float8"),
 ])
 def test_impossible_values_are_rejected(key, value):
     with pytest.raises(ImgclfError, match=key):

@@ -15,7 +15,7 @@ def save(path, image, **kwargs):
 @pytest.mark.parametrize("mode", ["L", "LA", "RGB", "RGBA", "P", "CMYK", "I;16", "I", "F", "1"])
 def test_every_mode_becomes_rgb_uint8(tmp_path, mode):
     image = Image.new("RGB", (40, 30), (120, 60, 200)).convert(mode)
-    ext = {"CMYK": "jpg", "F": "tiff", "I": "png", "I;16": "png"}.get(mode, "png")
+    ext = {"CMYK": "jpg", "F": "tiff", "I": "tiff", "I;16": "png"}.get(mode, "png")
     pixels = decode_image(save(tmp_path / f"x.{ext}", image), SIZE)
     assert pixels.shape == (16, 16, 3) and pixels.dtype == np.uint8
 

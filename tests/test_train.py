@@ -1,10 +1,10 @@
-import csv
 import json
 
 import numpy as np
 import pytest
 from sklearn.metrics import f1_score, precision_score, recall_score
 
+from conftest import read_csv
 from imgclf import TrainConfig, evaluate_images, load_data, load_model, predict_probabilities, train
 from imgclf.data import split_indices
 
@@ -27,7 +27,7 @@ def test_run_folder_has_everything(trained_run):
 
 
 def test_history_has_every_metric_per_epoch(trained_run):
-    rows = list(csv.DictReader(open(trained_run / "history.csv")))
+    rows = read_csv(trained_run / "history.csv")
     assert [r["epoch"] for r in rows] == ["1", "2"]
     for key in ("loss", "accuracy", "val_loss", "val_accuracy", "val_f1", "val_precision", "val_recall",
                 "val_f1[red]", "val_precision[blue]", "val_recall[green]"):
@@ -35,7 +35,7 @@ def test_history_has_every_metric_per_epoch(trained_run):
 
 
 def test_split_file_matches_a_stratified_80_20_split(trained_run):
-    rows = list(csv.DictReader(open(trained_run / "split.csv")))
+    rows = read_csv(trained_run / "split.csv")
     val = [r for r in rows if r["subset"] == "val"]
     assert len(rows) == 48 and len(val) == 10  # sklearn rounds the test share up: ceil(0.2 * 48)
     assert sorted({r["class"] for r in val}) == ["blue", "green", "red"]
@@ -49,14 +49,14 @@ def test_per_epoch_metrics_equal_a_separate_prediction_pass(trained_run):
     val = images.subset(val_idx)
     last = load_model(trained_run / "last_model.keras")
     predicted = predict_probabilities(last, val.array).argmax(axis=1)
-    row = list(csv.DictReader(open(trained_run / "history.csv")))[-1]
+    row = read_csv(trained_run / "history.csv")[-1]
     for key, fn in (("val_f1", f1_score), ("val_precision", precision_score), ("val_recall", recall_score)):
         assert float(row[key]) == pytest.approx(fn(val.labels, predicted, average="macro", zero_division=0), abs=1e-5)
     assert float(row["val_accuracy"]) == pytest.approx(np.mean(predicted == val.labels), abs=1e-6)
 
 
 def test_best_model_has_the_lowest_validation_loss(trained_run):
-    rows = list(csv.DictReader(open(trained_run / "history.csv")))
+    rows = read_csv(trained_run / "history.csv")
     losses = [float(r["val_loss"]) for r in rows]
     metrics = json.loads((trained_run / "metrics.json").read_text())
     assert metrics["best_epoch"] == int(np.argmin(losses)) + 1

@@ -23,12 +23,12 @@ from .errors import DataError, ImgclfError, ModelFileError  # noqa: E402
 def __getattr__(name: str):
     # The heavy parts (TensorFlow) load on first use, so `imgclf --help` is instant.
     lazy = {
-        "train": ("train", "train"),
+        "train": ("training", "train"),
         "load_model": ("modelio", "load_model"),
         "save_model": ("modelio", "save_model"),
         "predict_files": ("predict", "predict_files"),
         "predict_probabilities": ("predict", "predict_probabilities"),
-        "evaluate": ("evaluate", "evaluate"),
+        "evaluate": ("evaluation", "evaluate"),
         "evaluate_images": ("predict", "evaluate_images"),
         "load_data": ("data", "load_data"),
         "create_model": ("models", "create_model"),

@@ -1,20 +1,21 @@
-"""`imgclf bench`: imgclf's training against the way a notebook trains the same model,
-one process, same data and split, side by side.
+"""`imgclf bench`: three ways to train on the same data and split, in one process.
 
 (a) notebook: the seed model, `model.fit` on NumPy float arrays at batch size 32, and a
     callback that runs `model.predict` on the validation set each epoch for
     scikit-learn's F1/precision/recall (a second pass over the validation data).
-(b) imgclf:   `imgclf.train` with the reference recipe (tf.data from uint8 in memory,
-    metrics from the confusion matrix of Keras' own validation pass).
+(b) reference: `imgclf.train` with the seed recipe (same model, optimizer, epochs).
+(c) fast: `imgclf.train` with the fast recipe.
 
-Epoch time is measured from epoch start to the end of all per-epoch metric work.
-Benchmarks are a command, not tests: timings on a shared machine drift, so compare
-the ratio from one run, and repeat.
+Each gets the same epoch budget (`--epochs`; the fast recipe keeps its own unless
+given) and optionally a wall-time budget (`--minutes`). Reported: median epoch time,
+images/s, achieved GFLOP/s (training FLOPs per image x images/s) next to this machine's
+matrix-multiply peak, best validation accuracy, and the wall time each needs to reach
+(a)'s best validation accuracy. Writes bench.json and bench.png (validation accuracy
+against wall time). Timings drift on a shared machine: compare within one run, repeat.
 """
 
 from __future__ import annotations
 
-import csv
 import statistics
 import time
 from pathlib import Path
@@ -26,19 +27,29 @@ from sklearn.metrics import f1_score, precision_score, recall_score
 from .config import TrainConfig
 from .data import check_classes, load_data, split_indices
 from .files import write_json
+from .flops import measure_peak_gflops, training_flops_per_image
 from .models import create_model
-from .train import environment, train
+from .plots import plt, read_history, save_figure
+from .precision import resolve_precision
+from .training import environment, train
 
 NOTEBOOK_BATCH = 32  # Keras' default batch size, what a notebook uses
+CONTENDERS = ("notebook", "reference", "fast")
 
 
-class _EpochClock(keras.callbacks.Callback):
-    """Wall time per epoch, and validation accuracy as logged (put last in the list)."""
+class EpochClock(keras.callbacks.Callback):
+    """Wall time per epoch and validation accuracy; stops training past a time budget.
+    Put it last in the callback list so the epoch's metric work is inside the timing."""
 
-    def __init__(self):
+    def __init__(self, budget_seconds: float | None = None):
         super().__init__()
+        self.budget = budget_seconds
         self.seconds: list[float] = []
         self.val_accuracy: list[float] = []
+        self._began = None
+
+    def on_train_begin(self, logs=None):
+        self._began = time.perf_counter()
 
     def on_epoch_begin(self, epoch, logs=None):
         self._start = time.perf_counter()
@@ -46,9 +57,11 @@ class _EpochClock(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         self.seconds.append(time.perf_counter() - self._start)
         self.val_accuracy.append(float((logs or {}).get("val_accuracy", np.nan)))
+        if self.budget is not None and time.perf_counter() - self._began >= self.budget:
+            self.model.stop_training = True
 
 
-class _SklearnMetrics(keras.callbacks.Callback):
+class SklearnMetrics(keras.callbacks.Callback):
     """What a notebook does: predict the validation set again, then ask scikit-learn."""
 
     def __init__(self, x_val, y_val):
@@ -61,63 +74,118 @@ class _SklearnMetrics(keras.callbacks.Callback):
             logs[name] = fn(self.y_val, predicted, average="macro", zero_division=0)
 
 
-def bench_notebook(train_set, val_set, epochs: int, config: TrainConfig) -> dict:
+def bench_notebook(train_set, val_set, config: TrainConfig, epochs: int, budget: float | None) -> dict:
     keras.utils.set_random_seed(config.seed)
     x_train, y_train = train_set.array.astype("float32"), train_set.labels
     x_val, y_val = val_set.array.astype("float32"), val_set.labels
     model = create_model("seed", x_train.shape[1:], len(train_set.class_names))
-    model.compile(optimizer=keras.optimizers.Adam(config.learning_rate),
-                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-    clock = _EpochClock()
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy",
+                  metrics=["accuracy"])
+    clock = EpochClock(budget)
     model.fit(x_train, y_train, batch_size=NOTEBOOK_BATCH, epochs=epochs, validation_data=(x_val, y_val),
-              callbacks=[_SklearnMetrics(x_val, y_val), clock], verbose=0)
-    return _summary("a: notebook (model.fit on NumPy, sklearn callback)", clock.seconds, clock.val_accuracy,
-                    len(train_set))
+              callbacks=[SklearnMetrics(x_val, y_val), clock], verbose=0)
+    return summarize("a: notebook (model.fit on NumPy, batch 32, sklearn callback), float32", clock.seconds,
+                     clock.val_accuracy, len(train_set), training_flops_per_image(model))
 
 
-def bench_imgclf(config: TrainConfig, data, epochs: int, out: Path, train_images: int) -> dict:
-    run = train(config.replace(epochs=epochs, out=str(out / "imgclf_run"), verbose=0), data=data)
-    rows = list(csv.DictReader(open(run / "history.csv")))
-    return _summary("b: imgclf reference recipe", [float(r["seconds"]) for r in rows],
-                    [float(r["val_accuracy"]) for r in rows], train_images)
+def bench_recipe(label: str, config: TrainConfig, data, out: Path, train_images: int, budget: float | None) -> dict:
+    clock = EpochClock(budget)
+    run = train(config.replace(out=str(out), verbose=0), data=data, extra_callbacks=[clock])
+    history = read_history(run / "history.csv")
+    model = keras.models.load_model(run / "last_model.keras", compile=False)
+    resolved = config.resolved()
+    name = f"{label}, batch {resolved.batch_size}, {resolve_precision(resolved.precision)}"
+    return summarize(name, clock.seconds, history["val_accuracy"].tolist(), train_images,
+                     training_flops_per_image(model))
 
 
-def _summary(name: str, seconds: list[float], val_accuracy: list[float], train_images: int) -> dict:
+def summarize(name: str, seconds: list[float], val_accuracy: list[float], train_images: int, flops: int) -> dict:
     steady = seconds[1:] or seconds  # epoch 1 includes graph tracing
     epoch = statistics.median(steady)
+    images_per_second = train_images / epoch
     return {
         "name": name,
+        "epochs": len(seconds),
         "epoch_seconds": [round(s, 2) for s in seconds],
+        "elapsed_seconds": [round(float(t), 1) for t in np.cumsum(seconds)],
         "median_epoch_seconds": round(epoch, 2),
-        "total_seconds": round(sum(seconds), 1),
-        "images_per_second": round(train_images / epoch, 1),
+        "images_per_second": round(images_per_second, 1),
+        "training_gflop_per_image": round(flops / 1e9, 4),
+        "achieved_gflops": round(images_per_second * flops / 1e9, 1),
         "val_accuracy": [round(a, 4) for a in val_accuracy],
         "best_val_accuracy": round(max(val_accuracy), 4),
     }
 
 
-def run_bench(config: TrainConfig, *, epochs: int, out: Path) -> dict:
+def time_to_reach(result: dict, target: float) -> float | None:
+    for elapsed, accuracy in zip(result["elapsed_seconds"], result["val_accuracy"]):
+        if accuracy >= target:
+            return elapsed
+    return None
+
+
+def run_bench(config: TrainConfig, *, epochs: int | None, minutes: float | None, out: Path,
+              contenders: tuple[str, ...] = CONTENDERS, fast_epochs: int | None = None) -> dict:
     out = Path(out)
-    data = load_data(config)  # decoded once; both contenders get the same arrays and split
+    budget = minutes * 60 if minutes else None
+    data = load_data(config)  # decoded once; every contender gets the same arrays and split
     check_classes(data.labelled)
     train_idx, val_idx = split_indices(data.labelled.labels, config.val_split, config.seed)
     train_set, val_set = data.labelled.subset(train_idx), data.labelled.subset(val_idx)
-    print(f"bench: {len(train_set)} train / {len(val_set)} validation images, {epochs} epoch(s) each")
-    notebook = bench_notebook(train_set, val_set, epochs, config)
-    print(_line(notebook))
-    ours = bench_imgclf(config, data, epochs, out, len(train_set))
-    print(_line(ours))
-    speedup = notebook["median_epoch_seconds"] / ours["median_epoch_seconds"]
-    print(f"imgclf epoch time vs notebook: {speedup:.2f}x faster (median epoch {ours['median_epoch_seconds']}s "
-          f"vs {notebook['median_epoch_seconds']}s)")
-    report = {"epochs": epochs, "train_images": len(train_set), "val_images": len(val_set),
-              "contenders": [notebook, ours], "speedup_b_over_a": round(speedup, 3),
-              "environment": environment(config)}
+    seed_epochs = epochs or 1
+    print(f"bench: {len(train_set)} train / {len(val_set)} validation images; contenders: {', '.join(contenders)}; "
+          f"{seed_epochs} epoch(s) for the seed model" + (f", at most {minutes} min each" if minutes else ""))
+    peak = {"float32": round(measure_peak_gflops("float32"), 1), "bfloat16": round(measure_peak_gflops("bfloat16"), 1)}
+    print(f"machine peak (2048x2048 matmul): {peak['float32']} GFLOP/s float32, {peak['bfloat16']} GFLOP/s bfloat16")
+    results = {}
+    if "notebook" in contenders:
+        results["notebook"] = bench_notebook(train_set, val_set, config, seed_epochs, budget)
+        print(line(results["notebook"]))
+    if "reference" in contenders:
+        results["reference"] = bench_recipe("b: imgclf reference recipe (seed)",
+                                            config.replace(model="seed", epochs=seed_epochs), data,
+                                            out / "reference_run", len(train_set), budget)
+        print(line(results["reference"]))
+    if "fast" in contenders:
+        results["fast"] = bench_recipe("c: imgclf fast recipe", config.replace(model="fast", epochs=fast_epochs),
+                                       data, out / "fast_run", len(train_set), budget)
+        print(line(results["fast"]))
+    report = {"train_images": len(train_set), "val_images": len(val_set), "peak_gflops": peak,
+              "contenders": results, "environment": environment(config)}
+    if "notebook" in results:
+        target = results["notebook"]["best_val_accuracy"]
+        report["target_val_accuracy"] = target
+        base = time_to_reach(results["notebook"], target)
+        for key, result in results.items():
+            result["seconds_to_target"] = time_to_reach(result, target)
+            if base and result["seconds_to_target"]:
+                result["speedup_to_target"] = round(base / result["seconds_to_target"], 2)
+            result["epoch_speedup"] = round(results["notebook"]["median_epoch_seconds"]
+                                            / result["median_epoch_seconds"], 2)
+        print(f"time to reach the notebook's best validation accuracy ({target:.4f}):")
+        for result in results.values():
+            reached = result["seconds_to_target"]
+            print(f"  {result['name']}: " + (f"{reached:.0f}s ({result.get('speedup_to_target', 1):.2f}x)"
+                                             if reached else "not reached") +
+                  f"; epoch time {result['epoch_speedup']:.2f}x faster than the notebook")
     write_json(out / "bench.json", report)
-    print(f"wrote {out / 'bench.json'}")
+    plot_bench(results, out / "bench.png")
+    print(f"wrote {out / 'bench.json'} and {out / 'bench.png'}")
     return report
 
 
-def _line(result: dict) -> str:
-    return (f"{result['name']}: median epoch {result['median_epoch_seconds']}s, "
-            f"{result['images_per_second']} images/s, best val accuracy {result['best_val_accuracy']}")
+def plot_bench(results: dict, path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for result in results.values():
+        ax.plot(np.array(result["elapsed_seconds"]) / 60, result["val_accuracy"], marker="o", markersize=3,
+                label=result["name"])
+    ax.set(xlabel="wall time (minutes)", ylabel="validation accuracy", title="Validation accuracy against wall time")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    save_figure(fig, path)
+
+
+def line(result: dict) -> str:
+    return (f"{result['name']}: {result['epochs']} epochs, median epoch {result['median_epoch_seconds']}s, "
+            f"{result['images_per_second']} images/s, {result['achieved_gflops']} GFLOP/s, "
+            f"best val accuracy {result['best_val_accuracy']}")

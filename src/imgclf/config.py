@@ -10,11 +10,14 @@ import dataclasses
 import json
 import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .errors import ImgclfError
+
+
+PRECISIONS = ("auto", "float32", "bfloat16", "float16")
 
 
 @dataclass(frozen=True)
@@ -28,16 +31,18 @@ class TrainConfig:
     limit: int | None = None  # use at most this many training images (stratified sample), for quick tries
     memory_limit_mb: int = 4096  # decoded images are held in memory (uint8) up to this size, else streamed
     # --- model and optimisation ---
-    model: str = "seed"  # name in the model registry (`imgclf.models.MODELS`)
-    epochs: int = 50  # full passes over the training split
-    batch_size: int = 32  # images per optimisation step
-    learning_rate: float = 1e-3  # Adam step size
+    model: str = "seed"  # name in the model registry (`imgclf.models.RECIPES`): architecture + recipe
+    epochs: int | None = None  # full passes over the training split; None: the model's default (seed: 50)
+    batch_size: int | None = None  # images per optimisation step; None: the model's default (seed: 32)
+    learning_rate: float | None = None  # peak step size; None: the model's default (seed: Adam 0.001)
+    precision: str = "auto"  # auto (bfloat16 where the CPU/GPU has it), float32, bfloat16 or float16
     seed: int = 42  # fixes the split, the initialisation and the augmentation
+    tta: bool = False  # final evaluation with test-time augmentation (average with the mirror image)
+    train_on_all: bool = False  # no validation split: train on all labelled data, monitor on the test split
     # --- output ---
     out: str | None = None  # run folder; default runs/<name>
     name: str | None = None  # run name used for the default run folder; default <model>-<timestamp>
     verbose: int = 1  # 0 silent, 1 progress bar and one line per epoch
-    extra: dict = field(default_factory=dict)  # reserved for model-specific options (must be JSON-serialisable)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
@@ -67,18 +72,34 @@ class TrainConfig:
     def replace(self, **changes: Any) -> "TrainConfig":
         return self.from_dict({**self.to_dict(), **changes})
 
+    def resolved(self) -> "TrainConfig":
+        """This config with the model recipe's defaults filled in where a value is None."""
+        from .models import get_recipe
+
+        recipe = get_recipe(self.model)
+        batch_size = self.batch_size if self.batch_size is not None else recipe.batch_size
+        learning_rate = self.learning_rate
+        if learning_rate is None:
+            scale = batch_size / recipe.batch_size if recipe.scale_lr_with_batch else 1.0
+            learning_rate = recipe.learning_rate * scale
+        return self.replace(
+            epochs=self.epochs if self.epochs is not None else recipe.epochs,
+            batch_size=batch_size,
+            learning_rate=learning_rate,
+        )
+
     def validate(self) -> None:
         """Reject impossible values with a one-line message."""
         problems = []
-        if self.epochs < 1:
+        if self.epochs is not None and self.epochs < 1:
             problems.append(f"epochs must be at least 1 (got {self.epochs})")
-        if self.batch_size < 1:
+        if self.batch_size is not None and self.batch_size < 1:
             problems.append(f"batch_size must be at least 1 (got {self.batch_size})")
         if not 0.0 < self.val_split < 1.0:
             problems.append(f"val_split must be between 0 and 1, exclusive (got {self.val_split})")
         if self.image_size < 8:
             problems.append(f"image_size must be at least 8 pixels (got {self.image_size})")
-        if not self.learning_rate > 0:
+        if self.learning_rate is not None and not self.learning_rate > 0:
             problems.append(f"learning_rate must be positive (got {self.learning_rate})")
         if self.limit is not None and self.limit < 2:
             problems.append(f"limit must be at least 2 images (got {self.limit})")
@@ -86,6 +107,8 @@ class TrainConfig:
             problems.append(f"memory_limit_mb must not be negative (got {self.memory_limit_mb})")
         if self.verbose not in (0, 1):
             problems.append(f"verbose must be 0 or 1 (got {self.verbose})")
+        if self.precision not in PRECISIONS:
+            problems.append(f"precision must be one of {', '.join(PRECISIONS)} (got {self.precision!r})")
         if self.data_dir is not None and self.labels is not None:
             problems.append("give either data_dir or labels, not both")
         if problems:
@@ -100,6 +123,8 @@ def _check_type(key: str, value: Any, hint: Any) -> None:
         if typ is float and isinstance(value, (int, float)) and not isinstance(value, bool):
             return
         if typ is int and isinstance(value, int) and not isinstance(value, bool):
+            return
+        if typ is bool and isinstance(value, bool):
             return
         if typ in (str, dict) and isinstance(value, typ):
             return

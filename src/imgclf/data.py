@@ -369,11 +369,18 @@ def stratified_sample(labels: np.ndarray, count: int, seed: int) -> np.ndarray:
 # ----------------------------------------------------------------------------- tf.data
 
 
-def make_dataset(images: Images, batch_size: int, *, shuffle: bool = False, seed: int = 0):
-    """A batched, prefetched tf.data pipeline of (float32 0-255 pixels, int32 labels)."""
+def make_dataset(images: Images, batch_size: int, *, shuffle: bool = False, seed: int = 0, augment=None):
+    """A batched, prefetched tf.data pipeline of (float32 0-255 pixels, int32 labels).
+
+    `augment(uint8 batch, seed) -> batch` runs on whole batches, before the cast to float.
+    """
     import tensorflow as tf
 
     n = len(images)
+
+    def finish(x, y):  # uint8 batch -> augmented float32 batch
+        return tf.cast(x if augment is None else augment(x, seed), tf.float32), y
+
     if images.in_memory:
         pixels = tf.constant(images.array)
         labels = tf.constant(images.labels)
@@ -382,8 +389,7 @@ def make_dataset(images: Images, batch_size: int, *, shuffle: bool = False, seed
             dataset = dataset.shuffle(n, seed=seed, reshuffle_each_iteration=True)
         # Gather whole batches from the uint8 tensor: one op per batch, not per image.
         dataset = dataset.batch(batch_size).map(
-            lambda i: (tf.cast(tf.gather(pixels, i), tf.float32), tf.gather(labels, i)),
-            num_parallel_calls=tf.data.AUTOTUNE,
+            lambda i: finish(tf.gather(pixels, i), tf.gather(labels, i)), num_parallel_calls=tf.data.AUTOTUNE
         )
     else:
         # Streamed from disk: decode each file per epoch, in parallel.
@@ -397,7 +403,8 @@ def make_dataset(images: Images, batch_size: int, *, shuffle: bool = False, seed
         def decode(path, label):
             image = tf.numpy_function(lambda raw: _decode_or_black(raw, (height, width)), [path], tf.uint8)
             image.set_shape((height, width, 3))
-            return tf.cast(image, tf.float32), label
+            return image, label
 
         dataset = dataset.map(decode, num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size)
+        dataset = dataset.map(finish, num_parallel_calls=tf.data.AUTOTUNE)
     return dataset.prefetch(tf.data.AUTOTUNE)

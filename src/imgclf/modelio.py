@@ -32,7 +32,11 @@ class LoadedModel:
 
 
 def save_model(model: keras.Model, path: str | Path, class_names: list[str], **extra) -> None:
-    """Save `model` to `path` (.keras) with its class names and input size, atomically."""
+    """Save `model` to `path` (.keras) with its class names and input size, atomically.
+
+    What is saved is an uncompiled copy: no optimizer state and no training-only objects
+    (imgclf's metrics, losses), so the file is small and loads with plain Keras.
+    """
     height, width = model.input_shape[1:3]
     metadata = {
         "format_version": FORMAT_VERSION,
@@ -41,8 +45,13 @@ def save_model(model: keras.Model, path: str | Path, class_names: list[str], **e
         "input": "RGB uint8 pixels 0-255; the model rescales them itself",
         **extra,
     }
+    inference = model
+    if getattr(model, "compiled", False):
+        # from_config builds the same architecture uncompiled (clone_model would compile it).
+        inference = type(model).from_config(model.get_config())
+        inference.set_weights(model.get_weights())
     with atomic_path(path, suffix=".keras") as tmp:
-        model.save(tmp)
+        inference.save(tmp)
         with zipfile.ZipFile(tmp, "a") as archive:
             archive.writestr(METADATA_MEMBER, json.dumps(metadata, ensure_ascii=False, indent=2))
 

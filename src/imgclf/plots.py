@@ -46,7 +46,7 @@ def plot_history(history: dict[str, np.ndarray], out_dir: str | Path) -> list[Pa
         ax.set(title=title, xlabel="epoch")
         ax.grid(alpha=0.3)
         ax.legend()
-        written.append(_save(fig, out_dir / filename))
+        written.append(save_figure(fig, out_dir / filename))
     return written
 
 
@@ -72,10 +72,10 @@ def plot_confusion(matrix: np.ndarray, class_names: list[str], path: str | Path,
                 for j in range(n):
                     ax.text(j, i, format(values[i, j], fmt), ha="center", va="center", fontsize=7,
                             color="white" if values[i, j] > threshold else "black")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
-def _save(fig, path: Path) -> Path:
+def save_figure(fig, path: Path) -> Path:
     fig.tight_layout()
     with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, dpi=DPI, format="png")

@@ -6,8 +6,10 @@
 
 from __future__ import annotations
 
+import math
 import os
 import platform
+import shutil
 import sys
 import time
 from datetime import datetime
@@ -19,30 +21,47 @@ import numpy as np
 from . import __version__
 from .callbacks import BestModelCheckpoint, EpochMetrics
 from .config import TrainConfig
-from .data import Images, LoadedData, check_classes, load_data, make_dataset, split_indices
+from .data import Images, LoadedData, check_classes, decode_files, load_data, make_dataset, split_indices
+from .errors import DataError
 from .files import write_csv, write_json
 from .metrics import ConfusionMatrix
 from .modelio import load_model, save_model
-from .models import create_model
+from .models import create_model, get_recipe
+from .precision import compute_precision, resolve_precision
 from .plots import plot_confusion, plot_history, read_history
 from .predict import evaluate_images
 
 RUNS_DIR = Path("runs")
+EVAL_BATCH = 256  # validation batch size (no gradients, so larger batches are cheaper)
+DATA_INIT_IMAGES = 5000  # training images handed to models with data-dependent initialisation
 
 
-def train(config: TrainConfig, data: LoadedData | None = None) -> Path:
-    """Train as `config` says and return the run folder (see README for its contents)."""
+def train(config: TrainConfig, data: LoadedData | None = None, extra_callbacks: list | None = None) -> Path:
+    """Train as `config` says and return the run folder (see README for its contents).
+
+    `data` skips loading (already loaded data); `extra_callbacks` run after imgclf's own.
+    """
+    config = config.resolved()
     config.validate()
+    precision = resolve_precision(config.precision)
     started = time.perf_counter()
     keras.utils.set_random_seed(config.seed)
     if data is None:
         data = load_data(config)
     labelled = data.labelled
     check_classes(labelled)
-    train_idx, val_idx = split_indices(labelled.labels, config.val_split, config.seed)
-    train_set, val_set = labelled.subset(train_idx), labelled.subset(val_idx)
+    if config.train_on_all:
+        if data.test is None:
+            raise DataError("train_on_all needs a separate test split (a folder with train/ and test/, or CIFAR-10)")
+        train_idx, val_idx = np.arange(len(labelled)), np.array([], dtype=np.int64)
+        train_set, val_set = labelled, data.test
+    else:
+        train_idx, val_idx = split_indices(labelled.labels, config.val_split, config.seed)
+        train_set, val_set = labelled.subset(train_idx), labelled.subset(val_idx)
+    val_name = "test" if config.train_on_all else "validation"
 
     run_dir = make_run_dir(config)
+    config = config.replace(precision=precision)  # the run folder records what was used, not "auto"
     write_json(run_dir / "config.json", config.to_dict())
     write_json(run_dir / "environment.json", environment(config))
     write_split(run_dir / "split.csv", labelled, train_idx, val_idx)
@@ -51,6 +70,7 @@ def train(config: TrainConfig, data: LoadedData | None = None) -> Path:
         "class_names": labelled.class_names,
         "train_images": len(train_set),
         "val_images": len(val_set),
+        "val_is": val_name,
         "test_images": len(data.test) if data.test is not None else 0,
         "in_memory": labelled.in_memory,
         "skipped_files": len(labelled.skipped) + (len(data.test.skipped) if data.test is not None else 0),
@@ -58,54 +78,78 @@ def train(config: TrainConfig, data: LoadedData | None = None) -> Path:
     })
     if config.verbose:
         print(f"run folder: {run_dir}")
-        print(f"data: {data.source}: {len(train_set)} train / {len(val_set)} validation images, "
+        print(f"data: {data.source}: {len(train_set)} train / {len(val_set)} {val_name} images, "
               f"{len(labelled.class_names)} classes, {'in memory' if labelled.in_memory else 'streamed from disk'}")
+        print(f"model: {config.model}, {config.epochs} epochs, batch {config.batch_size}, "
+              f"learning rate {config.learning_rate:g}, precision {precision}")
 
+    recipe = get_recipe(config.model)
     num_classes = len(labelled.class_names)
-    model = create_model(config.model, (config.image_size, config.image_size, 3), num_classes)
-    matrix = ConfusionMatrix(num_classes)
-    model.compile(
-        optimizer=keras.optimizers.Adam(config.learning_rate),
-        loss="sparse_categorical_crossentropy",
-        metrics=["accuracy", matrix],
-    )
-    checkpoint = BestModelCheckpoint(run_dir / "best_model.keras", labelled.class_names, model_name=config.model)
-    callbacks = [
-        EpochMetrics(matrix, labelled.class_names, run_dir / "history.csv", epochs=config.epochs, verbose=config.verbose),
-        checkpoint,
-    ]
-    model.fit(
-        make_dataset(train_set, config.batch_size, shuffle=True, seed=config.seed),
-        validation_data=make_dataset(val_set, config.batch_size),
-        epochs=config.epochs,
-        callbacks=callbacks,
-        verbose=1 if config.verbose and _interactive() else 0,
-    )
-    save_model(model, run_dir / "last_model.keras", labelled.class_names, model_name=config.model, epoch=config.epochs)
+    steps_per_epoch = math.ceil(len(train_set) / config.batch_size)
+    with compute_precision(precision):
+        model = create_model(config.model, (config.image_size, config.image_size, 3), num_classes,
+                             train_pixels=sample_pixels(train_set) if recipe.needs_data else None)
+        matrix = ConfusionMatrix(num_classes)
+        model.compile(
+            optimizer=recipe.make_optimizer(config.learning_rate, steps_per_epoch, config.epochs),
+            loss=recipe.loss,
+            metrics=["accuracy", matrix],
+        )
+        checkpoint = BestModelCheckpoint(run_dir / "best_model.keras", labelled.class_names, model_name=config.model)
+        callbacks = [
+            EpochMetrics(matrix, labelled.class_names, run_dir / "history.csv", epochs=config.epochs,
+                         verbose=config.verbose),
+            checkpoint,
+            *(extra_callbacks or []),
+        ]
+        model.fit(
+            make_dataset(train_set, config.batch_size, shuffle=True, seed=config.seed, augment=recipe.augment),
+            validation_data=make_dataset(val_set, max(config.batch_size, EVAL_BATCH)),
+            epochs=config.epochs,
+            callbacks=callbacks,
+            verbose=1 if config.verbose and _interactive() else 0,
+        )
+        # fit() ends by swapping in the moving-average weights where the optimizer keeps them.
+        save_model(model, run_dir / "last_model.keras", labelled.class_names, model_name=config.model,
+                   epoch=config.epochs)
     train_seconds = time.perf_counter() - started
 
-    best = load_model(run_dir / "best_model.keras")
-    report = evaluate_images(best, val_set)
-    write_reports(run_dir, report, prefix="")
+    # With train_on_all there is nothing to select on: the final model is the one to keep.
+    final_name = "last_model.keras" if config.train_on_all else "best_model.keras"
+    if config.train_on_all:
+        shutil.copyfile(run_dir / "last_model.keras", run_dir / "best_model.keras")
+    best = load_model(run_dir / final_name)
+    report = evaluate_images(best, val_set, tta=config.tta)
+    write_reports(run_dir, report, prefix="test_" if config.train_on_all else "")
     metrics = {
-        "split": "validation",
-        "best_epoch": checkpoint.best_epoch,
-        **{k: report[k] for k in ("loss", "accuracy", "f1", "precision", "recall", "images")},
+        "split": val_name,
+        "model_file": final_name,
+        "best_epoch": None if config.train_on_all else checkpoint.best_epoch,
+        **{k: report[k] for k in ("loss", "accuracy", "f1", "precision", "recall", "images", "tta")},
         "train_seconds": round(train_seconds, 1),
         "skipped_files": len(labelled.skipped),
     }
-    if data.test is not None:
-        test_report = evaluate_images(best, data.test)
+    if data.test is not None and not config.train_on_all:
+        test_report = evaluate_images(best, data.test, tta=config.tta)
         write_reports(run_dir, test_report, prefix="test_")
         metrics["test"] = {k: test_report[k] for k in ("loss", "accuracy", "f1", "precision", "recall", "images")}
     write_json(run_dir / "metrics.json", metrics)
     plot_history(read_history(run_dir / "history.csv"), run_dir)
     if config.verbose:
-        print(f"best model (epoch {checkpoint.best_epoch}) on validation: accuracy {report['accuracy']:.4f}  "
+        which = "final model" if config.train_on_all else f"best model (epoch {checkpoint.best_epoch})"
+        print(f"{which} on {val_name}: accuracy {report['accuracy']:.4f}  "
               f"f1 {report['f1']:.4f}  precision {report['precision']:.4f}  recall {report['recall']:.4f}  "
               f"[{train_seconds:.0f}s]")
-        print(f"saved: {run_dir / 'best_model.keras'}")
+        print(f"saved: {run_dir / final_name}")
     return run_dir
+
+
+def sample_pixels(images: Images, count: int = DATA_INIT_IMAGES) -> np.ndarray:
+    """Up to `count` training images as uint8, for data-dependent initialisation."""
+    if images.in_memory:
+        return images.array[:count]
+    pixels, ok, _ = decode_files(images.paths[:count], images.size)
+    return pixels[ok]
 
 
 def write_reports(run_dir: Path, report: dict, prefix: str = "") -> None:

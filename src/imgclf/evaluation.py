@@ -29,7 +29,7 @@ def evaluate(model: str | Path | LoadedModel, config: TrainConfig, *, out: str |
     report["source"] = source
     report["skipped_files"] = len(images.skipped)
     if out is not None:
-        from .train import write_reports
+        from .training import write_reports
 
         out = Path(out)
         write_reports(out, report)

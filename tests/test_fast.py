@@ -1,0 +1,63 @@
+import json
+
+import numpy as np
+import pytest
+
+from conftest import CIFAR10_TRAIN
+from imgclf import TrainConfig, train
+from imgclf.fast import fast_cnn, flip_translate, whitening_weights
+from imgclf.precision import compute_precision
+
+
+def test_whitening_decorrelates_patches():
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 256, (200, 8, 8, 1)).astype(np.float32)
+    pixels = np.clip(np.concatenate([base, base * 0.5 + 60, 255 - base], axis=-1), 0, 255).astype(np.uint8)
+    kernel, bias = whitening_weights(pixels, eps=1e-6)
+    assert kernel.shape == (2, 2, 3, 24) and bias.shape == (24,)
+    x = pixels.astype(np.float32) / 255
+    windows = np.lib.stride_tricks.sliding_window_view(x, (2, 2), axis=(1, 2)).transpose(0, 1, 2, 4, 5, 3)
+    out = windows.reshape(-1, 12) @ kernel.reshape(12, 24) + bias
+    half = out[:, :12]
+    top = np.cov(half[:, :4], rowvar=False)  # the strong components come out unit-variance and uncorrelated
+    np.testing.assert_allclose(top, np.eye(4), atol=0.05)
+    np.testing.assert_allclose(out[:, 12:], -half, atol=1e-4)
+    assert abs(half.mean()) < 1e-3
+
+
+def test_fast_model_shapes_and_layers():
+    pixels = np.random.default_rng(0).integers(0, 256, (64, 32, 32, 3), dtype=np.uint8)
+    model = fast_cnn((32, 32, 3), 10, pixels)
+    kinds = [type(layer).__name__ for layer in model.layers]
+    assert kinds.count("Conv2D") == 7 and kinds.count("BatchNormalization") == 6
+    assert not model.get_layer("whiten").trainable
+    probs = model.predict(pixels[:4].astype("float32"), verbose=0)
+    assert probs.shape == (4, 10) and np.allclose(probs.sum(axis=1), 1, atol=1e-4)
+    assert model.output.dtype == "float32"
+
+
+def test_fast_model_under_bfloat16_keeps_float32_outputs():
+    with compute_precision("bfloat16"):
+        model = fast_cnn((32, 32, 3), 10)
+    assert model.layers[-2].compute_dtype == "bfloat16"
+    assert model.predict(np.zeros((2, 32, 32, 3), "float32"), verbose=0).dtype == np.float32
+
+
+def test_flip_translate_moves_pixels_but_keeps_content():
+    import tensorflow as tf
+
+    images = np.zeros((64, 8, 8, 3), np.uint8)
+    images[:, 3:5, 3:5] = 255
+    out = flip_translate(tf.constant(images), seed=1).numpy()
+    assert out.shape == images.shape and out.dtype == np.uint8
+    assert (out.reshape(64, -1).sum(axis=1) == images.reshape(64, -1).sum(axis=1)).all()  # a 2-px shift stays inside
+    assert len({out[i].tobytes() for i in range(64)}) > 5  # shifts vary per image
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not CIFAR10_TRAIN.is_dir(), reason="needs ../shared/datasets/cifar10/train")
+def test_fast_recipe_learns_a_cifar10_subset_quickly(tmp_path):
+    run = train(TrainConfig(model="fast", data_dir=str(CIFAR10_TRAIN), limit=2000, epochs=4, batch_size=128,
+                            out=str(tmp_path / "run"), verbose=0))
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["accuracy"] >= 0.40, metrics
