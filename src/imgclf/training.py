@@ -99,6 +99,7 @@ def train(config: TrainConfig, data: LoadedData | None = None, extra_callbacks: 
         callbacks = [
             EpochMetrics(matrix, labelled.class_names, run_dir / "history.csv", epochs=config.epochs,
                          verbose=config.verbose),
+            *(recipe.make_callbacks(steps_per_epoch, config.epochs) if recipe.make_callbacks else []),
             checkpoint,
             *(extra_callbacks or []),
         ]
@@ -109,7 +110,6 @@ def train(config: TrainConfig, data: LoadedData | None = None, extra_callbacks: 
             callbacks=callbacks,
             verbose=1 if config.verbose and _interactive() else 0,
         )
-        # fit() ends by swapping in the moving-average weights where the optimizer keeps them.
         save_model(model, run_dir / "last_model.keras", labelled.class_names, model_name=config.model,
                    epoch=config.epochs)
     train_seconds = time.perf_counter() - started
