@@ -75,3 +75,18 @@ def test_training_learns_a_separable_problem(tmp_path, image_folder):
     run = train(TrainConfig(data_dir=str(image_folder), epochs=6, image_size=16, batch_size=8,
                             out=str(tmp_path / "run"), verbose=0))
     assert json.loads((run / "metrics.json").read_text())["accuracy"] >= 0.9
+
+
+def test_train_on_all_uses_every_labelled_image_and_reports_on_test(tmp_path):
+    from conftest import make_image_folder
+
+    make_image_folder(tmp_path / "d" / "train", per_class=8)
+    make_image_folder(tmp_path / "d" / "test", per_class=4, seed=1)
+    run = train(TrainConfig(data_dir=str(tmp_path / "d"), epochs=2, image_size=16, train_on_all=True,
+                            out=str(tmp_path / "run"), verbose=0))
+    data = json.loads((run / "data.json").read_text())
+    assert data["train_images"] == 24 and data["val_images"] == 12 and data["val_is"] == "test"
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["split"] == "test" and metrics["images"] == 12 and metrics["best_epoch"] is None
+    assert (run / "best_model.keras").read_bytes() == (run / "last_model.keras").read_bytes()
+    assert (run / "test_confusion_matrix.csv").is_file()
