@@ -23,7 +23,7 @@ WIDTHS = (64, 256, 256)  # channels of the three conv blocks
 WHITEN_PATCH = 2  # side of the whitened patches, pixels
 WHITEN_IMAGES = 2000  # training images used to estimate the patch covariance
 WHITEN_EPS = 5e-4  # added to eigenvalues before the inverse square root
-BN_MOMENTUM = 0.4  # Keras convention (PyTorch momentum 0.6): running stats adapt fast
+BN_MOMENTUM = 0.6  # Keras convention (airbench's 0.6 = PyTorch momentum 0.4): running stats adapt fast
 BN_EPSILON = 1e-5
 LOGIT_SCALE = 1 / 9  # temperature of the output layer
 LABEL_SMOOTHING = 0.2
@@ -43,17 +43,19 @@ BATCH_SIZE = 512
 
 def whitening_weights(pixels: np.ndarray, patch: int = WHITEN_PATCH, eps: float = WHITEN_EPS):
     """Conv kernel and bias that map each patch onto its principal components, scaled to
-    unit variance, with both signs (2 x patch*patch*3 filters)."""
+    unit variance, with both signs (2 x patch*patch*3 filters). The covariance is taken
+    of per-channel standardised pixels, so `eps` means the same whatever the contrast."""
     x = np.asarray(pixels[:WHITEN_IMAGES], np.float32) / 255.0
     windows = np.lib.stride_tricks.sliding_window_view(x, (patch, patch), axis=(1, 2))  # N,H',W',C,kh,kw
     flat = windows.transpose(0, 1, 2, 4, 5, 3).reshape(-1, patch * patch * x.shape[-1])  # (kh, kw, c) order
     mean = flat.mean(axis=0)
-    centred = flat - mean
-    cov = centred.T @ centred / len(centred)
+    std = np.tile(x.reshape(-1, x.shape[-1]).std(axis=0), patch * patch) + 1e-8
+    standardised = (flat - mean) / std
+    cov = standardised.T @ standardised / len(standardised)
     eigenvalues, eigenvectors = np.linalg.eigh(cov.astype(np.float64))
     filters = eigenvectors[:, ::-1] / np.sqrt(eigenvalues[::-1] + eps)
-    filters = np.concatenate([filters, -filters], axis=1).astype(np.float32)
-    kernel = filters.reshape(patch, patch, x.shape[-1], -1)
+    filters = np.concatenate([filters, -filters], axis=1) / std[:, None]  # act on raw x / 255
+    kernel = filters.astype(np.float32).reshape(patch, patch, x.shape[-1], -1)
     bias = -(mean @ filters)
     return kernel, bias.astype(np.float32)
 
