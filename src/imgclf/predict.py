@@ -104,6 +104,8 @@ def top_predictions(probs: np.ndarray, class_names: list[str], names: list[str],
 def evaluate_images(loaded: LoadedModel, images: Images, *, tta: bool = False,
                     batch_size: int = PREDICT_BATCH) -> dict:
     """Accuracy, macro and per-class precision/recall/F1, loss and the confusion matrix."""
+    if len(images) == 0:
+        raise DataError("no images to evaluate")
     if list(images.class_names) != list(loaded.class_names):
         images = _align_classes(images, loaded.class_names)
     probs = _probabilities(loaded, images, batch_size, tta)

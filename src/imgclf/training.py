@@ -87,8 +87,9 @@ def train(config: TrainConfig, data: LoadedData | None = None, extra_callbacks: 
     num_classes = len(labelled.class_names)
     steps_per_epoch = math.ceil(len(train_set) / config.batch_size)
     with compute_precision(precision):
+        pixels = sample_pixels(train_set, seed=config.seed) if recipe.needs_data else None
         model = create_model(config.model, (config.image_size, config.image_size, 3), num_classes,
-                             train_pixels=sample_pixels(train_set) if recipe.needs_data else None)
+                             train_pixels=pixels)
         matrix = ConfusionMatrix(num_classes)
         model.compile(
             optimizer=recipe.make_optimizer(config.learning_rate, steps_per_epoch, config.epochs),
@@ -99,7 +100,7 @@ def train(config: TrainConfig, data: LoadedData | None = None, extra_callbacks: 
         callbacks = [
             EpochMetrics(matrix, labelled.class_names, run_dir / "history.csv", epochs=config.epochs,
                          verbose=config.verbose),
-            *(recipe.make_callbacks(steps_per_epoch, config.epochs) if recipe.make_callbacks else []),
+            *(recipe.make_callbacks(steps_per_epoch, config.epochs, pixels) if recipe.make_callbacks else []),
             checkpoint,
             *(extra_callbacks or []),
         ]
@@ -144,11 +145,13 @@ def train(config: TrainConfig, data: LoadedData | None = None, extra_callbacks: 
     return run_dir
 
 
-def sample_pixels(images: Images, count: int = DATA_INIT_IMAGES) -> np.ndarray:
-    """Up to `count` training images as uint8, for data-dependent initialisation."""
+def sample_pixels(images: Images, count: int = DATA_INIT_IMAGES, seed: int = 0) -> np.ndarray:
+    """A random sample of up to `count` training images as uint8 (data-dependent
+    initialisation needs every class: the images are stored sorted by class)."""
+    chosen = np.sort(np.random.default_rng(seed).permutation(len(images))[:count])
     if images.in_memory:
-        return images.array[:count]
-    pixels, ok, _ = decode_files(images.paths[:count], images.size)
+        return images.array[chosen]
+    pixels, ok, _ = decode_files([images.paths[i] for i in chosen], images.size)
     return pixels[ok]
 
 
