@@ -61,3 +61,27 @@ def test_fast_recipe_learns_a_cifar10_subset_quickly(tmp_path):
                             out=str(tmp_path / "run"), verbose=0))
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["accuracy"] >= 0.40, metrics
+
+
+def test_data_init_sample_spans_every_class():
+    from imgclf.data import Images
+    from imgclf.training import sample_pixels
+
+    labels = np.repeat(np.arange(4), 50)  # stored sorted by class, as folders are
+    pixels = np.repeat(np.arange(4, dtype=np.uint8), 50)[:, None, None, None] * np.ones((1, 2, 2, 3), np.uint8)
+    sample = sample_pixels(Images(labels, list("abcd"), pixels, size=(2, 2)), count=40)
+    assert len(sample) == 40 and set(np.unique(sample[:, 0, 0, 0])) == {0, 1, 2, 3}
+
+
+def test_precise_batchnorm_refreshes_running_statistics():
+    from imgclf.fast import PreciseBatchNorm
+
+    model = fast_cnn((16, 16, 3), 3)
+    bn = next(layer for layer in model.layers if type(layer).__name__ == "BatchNormalization")
+    before = np.array(bn.moving_mean.numpy())
+    callback = PreciseBatchNorm(np.full((64, 16, 16, 3), 200, np.uint8), steps_per_epoch=2)
+    callback.set_model(model)
+    callback.on_train_batch_end(0)
+    np.testing.assert_array_equal(bn.moving_mean.numpy(), before)  # not the epoch's last step
+    callback.on_train_batch_end(1)
+    assert not np.allclose(bn.moving_mean.numpy(), before)
