@@ -80,10 +80,10 @@ def train(config: TrainConfig, data: LoadedData | None = None, extra_callbacks: 
         print(f"run folder: {run_dir}")
         print(f"data: {data.source}: {len(train_set)} train / {len(val_set)} {val_name} images, "
               f"{len(labelled.class_names)} classes, {'in memory' if labelled.in_memory else 'streamed from disk'}")
-        print(f"model: {config.model}, {config.epochs} epochs, batch {config.batch_size}, "
-              f"learning rate {config.learning_rate:g}, precision {precision}")
-
     recipe = get_recipe(config.model)
+    if config.verbose:
+        print(f"model: {config.model} ({recipe.description}), {config.epochs} epochs, batch {config.batch_size}, "
+              f"learning rate {config.learning_rate:g}, precision {precision}")
     num_classes = len(labelled.class_names)
     steps_per_epoch = math.ceil(len(train_set) / config.batch_size)
     with compute_precision(precision):
