@@ -30,7 +30,8 @@ def test_fast_model_shapes_and_layers():
     model = fast_cnn((32, 32, 3), 10, pixels)
     kinds = [type(layer).__name__ for layer in model.layers]
     assert kinds.count("Conv2D") == 7 and kinds.count("BatchNormalization") == 6
-    assert not model.get_layer("whiten").trainable
+    trainable = {w.path for w in model.trainable_weights}
+    assert "whiten/bias" in trainable and "whiten/kernel" not in trainable  # the whitening itself stays fixed
     probs = model.predict(pixels[:4].astype("float32"), verbose=0)
     assert probs.shape == (4, 10) and np.allclose(probs.sum(axis=1), 1, atol=1e-4)
     assert model.output.dtype == "float32"
@@ -41,6 +42,48 @@ def test_fast_model_under_bfloat16_keeps_float32_outputs():
         model = fast_cnn((32, 32, 3), 10)
     assert model.layers[-2].compute_dtype == "bfloat16"
     assert model.predict(np.zeros((2, 32, 32, 3), "float32"), verbose=0).dtype == np.float32
+
+
+def test_whitening_bias_trains_then_freezes():
+    import keras
+
+    from imgclf.fast import FastSGD
+
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (64, 16, 16, 3), dtype=np.uint8)
+    model = fast_cnn((16, 16, 3), 3, pixels, widths=(8, 8, 8))
+    model.compile(optimizer=FastSGD(learning_rate=0.1, momentum=0.0, whiten_bias_steps=2),
+                  loss="sparse_categorical_crossentropy")
+    whiten = model.get_layer("whiten")
+    kernel = whiten.kernel.numpy().copy()
+    seen = [whiten.bias.numpy().copy()]
+    record = keras.callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs: seen.append(whiten.bias.numpy().copy()))
+    model.fit(pixels.astype("float32"), rng.integers(0, 3, 64), batch_size=16, epochs=1, verbose=0,
+              callbacks=[record], shuffle=False)
+    assert not np.allclose(seen[0], seen[1]) and not np.allclose(seen[1], seen[2])  # steps 1-2 move it
+    np.testing.assert_array_equal(seen[2], seen[4])  # then frozen
+    np.testing.assert_array_equal(kernel, whiten.kernel.numpy())
+
+
+def test_batchnorm_offsets_take_larger_steps():
+    import keras
+
+    from imgclf.fast import FastSGD
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(32, 4)).astype("float32"), rng.normal(size=(32, 2)).astype("float32")
+    moves = {}
+    for scale in (1.0, 64.0):
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2), keras.layers.BatchNormalization()])
+        model.compile(optimizer=FastSGD(learning_rate=1e-3, momentum=0.0, weight_decay_l2=0.0, bias_lr_scale=scale),
+                      loss="mse")
+        before = model.layers[1].beta.numpy().copy(), model.layers[0].kernel.numpy().copy()
+        model.fit(x, y, batch_size=32, epochs=1, verbose=0)  # one compiled step
+        moves[scale] = [np.abs(after.numpy() - b).sum() for after, b in
+                        zip((model.layers[1].beta, model.layers[0].kernel), before)]
+    assert moves[64.0][0] == pytest.approx(64 * moves[1.0][0], rel=1e-3)  # BatchNorm offsets: 64x the step
+    assert moves[64.0][1] == pytest.approx(moves[1.0][1], rel=1e-3)  # everything else: unchanged
 
 
 def test_flip_translate_moves_pixels_but_keeps_content():

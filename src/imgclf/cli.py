@@ -57,7 +57,7 @@ def build_parser() -> Parser:
     p.add_argument("--precision", default=UNSET, choices=["auto", "float32", "bfloat16", "float16"],
                    help="compute precision (default: auto = bfloat16 where the hardware has it, else float32)")
     p.add_argument("--tta", action="store_const", const=True, default=UNSET,
-                   help="final evaluation with test-time augmentation (mirror image)")
+                   help="final evaluation with test-time augmentation (mirror image and 1-pixel shifts)")
     p.add_argument("--train-on-all", action="store_const", const=True, default=UNSET,
                    help="no validation split: train on all labelled data, monitor on the test split")
     p.add_argument("--seed", type=int, default=UNSET, help=f"fixes split, initialisation, augmentation (default: {defaults.seed})")
@@ -72,7 +72,7 @@ def build_parser() -> Parser:
     p.add_argument("paths", nargs="+", help="image files, folders (recursive) or glob patterns")
     p.add_argument("--top-k", type=int, default=1, help="show the K most likely classes (default: %(default)s)")
     p.add_argument("--output", help="also write the predictions to a .csv or .json file")
-    p.add_argument("--tta", action="store_true", help="test-time augmentation (average with the mirror image)")
+    p.add_argument("--tta", action="store_true", help="test-time augmentation (average over the mirror image and 1-pixel shifts)")
     p.add_argument("--unsafe", action="store_true", help="allow model files that run code when loaded")
 
     p = commands.add_parser("evaluate", help="measure a saved model on labelled data",
@@ -80,7 +80,7 @@ def build_parser() -> Parser:
     p.add_argument("model", help="saved model (.keras)")
     add_data_options(p, image_size=False)
     p.add_argument("--out", help="folder for the report (metrics.json, per_class.csv, confusion matrix)")
-    p.add_argument("--tta", action="store_true", help="test-time augmentation (average with the mirror image)")
+    p.add_argument("--tta", action="store_true", help="test-time augmentation (average over the mirror image and 1-pixel shifts)")
     p.add_argument("--unsafe", action="store_true", help="allow model files that run code when loaded")
 
     p = commands.add_parser("bench", help="benchmark training: notebook vs imgclf reference vs fast recipe",

@@ -21,9 +21,10 @@ from .models import Recipe, register
 
 WIDTHS = (64, 256, 256)  # channels of the three conv blocks
 WHITEN_PATCH = 2  # side of the whitened patches, pixels
-WHITEN_IMAGES = 2000  # training images used to estimate the patch covariance
-WHITEN_EPS = 5e-4  # added to eigenvalues before the inverse square root
-BN_MOMENTUM = 0.4  # Keras convention: running stats keep 40% of their old value per step (measured better than 0.6 here)
+WHITEN_IMAGES = 5000  # training images used to estimate the patch covariance
+WHITEN_EPS = 5e-4  # added to eigenvalues (of channel-standardised patches) before the inverse square root
+WHITEN_BIAS_EPOCHS = 3  # the whitening layer's bias trains this long, then freezes (its kernel never trains)
+BN_MOMENTUM = 0.6  # Keras convention: running stats keep 60% of their old value per step
 BN_EPSILON = 1e-5
 LOGIT_SCALE = 1 / 9  # temperature of the output layer
 LABEL_SMOOTHING = 0.2
@@ -44,9 +45,15 @@ BATCH_SIZE = 512
 
 
 def whitening_weights(pixels: np.ndarray, patch: int = WHITEN_PATCH, eps: float = WHITEN_EPS):
-    """Conv kernel and bias that map each patch onto its principal components, scaled to
-    unit variance, with both signs (2 x patch*patch*3 filters)."""
+    """Conv kernel and bias (for 0-1 pixels) that map each patch onto its principal
+    components, scaled to unit variance, with both signs (2 x patch*patch*3 filters).
+
+    The covariance is that of per-channel standardised pixels (so `eps` means the same on
+    any data); the standardisation is folded into the returned kernel and bias."""
     x = np.asarray(pixels[:WHITEN_IMAGES], np.float32) / 255.0
+    channel_mean = x.mean(axis=(0, 1, 2))
+    channel_std = x.std(axis=(0, 1, 2)) + 1e-6
+    x = (x - channel_mean) / channel_std
     windows = np.lib.stride_tricks.sliding_window_view(x, (patch, patch), axis=(1, 2))  # N,H',W',C,kh,kw
     flat = windows.transpose(0, 1, 2, 4, 5, 3).reshape(-1, patch * patch * x.shape[-1])  # (kh, kw, c) order
     mean = flat.mean(axis=0)
@@ -57,7 +64,10 @@ def whitening_weights(pixels: np.ndarray, patch: int = WHITEN_PATCH, eps: float 
     filters = np.concatenate([filters, -filters], axis=1).astype(np.float32)
     kernel = filters.reshape(patch, patch, x.shape[-1], -1)
     bias = -(mean @ filters)
-    return kernel, bias.astype(np.float32)
+    # conv((x - m) / s) = conv'(x) with kernel' = kernel / s and bias' = bias - sum(kernel' * m)
+    kernel = kernel / channel_std[None, None, :, None]
+    bias = bias - np.einsum("hwco,c->o", kernel, channel_mean)
+    return kernel.astype(np.float32), bias.astype(np.float32)
 
 
 def dirac_init(layer) -> None:
@@ -84,8 +94,9 @@ def fast_cnn(input_shape, num_classes: int, train_pixels: np.ndarray | None = No
     inputs = keras.Input(shape=input_shape)
     x = layers.Rescaling(1.0 / 255)(inputs)
     channels = WHITEN_PATCH * WHITEN_PATCH * input_shape[-1] * 2
-    whiten = layers.Conv2D(channels, WHITEN_PATCH, padding="valid", name="whiten", trainable=False)
+    whiten = layers.Conv2D(channels, WHITEN_PATCH, padding="valid", name="whiten")
     x = whiten(x)
+    whiten.kernel.trainable = False  # fixed; its bias trains for the first epochs (FastSGD)
     if train_pixels is not None and len(train_pixels):
         whiten.set_weights(list(whitening_weights(train_pixels)))
     x = layers.Activation("gelu")(x)
@@ -129,30 +140,44 @@ class WarmupLinear(keras.optimizers.schedules.LearningRateSchedule):
 
 
 class FastSGD(keras.optimizers.SGD):
-    """Nesterov SGD with coupled weight decay (added to the gradient, so momentum carries it)
-    and a larger step size for BatchNorm offsets. Training-only: saved models never hold it."""
+    """Nesterov SGD with coupled weight decay (added to the gradient, so momentum carries it),
+    a larger step size for BatchNorm offsets, and the whitening layer's bias frozen after
+    `whiten_bias_steps`. Training-only: saved models never hold it."""
 
-    def __init__(self, weight_decay_l2: float = WEIGHT_DECAY, bias_lr_scale: float = BIAS_LR_SCALE, **kwargs):
+    def __init__(self, weight_decay_l2: float = WEIGHT_DECAY, bias_lr_scale: float = BIAS_LR_SCALE,
+                 whiten_bias_steps: int = 0, **kwargs):
         super().__init__(**kwargs)
         self.weight_decay_l2 = weight_decay_l2
         self.bias_lr_scale = bias_lr_scale
+        self.whiten_bias_steps = whiten_bias_steps
 
     def update_step(self, gradient, variable, learning_rate):
         scale = self.bias_lr_scale if _is_norm_offset(variable) else 1.0
         gradient = ops.add(ops.cast(gradient, variable.dtype), ops.multiply(variable, self.weight_decay_l2 / scale))
-        super().update_step(gradient, variable, ops.multiply(learning_rate, scale))
+        learning_rate = ops.multiply(learning_rate, scale)
+        if _path(variable).endswith("whiten/bias"):
+            learning_rate = ops.where(self.iterations < self.whiten_bias_steps, learning_rate, 0.0)
+        super().update_step(gradient, variable, learning_rate)
 
     def get_config(self):
-        return {**super().get_config(), "weight_decay_l2": self.weight_decay_l2, "bias_lr_scale": self.bias_lr_scale}
+        return {**super().get_config(), "weight_decay_l2": self.weight_decay_l2,
+                "bias_lr_scale": self.bias_lr_scale, "whiten_bias_steps": self.whiten_bias_steps}
+
+
+def _path(variable) -> str:
+    """'layer/weight' for Keras variables and for the backend variables (e.g. TensorFlow's
+    'model/layer/weight:0') that a compiled train step hands to `update_step`."""
+    return getattr(variable, "path", None) or variable.name.split(":")[0]
 
 
 def _is_norm_offset(variable) -> bool:
-    return variable.name == "beta"
+    return _path(variable).rsplit("/", 1)[-1] == "beta"
 
 
 def make_optimizer(peak_lr: float, steps_per_epoch: int, epochs: int) -> keras.optimizers.Optimizer:
     schedule = WarmupLinear(peak_lr, steps_per_epoch * epochs)
-    return FastSGD(learning_rate=schedule, momentum=SGD_MOMENTUM, nesterov=True)
+    return FastSGD(learning_rate=schedule, momentum=SGD_MOMENTUM, nesterov=True,
+                   whiten_bias_steps=steps_per_epoch * WHITEN_BIAS_EPOCHS)
 
 
 class Lookahead(keras.callbacks.Callback):
@@ -196,8 +221,22 @@ class PreciseBatchNorm(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         if (batch + 1) % self.steps_per_epoch == 0:
-            for start in range(0, len(self.pixels), PRECISE_BN_BATCH):
-                self.model(self.pixels[start:start + PRECISE_BN_BATCH].astype("float32"), training=True)
+            self.recompute(self.model, self.pixels)
+
+    @staticmethod
+    def recompute(model, pixels: np.ndarray) -> None:
+        """Set every BatchNorm layer's statistics to the average over `pixels`' batches
+        (momentum k/(k+1) on the k-th batch; the layers' own momentum is restored)."""
+        norms = [layer for layer in model.layers if isinstance(layer, layers.BatchNormalization)]
+        momenta = [layer.momentum for layer in norms]
+        try:
+            for k, start in enumerate(range(0, len(pixels), PRECISE_BN_BATCH)):
+                for layer in norms:
+                    layer.momentum = k / (k + 1)
+                model(pixels[start:start + PRECISE_BN_BATCH].astype("float32"), training=True)
+        finally:
+            for layer, momentum in zip(norms, momenta):
+                layer.momentum = momentum
 
 
 def make_callbacks(steps_per_epoch: int, epochs: int, pixels: np.ndarray | None = None) -> list:

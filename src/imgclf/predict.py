@@ -72,10 +72,30 @@ def predict_probabilities(loaded: LoadedModel, pixels: np.ndarray, *, tta: bool 
 
 def _probabilities(loaded: LoadedModel, images: Images, batch_size: int, tta: bool) -> np.ndarray:
     dataset = make_dataset(images, batch_size).map(lambda x, y: x)
-    probs = loaded.model.predict(dataset, verbose=0)
-    if tta:  # average with the mirror image: the models are trained with horizontal flips
-        probs = (probs + loaded.model.predict(dataset.map(lambda x: x[:, :, ::-1, :]), verbose=0)) / 2
-    return np.asarray(probs, np.float64)
+    if not tta:
+        return np.asarray(loaded.model.predict(dataset, verbose=0), np.float64)
+    # Test-time augmentation: half the weight on the image and its mirror, half on the
+    # mirrored pair shifted one pixel up-left and one pixel down-right (reflect padding).
+    views = [(0.25, lambda x: x), (0.25, _mirror)]
+    for dy in (0, 2):
+        shift = _shifted(dy)
+        views += [(0.125, shift), (0.125, lambda x, shift=shift: _mirror(shift(x)))]
+    return sum(weight * np.asarray(loaded.model.predict(dataset.map(view), verbose=0), np.float64)
+               for weight, view in views)
+
+
+def _mirror(x):
+    return x[:, :, ::-1, :]
+
+
+def _shifted(offset: int):
+    import tensorflow as tf
+
+    def shift(x):
+        height, width = tf.shape(x)[1], tf.shape(x)[2]
+        padded = tf.pad(x, [[0, 0], [1, 1], [1, 1], [0, 0]], mode="REFLECT")
+        return padded[:, offset:offset + height, offset:offset + width, :]
+    return shift
 
 
 def predict_files(loaded: LoadedModel, inputs: list[str], *, top_k: int = 1, tta: bool = False,
