@@ -24,6 +24,7 @@ def __getattr__(name: str):
     # The heavy parts (TensorFlow) load on first use, so `imgclf --help` is instant.
     lazy = {
         "train": ("training", "train"),
+        "resume": ("training", "resume"),
         "load_model": ("modelio", "load_model"),
         "save_model": ("modelio", "save_model"),
         "predict_files": ("predict", "predict_files"),
@@ -41,6 +42,6 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'imgclf' has no attribute {name!r}")
 
 
-__all__ = ["TrainConfig", "ImgclfError", "DataError", "ModelFileError", "train", "load_model",
+__all__ = ["TrainConfig", "ImgclfError", "DataError", "ModelFileError", "train", "resume", "load_model",
            "save_model", "predict_files", "predict_probabilities", "evaluate", "evaluate_images",
            "load_data", "create_model"]

@@ -10,6 +10,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from .checkpoint import Stateful
 from .files import write_csv
 from .metrics import ConfusionMatrix, summarize
 from .modelio import save_model
@@ -20,7 +21,7 @@ BASE_COLUMNS = [
 ]
 
 
-class EpochMetrics(keras.callbacks.Callback):
+class EpochMetrics(keras.callbacks.Callback, Stateful):
     """After each epoch: derive validation F1/precision/recall (macro and per class) from
     the confusion matrix Keras accumulated during its validation pass, add them to the
     logs (so History, checkpoints and progress bars see them), rewrite history.csv and
@@ -70,18 +71,29 @@ class EpochMetrics(keras.callbacks.Callback):
         if self.verbose:
             print(format_epoch(row, self.epochs, improved), file=sys.stdout, flush=True)
 
+    def get_state(self):
+        return {"rows": self.rows}, []
 
-class BestModelCheckpoint(keras.callbacks.Callback):
+    def set_state(self, info, arrays):
+        """Continue from a checkpoint's rows: history.csv is rewritten with exactly those
+        epochs (a later epoch a killed run wrote there is dropped: it will run again)."""
+        self.rows = list(info["rows"])
+        self.best_val_loss = min((r["val_loss"] for r in self.rows if r["val_loss"] is not None), default=math.inf)
+        write_history(self.history_csv, self.rows)
+
+
+class BestModelCheckpoint(keras.callbacks.Callback, Stateful):
     """Save the model whenever validation loss reaches a new minimum (atomically, with
-    class names). `best` starts from the best value so far, so a resumed run never
-    replaces a better model with a worse one."""
+    class names). The best value and weights so far are part of a run's checkpoint, so a
+    resumed run never replaces a better model with a worse one (keras-team/keras#17012)."""
 
-    def __init__(self, path: Path, class_names: list[str], *, best: float = math.inf, **metadata):
+    def __init__(self, path: Path, class_names: list[str], **metadata):
         super().__init__()
         self.path = Path(path)
         self.class_names = class_names
-        self.best = best
+        self.best = math.inf
         self.best_epoch: int | None = None
+        self.best_weights: list[np.ndarray] | None = None
         self.metadata = metadata
 
     def on_epoch_end(self, epoch, logs=None):
@@ -89,7 +101,25 @@ class BestModelCheckpoint(keras.callbacks.Callback):
         if value is not None and np.isfinite(value) and value < self.best:
             self.best = float(value)
             self.best_epoch = epoch + 1
-            save_model(self.model, self.path, self.class_names, epoch=epoch + 1, val_loss=self.best, **self.metadata)
+            self.best_weights = [np.array(w) for w in self.model.get_weights()]
+            self._save(self.model)
+
+    def _save(self, model, weights=None):
+        save_model(model, self.path, self.class_names, weights=weights, epoch=self.best_epoch, val_loss=self.best,
+                   **self.metadata)
+
+    def get_state(self):
+        return {"best": self.best, "best_epoch": self.best_epoch}, list(self.best_weights or [])
+
+    def set_state(self, info, arrays):
+        """Take the best so far from a checkpoint and rewrite the best-model file from it:
+        a killed run may have saved a 'best' of an epoch that will now run again."""
+        self.best, self.best_epoch = float(info["best"]), info["best_epoch"]
+        self.best_weights = list(arrays) or None
+        if self.best_weights is not None:
+            self._save(self.model, self.best_weights)
+        else:
+            self.path.unlink(missing_ok=True)
 
 
 def write_history(path: Path, rows: list[dict]) -> None:

@@ -51,8 +51,8 @@ def build_parser() -> Parser:
     p.add_argument("--val-split", type=float, default=UNSET, help=f"validation fraction (default: {defaults.val_split})")
     p.add_argument("--model", default=UNSET, help=f"model recipe from the registry: {', '.join(_model_names())} "
                                                   f"(default: {defaults.model})")
-    p.add_argument("--epochs", type=int, default=UNSET, help="default: the model's (seed: 50, fast: 10)")
-    p.add_argument("--batch-size", type=int, default=UNSET, help="default: the model's (seed: 32, fast: 512)")
+    p.add_argument("--epochs", type=int, default=UNSET, help="default: the model's (seed: 50, fast: 10, fast-small: 8)")
+    p.add_argument("--batch-size", type=int, default=UNSET, help="default: the model's (seed: 32, fast: 1024)")
     p.add_argument("--learning-rate", type=float, default=UNSET, help="peak step size; default: the model's")
     p.add_argument("--precision", default=UNSET, choices=["auto", "float32", "bfloat16", "float16"],
                    help="compute precision (default: auto = bfloat16 where the hardware has it, else float32)")
@@ -61,6 +61,10 @@ def build_parser() -> Parser:
     p.add_argument("--train-on-all", action="store_const", const=True, default=UNSET,
                    help="no validation split: train on all labelled data, monitor on the test split")
     p.add_argument("--seed", type=int, default=UNSET, help=f"fixes split, initialisation, augmentation (default: {defaults.seed})")
+    p.add_argument("--deterministic", action="store_const", const=True, default=UNSET,
+                   help="deterministic ops: two runs on the same machine give identical histories (slower)")
+    p.add_argument("--resume", metavar="RUN_DIR",
+                   help="continue an interrupted run from its last completed epoch, with its own configuration")
     p.add_argument("--out", default=UNSET, help="run folder (default: runs/<model>-<time>)")
     p.add_argument("--name", default=UNSET, help="run name under runs/")
     p.add_argument("--config", help="JSON file of configuration keys; command-line options given override it")
@@ -161,12 +165,21 @@ def _config_from_args(args: argparse.Namespace, keys: list[str]) -> TrainConfig:
 DATA_KEYS = ["dataset", "data_dir", "labels", "limit"]
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    from .training import train
+TRAIN_KEYS = DATA_KEYS + ["image_size", "val_split", "model", "epochs", "batch_size", "learning_rate",
+                          "precision", "tta", "train_on_all", "seed", "deterministic", "out", "name"]
 
-    keys = DATA_KEYS + ["image_size", "val_split", "model", "epochs", "batch_size", "learning_rate",
-                        "precision", "tta", "train_on_all", "seed", "out", "name"]
-    config = _config_from_args(args, keys)
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .training import resume, train
+
+    if args.resume:
+        given = [key for key in TRAIN_KEYS if hasattr(args, key)] + (["config"] if args.config else [])
+        if given:
+            options = ", ".join("--" + key.replace("_", "-") for key in given)
+            raise ImgclfError(f"--resume continues a run with its own configuration; drop {options}")
+        resume(args.resume, verbose=0 if args.quiet else None)
+        return 0
+    config = _config_from_args(args, TRAIN_KEYS)
     if args.quiet:
         config = config.replace(verbose=0)
     train(config)
@@ -255,7 +268,7 @@ COMMANDS = {"train": cmd_train, "predict": cmd_predict, "evaluate": cmd_evaluate
 
 
 def _model_names() -> list[str]:
-    return ["seed", "fast"]  # listed without importing Keras, so --help stays instant
+    return ["seed", "fast", "fast-small"]  # listed without importing Keras, so --help stays instant
 
 
 def _version() -> str:

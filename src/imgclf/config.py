@@ -37,7 +37,8 @@ class TrainConfig:
     learning_rate: float | None = None  # peak step size; None: the model's default (seed: Adam 0.001)
     precision: str = "auto"  # auto (bfloat16 where the CPU/GPU has it), float32, bfloat16 or float16
     seed: int = 42  # fixes the split, the initialisation and the augmentation
-    tta: bool = False  # final evaluation with test-time augmentation (average with the mirror image)
+    deterministic: bool = False  # deterministic TensorFlow ops: two runs on one machine give identical histories
+    tta: bool = False  # final evaluation with test-time augmentation (mirror image and 1-pixel shifts)
     train_on_all: bool = False  # no validation split: train on all labelled data, monitor on the test split
     # --- output ---
     out: str | None = None  # run folder; default runs/<name>

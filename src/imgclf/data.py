@@ -369,42 +369,79 @@ def stratified_sample(labels: np.ndarray, count: int, seed: int) -> np.ndarray:
 # ----------------------------------------------------------------------------- tf.data
 
 
-def make_dataset(images: Images, batch_size: int, *, shuffle: bool = False, seed: int = 0, augment=None):
-    """A batched, prefetched tf.data pipeline of (float32 0-255 pixels, int32 labels).
+def make_dataset(images: Images, batch_size: int):
+    """Batches of (float32 0-255 pixels, int32 labels) in order, prefetched: for evaluation."""
+    import tensorflow as tf
 
-    `augment(uint8 batch, seed) -> batch` runs on whole batches, before the cast to float.
+    load = _batch_loader(images)
+
+    def finish(index):
+        x, y = load(index)
+        return tf.cast(x, tf.float32), y
+
+    dataset = tf.data.Dataset.range(len(images)).batch(batch_size)
+    return dataset.map(finish, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
+def make_train_dataset(images: Images, batch_size: int, *, seed: int, epochs: int, first_epoch: int = 0,
+                       augment=None):
+    """Shuffled (and augmented) training batches for epochs `first_epoch` .. `epochs - 1`,
+    one epoch after the other, `train_steps(len(images), batch_size)` per epoch (pass it
+    as `steps_per_epoch` to `model.fit`). Only full batches: the few images left over
+    change every epoch. A dataset smaller than one batch gives one batch of everything.
+
+    The order and the augmentation of epoch `e` depend only on (`seed`, `e`): stateless
+    random ops, no hidden state. A resumed run sees exactly the batches the uninterrupted
+    run would have seen. `augment(uint8 batch, seed, index, epoch) -> batch` gets a
+    2-element seed tensor, the images' indices and the epoch, and must use stateless
+    random ops.
     """
     import tensorflow as tf
 
     n = len(images)
+    load = _batch_loader(images)
 
-    def finish(x, y):  # uint8 batch -> augmented float32 batch
-        return tf.cast(x if augment is None else augment(x, seed), tf.float32), y
+    def one_epoch(epoch):
+        order = tf.random.experimental.stateless_shuffle(tf.range(n, dtype=tf.int64), seed=[seed, epoch])
+        batches = tf.data.Dataset.from_tensor_slices(order).batch(batch_size, drop_remainder=n >= batch_size)
+        return batches.enumerate().map(lambda step, index: (epoch, step, index))
 
+    def finish(epoch, step, index):
+        x, y = load(index)
+        if augment is not None:
+            x = augment(x, tf.stack([tf.constant(seed, tf.int64), epoch * 1_000_003 + step]), index, epoch)
+        return tf.cast(x, tf.float32), y
+
+    dataset = tf.data.Dataset.range(first_epoch, epochs).flat_map(one_epoch)
+    return dataset.map(finish, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
+def train_steps(n: int, batch_size: int) -> int:
+    """Steps per epoch of `make_train_dataset`: full batches only."""
+    return max(1, n // batch_size)
+
+
+def _batch_loader(images: Images):
+    """index batch -> (uint8 pixels, int32 labels): a gather from the uint8 array held in
+    memory, or decoding the files of the batch."""
+    import tensorflow as tf
+
+    labels = tf.constant(images.labels)
     if images.in_memory:
         pixels = tf.constant(images.array)
-        labels = tf.constant(images.labels)
-        dataset = tf.data.Dataset.range(n)
-        if shuffle:
-            dataset = dataset.shuffle(n, seed=seed, reshuffle_each_iteration=True)
-        # Gather whole batches from the uint8 tensor: one op per batch, not per image.
-        dataset = dataset.batch(batch_size).map(
-            lambda i: finish(tf.gather(pixels, i), tf.gather(labels, i)), num_parallel_calls=tf.data.AUTOTUNE
-        )
-    else:
-        # Streamed from disk: decode each file per epoch, in parallel.
-        height, width = images.size
-        dataset = tf.data.Dataset.from_tensor_slices(
-            (np.array([os.fsencode(p) for p in images.paths], dtype=object), images.labels)
-        )
-        if shuffle:
-            dataset = dataset.shuffle(n, seed=seed, reshuffle_each_iteration=True)
 
-        def decode(path, label):
-            image = tf.numpy_function(lambda raw: _decode_or_black(raw, (height, width)), [path], tf.uint8)
-            image.set_shape((height, width, 3))
-            return image, label
+        def load(index):
+            return tf.gather(pixels, index), tf.gather(labels, index)
+        return load
+    paths = tf.constant(np.array([os.fsencode(p) for p in images.paths], dtype=object))
+    height, width = images.size
 
-        dataset = dataset.map(decode, num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size)
-        dataset = dataset.map(finish, num_parallel_calls=tf.data.AUTOTUNE)
-    return dataset.prefetch(tf.data.AUTOTUNE)
+    def decode(raw_paths):
+        return np.stack([_decode_or_black(raw, (height, width)) for raw in raw_paths]) if len(raw_paths) else \
+            np.zeros((0, height, width, 3), np.uint8)
+
+    def load(index):
+        batch = tf.numpy_function(decode, [tf.gather(paths, index)], tf.uint8)
+        batch.set_shape((None, height, width, 3))
+        return batch, tf.gather(labels, index)
+    return load

@@ -16,12 +16,25 @@ from pathlib import Path
 from typing import Any, Iterator
 
 
+PARTIAL_MARK = ".partial-"  # in the names of temporary files: `.<name>.partial-XXXX<suffix>`
+
+
+def _file_mode() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+FILE_MODE = _file_mode()  # what open() would give a new file (mkstemp gives 0600)
+
+
 @contextmanager
 def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path next to `path`; on success it replaces `path` in one step."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or ".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}{PARTIAL_MARK}", suffix=suffix or ".tmp", dir=path.parent)
+    os.fchmod(fd, FILE_MODE)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -32,6 +45,14 @@ def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def remove_partial_files(folder: str | Path) -> list[Path]:
+    """Delete temporary files that a killed process left in `folder`; return them."""
+    leftovers = sorted(Path(folder).glob(f".*{PARTIAL_MARK}*"))
+    for leftover in leftovers:
+        leftover.unlink(missing_ok=True)
+    return leftovers
 
 
 def write_bytes(path: str | Path, data: bytes) -> None:

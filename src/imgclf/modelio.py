@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import keras
+import numpy as np
 
 from .errors import ModelFileError
 from .files import atomic_path
@@ -31,8 +32,10 @@ class LoadedModel:
     path: Path | None = None
 
 
-def save_model(model: keras.Model, path: str | Path, class_names: list[str], **extra) -> None:
-    """Save `model` to `path` (.keras) with its class names and input size, atomically.
+def save_model(model: keras.Model, path: str | Path, class_names: list[str], *,
+               weights: list[np.ndarray] | None = None, **extra) -> None:
+    """Save `model` (with `weights` instead of its own, if given) to `path` (.keras) with
+    its class names and input size, atomically.
 
     What is saved is an uncompiled copy: no optimizer state and no training-only objects
     (imgclf's metrics, losses), so the file is small and loads with plain Keras.
@@ -46,10 +49,10 @@ def save_model(model: keras.Model, path: str | Path, class_names: list[str], **e
         **extra,
     }
     inference = model
-    if getattr(model, "compiled", False):
+    if getattr(model, "compiled", False) or weights is not None:
         # from_config builds the same architecture uncompiled (clone_model would compile it).
         inference = type(model).from_config(model.get_config())
-        inference.set_weights(model.get_weights())
+        inference.set_weights(model.get_weights() if weights is None else weights)
     with atomic_path(path, suffix=".keras") as tmp:
         inference.save(tmp)
         with zipfile.ZipFile(tmp, "a") as archive:

@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-import math
+import csv
 import os
 import platform
 import shutil
@@ -20,10 +20,12 @@ import numpy as np
 
 from . import __version__
 from .callbacks import BestModelCheckpoint, EpochMetrics
+from .checkpoint import CHECKPOINT_NAME, Stateful, TrainingCheckpoint, load_checkpoint, restore_checkpoint
 from .config import TrainConfig
-from .data import Images, LoadedData, check_classes, decode_files, load_data, make_dataset, split_indices
-from .errors import DataError
-from .files import write_csv, write_json
+from .data import (Images, LoadedData, check_classes, decode_files, load_data, make_dataset, make_train_dataset,
+                   split_indices, train_steps)
+from .errors import DataError, ImgclfError
+from .files import remove_partial_files, write_csv, write_json
 from .metrics import ConfusionMatrix
 from .modelio import load_model, save_model
 from .models import create_model, get_recipe
@@ -41,10 +43,31 @@ def train(config: TrainConfig, data: LoadedData | None = None, extra_callbacks: 
 
     `data` skips loading (already loaded data); `extra_callbacks` run after imgclf's own.
     """
-    config = config.resolved()
+    return _run(config.resolved(), None, data, extra_callbacks)
+
+
+def resume(run_dir: str | Path, data: LoadedData | None = None, extra_callbacks: list | None = None,
+           verbose: int | None = None) -> Path:
+    """Continue an interrupted run from its last completed epoch (RUN_DIR/checkpoint.npz);
+    a run killed before its first epoch ended starts again in the same folder."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.json").is_file():
+        raise ImgclfError(f"cannot resume {run_dir}: not a run folder (no config.json)")
+    config = TrainConfig.from_json(run_dir / "config.json")
+    if verbose is not None:
+        config = config.replace(verbose=verbose)
+    return _run(config, run_dir, data, extra_callbacks)
+
+
+def _run(config: TrainConfig, resume_dir: Path | None, data: LoadedData | None,
+         extra_callbacks: list | None) -> Path:
     config.validate()
     precision = resolve_precision(config.precision)
     started = time.perf_counter()
+    if config.deterministic:
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()  # process-wide, cannot be undone
     keras.utils.set_random_seed(config.seed)
     if data is None:
         data = load_data(config)
@@ -60,11 +83,21 @@ def train(config: TrainConfig, data: LoadedData | None = None, extra_callbacks: 
         train_set, val_set = labelled.subset(train_idx), labelled.subset(val_idx)
     val_name = "test" if config.train_on_all else "validation"
 
-    run_dir = make_run_dir(config)
-    config = config.replace(precision=precision)  # the run folder records what was used, not "auto"
-    write_json(run_dir / "config.json", config.to_dict())
+    checkpoint_state = None
+    if resume_dir is None:
+        run_dir = make_run_dir(config)
+        config = config.replace(precision=precision)  # the run folder records what was used, not "auto"
+        write_json(run_dir / "config.json", config.to_dict())
+        write_split(run_dir / "split.csv", labelled, train_idx, val_idx)
+    else:
+        run_dir = resume_dir
+        remove_partial_files(run_dir)
+        if split_rows(labelled, train_idx, val_idx) != read_split(run_dir / "split.csv"):
+            raise DataError(f"cannot resume {run_dir}: the data differs from the run's (split.csv); "
+                            "resume needs the same images")
+        if (run_dir / CHECKPOINT_NAME).exists():
+            checkpoint_state = load_checkpoint(run_dir / CHECKPOINT_NAME)
     write_json(run_dir / "environment.json", environment(config))
-    write_split(run_dir / "split.csv", labelled, train_idx, val_idx)
     write_json(run_dir / "data.json", {
         "source": data.source,
         "class_names": labelled.class_names,
@@ -83,9 +116,10 @@ def train(config: TrainConfig, data: LoadedData | None = None, extra_callbacks: 
     recipe = get_recipe(config.model)
     if config.verbose:
         print(f"model: {config.model} ({recipe.description}), {config.epochs} epochs, batch {config.batch_size}, "
-              f"learning rate {config.learning_rate:g}, precision {precision}")
+              f"learning rate {config.learning_rate:g}, precision {precision}"
+              + (", deterministic" if config.deterministic else ""))
     num_classes = len(labelled.class_names)
-    steps_per_epoch = math.ceil(len(train_set) / config.batch_size)
+    steps_per_epoch = train_steps(len(train_set), config.batch_size)
     with compute_precision(precision):
         pixels = sample_pixels(train_set, seed=config.seed) if recipe.needs_data else None
         model = create_model(config.model, (config.image_size, config.image_size, 3), num_classes,
@@ -96,21 +130,31 @@ def train(config: TrainConfig, data: LoadedData | None = None, extra_callbacks: 
             loss=recipe.loss,
             metrics=["accuracy", matrix],
         )
-        checkpoint = BestModelCheckpoint(run_dir / "best_model.keras", labelled.class_names, model_name=config.model)
-        callbacks = [
-            EpochMetrics(matrix, labelled.class_names, run_dir / "history.csv", epochs=config.epochs,
-                         verbose=config.verbose),
-            *(recipe.make_callbacks(steps_per_epoch, config.epochs, pixels) if recipe.make_callbacks else []),
-            checkpoint,
-            *(extra_callbacks or []),
-        ]
-        model.fit(
-            make_dataset(train_set, config.batch_size, shuffle=True, seed=config.seed, augment=recipe.augment),
-            validation_data=make_dataset(val_set, max(config.batch_size, EVAL_BATCH)),
-            epochs=config.epochs,
-            callbacks=callbacks,
-            verbose=1 if config.verbose and _interactive() else 0,
-        )
+        best = BestModelCheckpoint(run_dir / "best_model.keras", labelled.class_names, model_name=config.model)
+        history = EpochMetrics(matrix, labelled.class_names, run_dir / "history.csv", epochs=config.epochs,
+                               verbose=config.verbose)
+        recipe_callbacks = recipe.make_callbacks(steps_per_epoch, config.epochs, pixels) if recipe.make_callbacks else []
+        best.set_model(model)
+        stateful = {"history": history, "best": best}
+        stateful.update({f"recipe{i}": cb for i, cb in enumerate(recipe_callbacks) if isinstance(cb, Stateful)})
+        first_epoch = 0
+        if checkpoint_state is not None:
+            first_epoch = restore_checkpoint(*checkpoint_state, model, stateful)
+            if config.verbose:
+                print(f"resuming after epoch {first_epoch} of {config.epochs} (best so far: epoch {best.best_epoch})")
+        callbacks = [history, *recipe_callbacks, best, *(extra_callbacks or []),
+                     TrainingCheckpoint(run_dir / CHECKPOINT_NAME, stateful)]
+        if first_epoch < config.epochs:
+            model.fit(
+                make_train_dataset(train_set, config.batch_size, seed=config.seed, epochs=config.epochs,
+                                   first_epoch=first_epoch, augment=recipe.augment),
+                steps_per_epoch=steps_per_epoch,
+                validation_data=make_dataset(val_set, max(config.batch_size, EVAL_BATCH)),
+                epochs=config.epochs,
+                initial_epoch=first_epoch,
+                callbacks=callbacks,
+                verbose=1 if config.verbose and _interactive() else 0,
+            )
         save_model(model, run_dir / "last_model.keras", labelled.class_names, model_name=config.model,
                    epoch=config.epochs)
     train_seconds = time.perf_counter() - started
@@ -119,25 +163,26 @@ def train(config: TrainConfig, data: LoadedData | None = None, extra_callbacks: 
     final_name = "last_model.keras" if config.train_on_all else "best_model.keras"
     if config.train_on_all:
         shutil.copyfile(run_dir / "last_model.keras", run_dir / "best_model.keras")
-    best = load_model(run_dir / final_name)
-    report = evaluate_images(best, val_set, tta=config.tta)
+    final = load_model(run_dir / final_name)
+    report = evaluate_images(final, val_set, tta=config.tta)
     write_reports(run_dir, report, prefix="test_" if config.train_on_all else "")
     metrics = {
         "split": val_name,
         "model_file": final_name,
-        "best_epoch": None if config.train_on_all else checkpoint.best_epoch,
+        "best_epoch": None if config.train_on_all else best.best_epoch,
         **{k: report[k] for k in ("loss", "accuracy", "f1", "precision", "recall", "images", "tta")},
         "train_seconds": round(train_seconds, 1),
+        "resumed_after_epoch": first_epoch if resume_dir is not None else None,
         "skipped_files": len(labelled.skipped),
     }
     if data.test is not None and not config.train_on_all:
-        test_report = evaluate_images(best, data.test, tta=config.tta)
+        test_report = evaluate_images(final, data.test, tta=config.tta)
         write_reports(run_dir, test_report, prefix="test_")
         metrics["test"] = {k: test_report[k] for k in ("loss", "accuracy", "f1", "precision", "recall", "images")}
     write_json(run_dir / "metrics.json", metrics)
     plot_history(read_history(run_dir / "history.csv"), run_dir)
     if config.verbose:
-        which = "final model" if config.train_on_all else f"best model (epoch {checkpoint.best_epoch})"
+        which = "final model" if config.train_on_all else f"best model (epoch {best.best_epoch})"
         print(f"{which} on {val_name}: accuracy {report['accuracy']:.4f}  "
               f"f1 {report['f1']:.4f}  precision {report['precision']:.4f}  recall {report['recall']:.4f}  "
               f"[{train_seconds:.0f}s]")
@@ -146,9 +191,10 @@ def train(config: TrainConfig, data: LoadedData | None = None, extra_callbacks: 
 
 
 def sample_pixels(images: Images, count: int = DATA_INIT_IMAGES, seed: int = 0) -> np.ndarray:
-    """A random sample of up to `count` training images as uint8 (data-dependent
-    initialisation needs every class: the images are stored sorted by class)."""
-    chosen = np.sort(np.random.default_rng(seed).permutation(len(images))[:count])
+    """A random sample of up to `count` training images as uint8, in random order: the
+    images are stored sorted by class, and data-dependent initialisation and BatchNorm
+    re-estimation (which reads the sample in batches) need every class in every part."""
+    chosen = np.random.default_rng(seed).permutation(len(images))[:count]
     if images.in_memory:
         return images.array[chosen]
     pixels, ok, _ = decode_files([images.paths[i] for i in chosen], images.size)
@@ -182,13 +228,28 @@ def make_run_dir(config: TrainConfig) -> Path:
     return run_dir
 
 
-def write_split(path: Path, images: Images, train_idx: np.ndarray, val_idx: np.ndarray) -> None:
+SPLIT_COLUMNS = ["item", "label", "class", "subset"]
+
+
+def split_rows(images: Images, train_idx: np.ndarray, val_idx: np.ndarray) -> list[list[str]]:
     subset = np.empty(len(images), dtype=object)
     subset[train_idx], subset[val_idx] = "train", "val"
     names = images.names()
-    write_csv(path, ["item", "label", "class", "subset"],
-              [[names[i], int(images.labels[i]), images.class_names[images.labels[i]], subset[i]]
-               for i in range(len(images))])
+    return [[names[i], str(int(images.labels[i])), images.class_names[images.labels[i]], subset[i]]
+            for i in range(len(images))]
+
+
+def write_split(path: Path, images: Images, train_idx: np.ndarray, val_idx: np.ndarray) -> None:
+    write_csv(path, SPLIT_COLUMNS, split_rows(images, train_idx, val_idx))
+
+
+def read_split(path: Path) -> list[list[str]] | None:
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            rows = list(csv.reader(handle))
+    except OSError:
+        return None
+    return rows[1:] if rows and rows[0] == SPLIT_COLUMNS else None
 
 
 def environment(config: TrainConfig) -> dict:
