@@ -13,10 +13,12 @@ def test_bench_writes_report_and_plot(tmp_path):
     data = make_image_folder(tmp_path / "data", per_class=10)
     out = tmp_path / "bench"
     result = run_cli("bench", "--data-dir", data, "--image-size", "16", "--epochs", "2", "--fast-epochs", "2",
+                     "--fast-model", "fast-small",
                      "--out", out)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((out / "bench.json").read_text())
     assert set(report["contenders"]) == {"notebook", "reference", "fast"}
+    assert "fast-small" in report["contenders"]["fast"]["name"]
     for result in report["contenders"].values():
         assert result["epochs"] == 2 and result["images_per_second"] > 0 and result["achieved_gflops"] > 0
         assert "epoch_speedup" in result

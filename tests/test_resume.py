@@ -128,3 +128,22 @@ def test_resume_rejects_other_options_and_non_runs(tmp_path):
     assert result.returncode != 0 and "--epochs" in result.stderr and "Traceback" not in result.stderr
     result = run_cli("train", "--resume", tmp_path)
     assert result.returncode != 0 and "not a run folder" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_resume_refuses_changed_data_and_finishes_a_completed_run(data, uninterrupted, tmp_path):
+    import shutil
+
+    run = tmp_path / "copy"
+    shutil.copytree(uninterrupted, run)
+    result = run_cli("train", "--resume", run)  # already complete: only the final evaluation runs again
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert history(run) == history(uninterrupted)
+    assert json.loads((run / "metrics.json").read_text())["resumed_after_epoch"] == EPOCHS
+
+    changed = tmp_path / "changed"
+    shutil.copytree(data, changed)
+    next(changed.glob("red/*.png")).unlink()
+    config = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**config, "data_dir": str(changed)}))
+    result = run_cli("train", "--resume", run)
+    assert result.returncode != 0 and "data differs" in result.stderr and "Traceback" not in result.stderr

@@ -4,7 +4,7 @@
     callback that runs `model.predict` on the validation set each epoch for
     scikit-learn's F1/precision/recall (a second pass over the validation data).
 (b) reference: `imgclf.train` with the seed recipe (same model, optimizer, epochs).
-(c) fast: `imgclf.train` with the fast recipe.
+(c) fast: `imgclf.train` with the fast recipe (`fast_model`: `fast` or `fast-small`).
 
 Each gets the same epoch budget (`--epochs`; the fast recipe keeps its own unless
 given) and optionally a wall-time budget (`--minutes`). Reported: median epoch time,
@@ -125,7 +125,8 @@ def time_to_reach(result: dict, target: float) -> float | None:
 
 
 def run_bench(config: TrainConfig, *, epochs: int | None, minutes: float | None, out: Path,
-              contenders: tuple[str, ...] = CONTENDERS, fast_epochs: int | None = None) -> dict:
+              contenders: tuple[str, ...] = CONTENDERS, fast_epochs: int | None = None,
+              fast_model: str = "fast") -> dict:
     out = Path(out)
     budget = minutes * 60 if minutes else None
     data = load_data(config)  # decoded once; every contender gets the same arrays and split
@@ -147,7 +148,7 @@ def run_bench(config: TrainConfig, *, epochs: int | None, minutes: float | None,
                                             out / "reference_run", len(train_set), budget)
         print(line(results["reference"]))
     if "fast" in contenders:
-        results["fast"] = bench_recipe("c: imgclf fast recipe", config.replace(model="fast", epochs=fast_epochs),
+        results["fast"] = bench_recipe(f"c: imgclf {fast_model} recipe", config.replace(model=fast_model, epochs=fast_epochs),
                                        data, out / "fast_run", len(train_set), budget)
         print(line(results["fast"]))
     report = {"train_images": len(train_set), "val_images": len(val_set), "peak_gflops": peak,

@@ -93,6 +93,7 @@ def build_parser() -> Parser:
     add_data_options(p)
     p.add_argument("--epochs", type=int, default=1, help="epochs for (a) and (b) (default: %(default)s)")
     p.add_argument("--fast-epochs", type=int, help="epochs for (c) (default: the fast recipe's own)")
+    p.add_argument("--fast-model", default="fast", choices=["fast", "fast-small"], help="recipe for (c) (default: %(default)s)")
     p.add_argument("--minutes", type=float, help="wall-time budget per contender (stops after the epoch that passes it)")
     p.add_argument("--only", nargs="+", choices=["notebook", "reference", "fast"],
                    default=["notebook", "reference", "fast"], help="contenders to run (default: all three)")
@@ -260,7 +261,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     config = _config_from_args(args, DATA_KEYS + ["image_size", "seed"])
     run_bench(config, epochs=args.epochs, minutes=args.minutes, out=Path(args.out), contenders=tuple(args.only),
-              fast_epochs=args.fast_epochs)
+              fast_epochs=args.fast_epochs, fast_model=args.fast_model)
     return 0
 
 

@@ -29,7 +29,7 @@ class Recipe:
     learning_rate: float  # default peak learning rate (at the default batch size)
     make_optimizer: Callable[[float, int, int], keras.optimizers.Optimizer]  # (lr, steps/epoch, epochs)
     loss: Any = "sparse_categorical_crossentropy"  # Keras loss (labels are class indices)
-    augment: Callable | None = None  # batch augmentation in tf.data: (uint8 images, 2-element seed tensor) -> images, stateless
+    augment: Callable | None = None  # batch augmentation in tf.data: (uint8 images, seed[2], index, epoch) -> images; stateless
     make_callbacks: Callable[..., list] | None = None  # (steps/epoch, epochs, pixels) -> training-only callbacks
     needs_data: bool = False  # build() uses training pixels (data-dependent initialisation)
     scale_lr_with_batch: bool = False  # default learning rate proportional to the batch size
