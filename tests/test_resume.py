@@ -147,3 +147,25 @@ def test_resume_refuses_changed_data_and_finishes_a_completed_run(data, uninterr
     (run / "config.json").write_text(json.dumps({**config, "data_dir": str(changed)}))
     result = run_cli("train", "--resume", run)
     assert result.returncode != 0 and "data differs" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_fast_recipe_resumes_exactly(tmp_path):
+    """The fast recipe has more state (lookahead averages, a whitening bias that freezes
+    after a step count, SGD momentum): a kill after its first checkpoint, then --resume,
+    must still give the uninterrupted run's history."""
+    data = make_image_folder(tmp_path / "images", per_class=12)
+    args = ["--model", "fast", "--epochs", "3", "--image-size", "16", "--batch-size", "8", "--deterministic"]
+    whole = tmp_path / "whole"
+    result = run_cli("train", "--data-dir", data, *args, "--out", whole)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = tmp_path / "killed"
+    process = start(["train", "--data-dir", data, *args, "--out", run])
+    deadline = time.monotonic() + 240
+    while not (run / "checkpoint.npz").exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.002)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, "the run ended before the kill"
+    result = run_cli("train", "--resume", run)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert history(run) == history(whole)

@@ -51,7 +51,7 @@ def build_parser() -> Parser:
     p.add_argument("--val-split", type=float, default=UNSET, help=f"validation fraction (default: {defaults.val_split})")
     p.add_argument("--model", default=UNSET, help=f"model recipe from the registry: {', '.join(_model_names())} "
                                                   f"(default: {defaults.model})")
-    p.add_argument("--epochs", type=int, default=UNSET, help="default: the model's (seed: 50, fast: 10, fast-small: 8)")
+    p.add_argument("--epochs", type=int, default=UNSET, help="default: the model's (seed: 50, fast: 10, fast-small: 6)")
     p.add_argument("--batch-size", type=int, default=UNSET, help="default: the model's (seed: 32, fast: 1024)")
     p.add_argument("--learning-rate", type=float, default=UNSET, help="peak step size; default: the model's")
     p.add_argument("--precision", default=UNSET, choices=["auto", "float32", "bfloat16", "float16"],
