@@ -63,6 +63,33 @@ def test_streaming_gives_the_same_batches_as_memory(image_folder):
     assert xm.dtype == np.float32 and xm.max() > 1  # raw 0-255: scaling is the model's job
 
 
+def test_training_batches_depend_only_on_seed_and_epoch(image_folder):
+    from imgclf.data import make_train_dataset, train_steps
+    from imgclf.fast import flip_translate
+
+    memory = load_data(config(data_dir=str(image_folder))).labelled
+    streamed = load_data(config(data_dir=str(image_folder), memory_limit_mb=0)).labelled
+    n, batch = len(memory), 10
+    steps = train_steps(n, batch)
+    assert steps == n // batch
+
+    def batches(images, first_epoch=0, seed=5):
+        dataset = make_train_dataset(images, batch, seed=seed, epochs=3, first_epoch=first_epoch,
+                                     augment=flip_translate)
+        return list(dataset.as_numpy_iterator())
+
+    whole = batches(memory)
+    assert len(whole) == 3 * steps and all(len(y) == batch for _, y in whole)  # full batches only
+    for (xm, ym), (xs, ys) in zip(whole, batches(streamed)):  # streamed from disk: the same batches
+        np.testing.assert_array_equal(xm, xs)
+        np.testing.assert_array_equal(ym, ys)
+    for (x1, y1), (x2, y2) in zip(whole[steps:], batches(memory, first_epoch=1)):  # a resume sees the same
+        np.testing.assert_array_equal(x1, x2)
+        np.testing.assert_array_equal(y1, y2)
+    assert not np.array_equal(whole[0][1], whole[steps][1])  # epochs are shuffled differently
+    assert not np.array_equal(whole[0][1], batches(memory, seed=6)[0][1])
+
+
 def test_split_is_stratified_and_reproducible():
     labels = np.repeat(np.arange(4), 25)
     train, val = split_indices(labels, 0.2, seed=3)

@@ -436,9 +436,8 @@ def _batch_loader(images: Images):
     paths = tf.constant(np.array([os.fsencode(p) for p in images.paths], dtype=object))
     height, width = images.size
 
-    def decode(raw_paths):
-        return np.stack([_decode_or_black(raw, (height, width)) for raw in raw_paths]) if len(raw_paths) else \
-            np.zeros((0, height, width, 3), np.uint8)
+    def decode(raw_paths):  # batches are never empty
+        return np.stack([_decode_or_black(raw, (height, width)) for raw in raw_paths])
 
     def load(index):
         batch = tf.numpy_function(decode, [tf.gather(paths, index)], tf.uint8)
