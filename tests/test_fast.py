@@ -29,12 +29,53 @@ def test_fast_model_shapes_and_layers():
     pixels = np.random.default_rng(0).integers(0, 256, (64, 32, 32, 3), dtype=np.uint8)
     model = fast_cnn((32, 32, 3), 10, pixels)
     kinds = [type(layer).__name__ for layer in model.layers]
-    assert kinds.count("Conv2D") == 7 and kinds.count("BatchNormalization") == 6
+    assert kinds.count("Conv2D") == 7 and kinds.count("FusedBatchNorm") == 6 and kinds.count("QuickGELU") == 7
     trainable = {w.path for w in model.trainable_weights}
     assert "whiten/bias" in trainable and "whiten/kernel" not in trainable  # the whitening itself stays fixed
     probs = model.predict(pixels[:4].astype("float32"), verbose=0)
     assert probs.shape == (4, 10) and np.allclose(probs.sum(axis=1), 1, atol=1e-4)
     assert model.output.dtype == "float32"
+
+
+def test_fused_batchnorm_matches_keras_batchnorm():
+    import keras
+
+    from imgclf.fast import FusedBatchNorm
+
+    x = np.random.default_rng(0).normal(1.0, 3.0, (8, 6, 6, 5)).astype("float32")
+    fused = FusedBatchNorm(momentum=0.6, scale=False)
+    stock = keras.layers.BatchNormalization(momentum=0.6, scale=False)
+    for layer in (fused, stock):
+        layer.build(x.shape)
+        layer.beta.assign(np.arange(5, dtype="float32"))
+    assert np.allclose(fused(x, training=True), stock(x, training=True), atol=1e-5)
+    assert np.allclose(fused.moving_mean.numpy(), stock.moving_mean.numpy(), atol=1e-6)
+    # the fused kernel's running variance is the unbiased one: n/(n-1), n = 8*6*6
+    n = 8 * 6 * 6
+    assert np.allclose(fused.moving_variance.numpy() - 0.6, (stock.moving_variance.numpy() - 0.6) * n / (n - 1),
+                       rtol=1e-4)
+    stock.moving_variance.assign(fused.moving_variance)
+    assert np.allclose(fused(x), stock(x), atol=1e-5)  # inference: the running statistics
+    with compute_precision("bfloat16"):
+        half = FusedBatchNorm()
+        out = half(x.astype("float32"), training=True)
+    assert half.compute_dtype == "bfloat16" and out.dtype == "bfloat16"
+    assert np.allclose(np.asarray(out, "float32").mean(axis=(0, 1, 2)), 0, atol=0.02)
+
+
+def test_quick_gelu_value_and_gradient():
+    import tensorflow as tf
+
+    from imgclf.fast import QuickGELU
+
+    x = tf.constant(np.linspace(-6, 6, 241), tf.float32)
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(x)
+        ours = QuickGELU()(x)
+        reference = x * tf.sigmoid(1.702 * x)
+    assert np.allclose(ours, reference, atol=1e-6)
+    assert np.allclose(tape.gradient(ours, x), tape.gradient(reference, x), atol=1e-5)
+    assert np.abs(ours - tf.nn.gelu(x, approximate=False)).max() < 0.025  # GELU, approximately
 
 
 def test_fast_model_under_bfloat16_keeps_float32_outputs():
@@ -141,7 +182,7 @@ def test_precise_batchnorm_refreshes_running_statistics():
     from imgclf.fast import PreciseBatchNorm
 
     model = fast_cnn((16, 16, 3), 3)
-    bn = next(layer for layer in model.layers if type(layer).__name__ == "BatchNormalization")
+    bn = next(layer for layer in model.layers if type(layer).__name__ == "FusedBatchNorm")
     before = np.array(bn.moving_mean.numpy())
     callback = PreciseBatchNorm(np.full((64, 16, 16, 3), 200, np.uint8), steps_per_epoch=2)
     callback.set_model(model)
