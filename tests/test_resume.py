@@ -150,8 +150,8 @@ def test_resume_refuses_changed_data_and_finishes_a_completed_run(data, uninterr
 
 
 def test_fast_recipe_resumes_exactly(tmp_path):
-    """The fast recipe has more state (lookahead averages, a whitening bias that freezes
-    after a step count, SGD momentum): a kill after its first checkpoint, then --resume,
+    """The fast recipe has more state (Muon and SGD momenta, a whitening bias that freezes
+    after a step count, a schedule by step): a kill after its first checkpoint, then --resume,
     must still give the uninterrupted run's history."""
     data = make_image_folder(tmp_path / "images", per_class=12)
     args = ["--model", "fast", "--epochs", "3", "--image-size", "16", "--batch-size", "8", "--deterministic"]

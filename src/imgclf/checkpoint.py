@@ -4,7 +4,7 @@
 the random-generator states of augmentation/dropout layers), every optimizer variable
 (moments and the step counter, hence the learning-rate schedule's position), the epoch,
 and the state of each stateful callback (history rows, best validation loss and the best
-weights, lookahead averages). It is written atomically after everything else of the
+weights). It is written atomically after everything else of the
 epoch, so a kill at any instant leaves the previous epoch's complete checkpoint. The
 training data's order and augmentation depend only on (seed, epoch), so nothing else is
 needed to continue exactly where the run stopped.
