@@ -40,7 +40,7 @@ def test_fast_model_shapes_and_layers():
 def test_fused_batchnorm_matches_keras_batchnorm():
     import keras
 
-    from imgclf.fast import FusedBatchNorm
+    from imgclf.layers import FusedBatchNorm
 
     x = np.random.default_rng(0).normal(1.0, 3.0, (8, 6, 6, 5)).astype("float32")
     fused = FusedBatchNorm(momentum=0.6, scale=False)
@@ -66,7 +66,7 @@ def test_fused_batchnorm_matches_keras_batchnorm():
 def test_quick_gelu_value_and_gradient():
     import tensorflow as tf
 
-    from imgclf.fast import QuickGELU
+    from imgclf.layers import QuickGELU
 
     x = tf.constant(np.linspace(-6, 6, 241), tf.float32)
     with tf.GradientTape(persistent=True) as tape:
@@ -170,3 +170,23 @@ def test_precise_batchnorm_refreshes_running_statistics():
     np.testing.assert_array_equal(bn.moving_mean.numpy(), before)  # not the epoch's last step
     callback.on_train_batch_end(1)
     assert not np.allclose(bn.moving_mean.numpy(), before)
+
+
+def test_saved_fast_model_loads_in_a_fresh_process(tmp_path):
+    """The custom layers are registered by imgclf's loader itself, not by having trained first."""
+    import subprocess
+    import sys
+
+    from imgclf.modelio import save_model
+
+    pixels = np.random.default_rng(0).integers(0, 256, (16, 16, 16, 3), dtype=np.uint8)
+    model = fast_cnn((16, 16, 3), 3, pixels, widths=(8, 8, 8))
+    save_model(model, tmp_path / "m.keras", ["a", "b", "c"], model_name="fast")
+    expected = model.predict(pixels[:2].astype("float32"), verbose=0)
+    np.save(tmp_path / "x.npy", pixels[:2])
+    code = ("import numpy as np, sys; from imgclf.modelio import load_model; "
+            "m = load_model(sys.argv[1]); np.save(sys.argv[2], m.model.predict(np.load(sys.argv[3]).astype('float32'), verbose=0))")
+    result = subprocess.run([sys.executable, "-c", code, str(tmp_path / "m.keras"), str(tmp_path / "y.npy"),
+                             str(tmp_path / "x.npy")], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    np.testing.assert_allclose(np.load(tmp_path / "y.npy"), expected, atol=1e-5)

@@ -12,8 +12,8 @@ lookahead, 10 epochs): 89.4% vs 88.8% validation accuracy without TTA, in 8 epoc
 
 Two layers are our own, for speed on CPUs: BatchNorm through TensorFlow's fused kernel and
 GELU's sigmoid approximation with a hand-written gradient (1.25x more images/s together,
-measured on the fast model, bfloat16, 2 cores). They are registered Keras layers: saved
-models load with plain Keras once `imgclf` is imported.
+measured on the fast model, bfloat16, 2 cores), in `layers.py`: registered Keras layers,
+so saved models load with Keras once `imgclf.layers` is imported (imgclf's `load_model` does).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import numpy as np
 from keras import layers, ops
 
 from .models import Recipe, register
+from .layers import FusedBatchNorm, QuickGELU
 from .muon import LinearDecay, Muon
 
 WIDTHS = (64, 256, 256)  # channels of the three conv blocks
@@ -86,66 +87,6 @@ def dirac_init(layer) -> None:
     centre_y, centre_x = kernel.shape[0] // 2, kernel.shape[1] // 2
     kernel[centre_y, centre_x, np.arange(n), np.arange(n)] = 1
     layer.kernel.assign(kernel)
-
-
-@keras.saving.register_keras_serializable(package="imgclf")
-class FusedBatchNorm(layers.BatchNormalization):
-    """Keras' BatchNormalization, computed by TensorFlow's fused kernel (oneDNN on CPUs) in
-    the compute precision. Keras 3's own layer upcasts to float32 and runs moments and
-    normalisation as separate ops, forward and backward: on the fast model in bfloat16 that
-    is ~17% of a training step, the fused kernel ~5%. Same weights, same statistics (the
-    batch variance for the running average is the unbiased one, a factor n/(n-1) with
-    n >= 4,000 values per channel); other backends, masks or layouts use Keras' own code."""
-
-    def call(self, inputs, training=None, mask=None):
-        if keras.backend.backend() != "tensorflow" or mask is not None or len(inputs.shape) != 4 \
-                or self.axis not in (-1, 3):
-            return super().call(inputs, training=training, mask=mask)
-        import tensorflow as tf
-
-        offset = self.beta if self.center else tf.zeros_like(self.moving_mean)
-        scale = self.gamma if self.scale else tf.ones_like(self.moving_mean)
-        if training and self.trainable:
-            outputs, mean, variance = tf.compat.v1.nn.fused_batch_norm(
-                inputs, scale, offset, epsilon=self.epsilon, is_training=True)
-            self.moving_mean.assign(self.moving_mean * self.momentum + mean * (1.0 - self.momentum))
-            self.moving_variance.assign(self.moving_variance * self.momentum + variance * (1.0 - self.momentum))
-        else:
-            outputs, _, _ = tf.compat.v1.nn.fused_batch_norm(
-                inputs, scale, offset, mean=self.moving_mean, variance=self.moving_variance,
-                epsilon=self.epsilon, is_training=False)
-        return ops.cast(outputs, self.compute_dtype)
-
-
-GELU_SIGMOID_SCALE = 1.702  # gelu(x) ~ x * sigmoid(1.702 x): max error 0.02
-
-
-def _quick_gelu_tf(x):
-    import tensorflow as tf
-
-    @tf.custom_gradient
-    def quick_gelu(x):
-        gate = tf.sigmoid(GELU_SIGMOID_SCALE * x)
-
-        def grad(upstream):
-            return upstream * gate * (1 + GELU_SIGMOID_SCALE * x * (1 - gate))
-        return x * gate, grad
-    return quick_gelu(x)
-
-
-@keras.saving.register_keras_serializable(package="imgclf")
-class QuickGELU(layers.Layer):
-    """GELU's sigmoid approximation x * sigmoid(1.702 x). In TensorFlow, one sigmoid forward
-    and a closed-form gradient: ~1.2x faster training steps than the exact (erf) GELU on the
-    fast model, whose element-wise ops TensorFlow does not fuse on CPUs."""
-
-    def call(self, inputs):
-        if keras.backend.backend() == "tensorflow":
-            return _quick_gelu_tf(inputs)
-        return inputs * ops.sigmoid(GELU_SIGMOID_SCALE * inputs)
-
-    def compute_output_shape(self, input_shape):
-        return input_shape
 
 
 def _conv_bn(x, width: int, pool: bool):

@@ -16,6 +16,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from . import layers as _registered_layers  # noqa: F401  (custom layers of saved fast models)
 from .errors import ModelFileError
 from .files import atomic_path
 

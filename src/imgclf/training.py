@@ -152,6 +152,7 @@ def _run(config: TrainConfig, resume_dir: Path | None, data: LoadedData | None,
                 validation_data=make_dataset(val_set, max(config.batch_size, EVAL_BATCH)),
                 epochs=config.epochs,
                 initial_epoch=first_epoch,
+                shuffle=False,  # the dataset is already in (seed, epoch) order; Keras cannot shuffle it
                 callbacks=callbacks,
                 verbose=1 if config.verbose and _interactive() else 0,
             )
