@@ -8,7 +8,7 @@ the Muon optimizer for conv filters (orthogonalized Nesterov momentum, see `muon
 Nesterov SGD for BatchNorm offsets and the classifier, all with a linear decay to zero,
 and alternating flip + 2-pixel translation applied to whole batches in the input pipeline.
 Measured on this project's 2-core machine, it beats our earlier port of airbench94 (SGD +
-lookahead, 10 epochs): 89.4% vs 88.8% validation accuracy without TTA, in 8 epochs, not 10.
+lookahead, 10 epochs): 89.0% vs 88.8% validation accuracy without TTA, in 8 epochs, not 10.
 
 Two layers are our own, for speed on CPUs: BatchNorm through TensorFlow's fused kernel and
 GELU's sigmoid approximation with a hand-written gradient (1.25x more images/s together,

@@ -96,11 +96,10 @@ class Muon(keras.optimizers.Optimizer):
             self.assign_sub(variable, ops.multiply(update, ops.multiply(learning_rate, self.muon_lr)))
             return
         key = _path(variable).rsplit("/", 1)[-1]
-        lr = ops.multiply(learning_rate, self.lr_multipliers.get(key, self.lr_multipliers.get("default", 1.0)))
-        if self._early_stopped(variable):
-            steps = max(1, self.early_stop_steps)
-            lr = ops.multiply(self.lr_multipliers.get(key, 1.0),
-                              ops.maximum(0.0, 1.0 - ops.cast(self.iterations, "float32") / steps))
+        base_lr = self.lr_multipliers.get(key, self.lr_multipliers.get("default", 1.0))
+        if self._early_stopped(variable):  # its own schedule instead of the optimizer's
+            learning_rate = ops.maximum(0.0, 1.0 - ops.cast(self.iterations, "float32") / max(1, self.early_stop_steps))
+        lr = ops.multiply(learning_rate, base_lr)
         decay = self.weight_decay_l2.get(key, 0.0)
         if decay:
             gradient = ops.add(gradient, ops.multiply(variable, decay))
