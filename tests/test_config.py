@@ -16,11 +16,13 @@ def test_recipe_defaults_fill_only_what_is_not_given():
     assert half.learning_rate == pytest.approx(config.learning_rate / 2)
 
 
-def test_cli_lists_every_registered_model():
-    from imgclf.cli import _model_names
+def test_cli_lists_every_registered_model_with_its_defaults():
+    from imgclf.cli import MODEL_DEFAULTS
     from imgclf.models import RECIPES
 
-    assert sorted(_model_names()) == sorted(RECIPES)
+    assert sorted(MODEL_DEFAULTS) == sorted(RECIPES)
+    for name, defaults in MODEL_DEFAULTS.items():
+        assert defaults == {"epochs": RECIPES[name].epochs, "batch_size": RECIPES[name].batch_size}, name
 
 
 def test_unknown_key_is_rejected():
