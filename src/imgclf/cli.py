@@ -93,10 +93,13 @@ def build_parser() -> Parser:
     add_data_options(p)
     p.add_argument("--epochs", type=int, default=1, help="epochs for (a) and (b) (default: %(default)s)")
     p.add_argument("--fast-epochs", type=int, help="epochs for (c) (default: the fast recipe's own)")
-    p.add_argument("--fast-model", default="fast", choices=["fast", "fast-small"], help="recipe for (c) (default: %(default)s)")
+    p.add_argument("--fast-model", default="fast", choices=[name for name in MODEL_DEFAULTS if name.startswith("fast")],
+                   help="recipe for (c) (default: %(default)s)")
     p.add_argument("--minutes", type=float, help="wall-time budget per contender (stops after the epoch that passes it)")
     p.add_argument("--only", nargs="+", choices=["notebook", "reference", "fast"],
                    default=["notebook", "reference", "fast"], help="contenders to run (default: all three)")
+    p.add_argument("--target", type=float, help="validation accuracy to time every contender to "
+                                                 "(default: the notebook's best)")
     p.add_argument("--out", default="bench_out", help="folder for bench.json (default: %(default)s)")
     p.add_argument("--seed", type=int, default=UNSET)
     return parser
@@ -261,7 +264,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     config = _config_from_args(args, DATA_KEYS + ["image_size", "seed"])
     run_bench(config, epochs=args.epochs, minutes=args.minutes, out=Path(args.out), contenders=tuple(args.only),
-              fast_epochs=args.fast_epochs, fast_model=args.fast_model)
+              fast_epochs=args.fast_epochs, fast_model=args.fast_model, target=args.target)
     return 0
 
 
@@ -274,6 +277,7 @@ MODEL_DEFAULTS = {
     "seed": {"epochs": 50, "batch_size": 32},
     "fast": {"epochs": 8, "batch_size": 2000},
     "fast-small": {"epochs": 9, "batch_size": 2000},
+    "fast-tiny": {"epochs": 3, "batch_size": 1000},
 }
 
 

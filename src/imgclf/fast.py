@@ -28,6 +28,7 @@ from .muon import LinearDecay, Muon
 
 WIDTHS = (64, 256, 256)  # channels of the three conv blocks
 SMALL_WIDTHS = (64, 128, 128)  # `fast-small`: ~45% of the FLOPs per image
+TINY_WIDTHS = (32, 64, 64)  # `fast-tiny`: the first usable model soonest
 WHITEN_PATCH = 2  # side of the whitened patches, pixels
 WHITEN_IMAGES = 5000  # training images used to estimate the patch covariance
 WHITEN_EPS = 5e-4  # added to eigenvalues (of channel-standardised patches) before the inverse square root
@@ -44,6 +45,8 @@ PRECISE_BN_BATCH = 512
 BATCH_SIZE = 2000
 EPOCHS = 8
 SMALL_EPOCHS = 9  # `fast-small`: fits a 10-minute budget on 2 cores (~9 min), loading and evaluation included
+TINY_EPOCHS = 3
+TINY_BATCH_SIZE = 1000  # at 2000 (20 steps per epoch) the 32-wide net barely learns in its first epochs
 MUON_LR = 0.24  # conv filters, per step
 MUON_MOMENTUM = 0.6
 SGD_MOMENTUM = 0.85  # Nesterov, for everything else
@@ -204,13 +207,13 @@ def make_callbacks(steps_per_epoch: int, epochs: int, pixels: np.ndarray | None 
     return [PreciseBatchNorm(pixels, steps_per_epoch)] if pixels is not None and len(pixels) else []
 
 
-def fast_recipe(widths: tuple[int, int, int], epochs: int, description: str) -> Recipe:
+def fast_recipe(widths: tuple[int, int, int], epochs: int, description: str, batch_size: int = BATCH_SIZE) -> Recipe:
     return Recipe(
         build=lambda input_shape, num_classes, train_pixels=None: fast_cnn(input_shape, num_classes, train_pixels,
                                                                            widths=widths),
         epochs=epochs,
-        batch_size=BATCH_SIZE,
-        learning_rate=BIAS_LR_PER_IMAGE * BATCH_SIZE,
+        batch_size=batch_size,
+        learning_rate=BIAS_LR_PER_IMAGE * batch_size,
         make_optimizer=make_optimizer,
         loss=smoothed_crossentropy,
         augment=flip_translate,
@@ -225,3 +228,5 @@ register("fast", fast_recipe(WIDTHS, EPOCHS, "airbench94_muon-style recipe, widt
                                             "BatchNorm, GELU, label smoothing, Muon + Nesterov SGD"))
 register("fast-small", fast_recipe(SMALL_WIDTHS, SMALL_EPOCHS, "the fast recipe at widths 64/128/128: "
                                                                "about half the compute per image"))
+register("fast-tiny", fast_recipe(TINY_WIDTHS, TINY_EPOCHS, "the fast recipe at widths 32/64/64: "
+                                                            "a usable model in about a minute", TINY_BATCH_SIZE))
