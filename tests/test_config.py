@@ -11,8 +11,8 @@ def test_defaults_follow_the_original_description():
 
 def test_recipe_defaults_fill_only_what_is_not_given():
     config = TrainConfig(model="fast", epochs=3).resolved()
-    assert config.epochs == 3 and config.batch_size == 2000
-    half = TrainConfig(model="fast", batch_size=1000).resolved()  # fast: learning rate scales with the batch
+    assert config.epochs == 3 and config.batch_size == 1000
+    half = TrainConfig(model="fast", batch_size=500).resolved()  # fast: learning rate scales with the batch
     assert half.learning_rate == pytest.approx(config.learning_rate / 2)
 
 

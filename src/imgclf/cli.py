@@ -275,7 +275,7 @@ COMMANDS = {"train": cmd_train, "predict": cmd_predict, "evaluate": cmd_evaluate
 # instant (the registry imports Keras); a test checks them against the registry.
 MODEL_DEFAULTS = {
     "seed": {"epochs": 50, "batch_size": 32},
-    "fast": {"epochs": 8, "batch_size": 2000},
+    "fast": {"epochs": 8, "batch_size": 1000},
     "fast-small": {"epochs": 9, "batch_size": 1000},
     "fast-tiny": {"epochs": 3, "batch_size": 1000},
 }
