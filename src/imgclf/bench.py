@@ -10,8 +10,9 @@ Each gets the same epoch budget (`--epochs`; the fast recipe keeps its own unles
 given) and optionally a wall-time budget (`--minutes`). Reported: median epoch time,
 images/s, achieved GFLOP/s (training FLOPs per image x images/s) next to this machine's
 matrix-multiply peak, best validation accuracy, and the wall time each needs to reach
-(a)'s best validation accuracy (or the accuracy given as `target`). Writes bench.json and bench.png (validation accuracy
-against wall time). Timings drift on a shared machine: compare within one run, repeat.
+(a)'s best validation accuracy (or the accuracy given as `target`). Writes bench.json and
+bench.png (validation accuracy against wall time). Timings drift on a shared machine:
+compare within one run, repeat.
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ import numpy as np
 from sklearn.metrics import f1_score, precision_score, recall_score
 
 from .config import TrainConfig
-from .errors import ImgclfError
 from .data import check_classes, load_data, split_indices
+from .errors import ImgclfError
 from .files import write_json
 from .flops import measure_peak_gflops, training_flops_per_image
 from .models import create_model
