@@ -49,7 +49,7 @@ def build_parser() -> Parser:
                             description="Train a model and write a run folder (models, metrics, plots).")
     add_data_options(p)
     p.add_argument("--val-split", type=float, default=UNSET, help=f"validation fraction (default: {defaults.val_split})")
-    p.add_argument("--model", default=UNSET, help=f"model recipe from the registry: {', '.join(_model_names())} "
+    p.add_argument("--model", default=UNSET, help=f"model recipe from the registry: {', '.join(MODEL_DEFAULTS)} "
                                                   f"(default: {defaults.model})")
     p.add_argument("--epochs", type=int, default=UNSET, help="default: the model's (" + _model_defaults("epochs") + ")")
     p.add_argument("--batch-size", type=int, default=UNSET, help="default: the model's (" + _model_defaults("batch_size") + ")")
@@ -279,10 +279,6 @@ MODEL_DEFAULTS = {
     "fast-small": {"epochs": 9, "batch_size": 1000},
     "fast-tiny": {"epochs": 3, "batch_size": 1000},
 }
-
-
-def _model_names() -> list[str]:
-    return list(MODEL_DEFAULTS)
 
 
 def _model_defaults(key: str) -> str:
