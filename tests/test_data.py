@@ -90,6 +90,18 @@ def test_training_batches_depend_only_on_seed_and_epoch(image_folder):
     assert not np.array_equal(whole[0][1], batches(memory, seed=6)[0][1])
 
 
+def test_steps_per_call_divides_the_epoch():
+    from imgclf.data import steps_per_call
+
+    assert steps_per_call(1250, 25) == 25  # CIFAR-10's 40,000 images at batch 32
+    assert steps_per_call(1000, 32) == 25
+    assert steps_per_call(1249, 25) == 1  # a prime epoch: one step per call
+    assert steps_per_call(3, 25) == 3 and steps_per_call(1, 25) == 1 and steps_per_call(12, 1) == 1
+    for steps in range(1, 200):
+        k = steps_per_call(steps, 25)
+        assert steps % k == 0 and 1 <= k <= 25
+
+
 def test_split_is_stratified_and_reproducible():
     labels = np.repeat(np.arange(4), 25)
     train, val = split_indices(labels, 0.2, seed=3)

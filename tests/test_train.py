@@ -77,6 +77,33 @@ def test_training_learns_a_separable_problem(tmp_path, image_folder):
     assert json.loads((run / "metrics.json").read_text())["accuracy"] >= 0.9
 
 
+def test_several_steps_per_call_train_exactly_as_one(tmp_path, image_folder, monkeypatch):
+    """The reference recipe runs up to 25 steps per graph call (a divisor of the epoch's
+    steps); the batches, the updates and every logged number stay those of one step per call."""
+    import dataclasses
+
+    import keras
+
+    from imgclf.models import RECIPES
+
+    class Record(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            self.steps_per_execution = self.model.steps_per_execution
+
+    def run(name):
+        record = Record()
+        config = TrainConfig(data_dir=str(image_folder), epochs=3, image_size=16, batch_size=4,
+                             deterministic=True, out=str(tmp_path / name), verbose=0)
+        rows = read_csv(train(config, extra_callbacks=[record]) / "history.csv")
+        return record.steps_per_execution, [{k: v for k, v in row.items() if "seconds" not in k} for row in rows]
+
+    several, history = run("several")
+    monkeypatch.setitem(RECIPES, "seed", dataclasses.replace(RECIPES["seed"], steps_per_execution=1))
+    one, reference = run("one")
+    assert (several, one) == (9, 1)  # 38 training images at batch 4: 9 steps per epoch, in one call
+    assert history == reference
+
+
 def test_train_on_all_uses_every_labelled_image_and_reports_on_test(tmp_path):
     from conftest import make_image_folder
 

@@ -421,6 +421,13 @@ def train_steps(n: int, batch_size: int) -> int:
     return max(1, n // batch_size)
 
 
+def steps_per_call(steps_per_epoch: int, most: int) -> int:
+    """The largest divisor of `steps_per_epoch` that is at most `most`: Keras'
+    `steps_per_execution`. It must divide the epoch, or the last call of an epoch would
+    take batches of the next one from the continuous training stream."""
+    return max(k for k in range(1, max(1, min(most, steps_per_epoch)) + 1) if steps_per_epoch % k == 0)
+
+
 def _batch_loader(images: Images):
     """index batch -> (uint8 pixels, int32 labels): a gather from the uint8 array held in
     memory, or decoding the files of the batch."""

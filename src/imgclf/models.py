@@ -33,6 +33,7 @@ class Recipe:
     make_callbacks: Callable[..., list] | None = None  # (steps/epoch, epochs, pixels) -> training-only callbacks
     needs_data: bool = False  # build() uses training pixels (data-dependent initialisation)
     scale_lr_with_batch: bool = False  # default learning rate proportional to the batch size
+    steps_per_execution: int = 1  # at most this many training steps per call into the compiled graph
     description: str = ""
 
 
@@ -104,6 +105,9 @@ register("seed", Recipe(
     batch_size=32,
     learning_rate=1e-3,
     make_optimizer=lambda lr, steps, epochs: keras.optimizers.Adam(lr),
+    # Batches of 32 take ~15 ms; Keras' per-step Python overhead is ~7% of that. Running
+    # up to 25 steps per graph call removes it; the steps and their results are the same.
+    steps_per_execution=25,
     description="the original project's CNN: Adam, 50 epochs, augmentation layers in the model",
 ))
 

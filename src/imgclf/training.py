@@ -23,7 +23,7 @@ from .callbacks import BestModelCheckpoint, EpochMetrics
 from .checkpoint import CHECKPOINT_NAME, Stateful, TrainingCheckpoint, load_checkpoint, restore_checkpoint
 from .config import TrainConfig
 from .data import (Images, LoadedData, check_classes, decode_files, load_data, make_dataset, make_train_dataset,
-                   split_indices, train_steps)
+                   split_indices, steps_per_call, train_steps)
 from .errors import DataError, ImgclfError
 from .files import remove_partial_files, write_csv, write_json
 from .metrics import ConfusionMatrix
@@ -129,6 +129,7 @@ def _run(config: TrainConfig, resume_dir: Path | None, data: LoadedData | None,
             optimizer=recipe.make_optimizer(config.learning_rate, steps_per_epoch, config.epochs),
             loss=recipe.loss,
             metrics=["accuracy", matrix],
+            steps_per_execution=steps_per_call(steps_per_epoch, recipe.steps_per_execution),
         )
         best = BestModelCheckpoint(run_dir / "best_model.keras", labelled.class_names, model_name=config.model)
         history = EpochMetrics(matrix, labelled.class_names, run_dir / "history.csv", epochs=config.epochs,
