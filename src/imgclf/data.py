@@ -422,10 +422,10 @@ def train_steps(n: int, batch_size: int) -> int:
 
 
 def steps_per_call(steps_per_epoch: int, most: int) -> int:
-    """The largest divisor of `steps_per_epoch` that is at most `most`: Keras'
+    """The largest divisor of `steps_per_epoch` that is at most `most` (both >= 1): Keras'
     `steps_per_execution`. It must divide the epoch, or the last call of an epoch would
     take batches of the next one from the continuous training stream."""
-    return max(k for k in range(1, max(1, min(most, steps_per_epoch)) + 1) if steps_per_epoch % k == 0)
+    return max(k for k in range(1, min(most, steps_per_epoch) + 1) if steps_per_epoch % k == 0)
 
 
 def _batch_loader(images: Images):
