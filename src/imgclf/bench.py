@@ -4,7 +4,8 @@
     callback that runs `model.predict` on the validation set each epoch for
     scikit-learn's F1/precision/recall (a second pass over the validation data).
 (b) reference: `imgclf.train` with the seed recipe (same model, optimizer, epochs).
-(c) fast: `imgclf.train` with the fast recipe (`fast_model`: `fast` or `fast-small`).
+(c) fast: `imgclf.train` with the fast recipe (`fast_model`: `fast`, `fast-small`
+    or `fast-tiny`).
 
 Each gets the same epoch budget (`--epochs`; the fast recipe keeps its own unless
 given) and optionally a wall-time budget (`--minutes`). Reported: median epoch time,
