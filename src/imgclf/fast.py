@@ -2,8 +2,8 @@
 
 Our Keras implementation of Keller Jordan's airbench94_muon (2024), which reaches 94% on
 CIFAR-10 in 8 epochs: a small VGG-like net (widths 64/256/256), a first layer that
-whitens 2x2 patches (kernel computed from the training data and fixed), BatchNorm with fast momentum and
-no scale, GELU, label smoothing 0.2, identity (Dirac) initialisation of the conv filters,
+whitens 2x2 patches (kernel computed from the training data and fixed), BatchNorm with
+fast momentum and no scale, GELU, label smoothing 0.2, identity (Dirac) initialisation of the conv filters,
 the Muon optimizer for conv filters (orthogonalized Nesterov momentum, see `muon.py`) and
 Nesterov SGD for BatchNorm offsets and the classifier, all with a linear decay to zero,
 and alternating flip + 2-pixel translation applied to whole batches in the input pipeline.
