@@ -1,17 +1,17 @@
 """The `fast` recipes: the best time-to-accuracy training we know for small images on CPUs.
 
 Our Keras implementation of Keller Jordan's airbench94_muon (2024), which reaches 94% on
-CIFAR-10 in 8 epochs: a small VGG-like net (widths 64/256/256), a first layer that
-whitens 2x2 patches (kernel computed from the training data and fixed), BatchNorm with
-fast momentum and no scale, GELU, label smoothing 0.2, identity (Dirac) initialisation of the conv filters,
-the Muon optimizer for conv filters (orthogonalized Nesterov momentum, see `muon.py`) and
-Nesterov SGD for BatchNorm offsets and the classifier, all with a linear decay to zero,
-and alternating flip + 2-pixel translation applied to whole batches in the input pipeline.
-Measured on this project's 2-core machine, it beats our earlier port of airbench94 (SGD +
-lookahead, 10 epochs): 89.0% (88.9% at the current batch of 1000) vs 88.8% validation accuracy
-without TTA, in 8 epochs, not 10.
-Narrower variants trade accuracy for time: `fast-small` (64/128/128, the 10-minute budget)
-and `fast-tiny` (16/64/128: ~81% in about a minute of training).
+CIFAR-10 in 8 epochs: a small VGG-like net (widths 64/256/256), a first layer that whitens
+2x2 patches (kernel computed from the training data and fixed), BatchNorm with fast
+momentum and no scale, GELU, label smoothing 0.2, identity (Dirac) initialisation of the
+conv filters, the Muon optimizer for conv filters (orthogonalized Nesterov momentum, see
+`muon.py`) and Nesterov SGD for BatchNorm offsets and the classifier, all with a linear
+decay to zero, and alternating flip + 2-pixel translation applied to whole batches in the
+input pipeline. Measured on this project's 2-core machine, it beats our earlier port of
+airbench94 (SGD + lookahead, 10 epochs): 89.0% (88.9% at the current batch of 1000) vs
+88.8% validation accuracy without TTA, in 8 epochs, not 10. Narrower variants trade
+accuracy for time: `fast-small` (64/128/128, the 10-minute budget) and `fast-tiny`
+(16/64/128: ~81% in about a minute of training).
 
 Two layers are our own, for speed on CPUs: BatchNorm through TensorFlow's fused kernel and
 GELU's sigmoid approximation with a hand-written gradient (1.25x more images/s together,
