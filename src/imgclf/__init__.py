@@ -10,29 +10,25 @@ The Python API (the CLI and the notebooks call exactly these):
 
 from __future__ import annotations
 
-import os
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ start-up chatter out of the CLI
+from .config import TrainConfig
+from .errors import DataError, ImgclfError, ModelFileError
 
 __version__ = "0.1.0"
-
-from .config import TrainConfig  # noqa: E402
-from .errors import DataError, ImgclfError, ModelFileError  # noqa: E402
 
 
 def __getattr__(name: str):
     # The heavy parts (TensorFlow) load on first use, so `imgclf --help` is instant.
     lazy = {
-        "train": ("training", "train"),
-        "resume": ("training", "resume"),
+        "train": ("training.loop", "train"),
+        "resume": ("training.loop", "resume"),
         "load_model": ("modelio", "load_model"),
         "save_model": ("modelio", "save_model"),
         "predict_files": ("predict", "predict_files"),
         "predict_probabilities": ("predict", "predict_probabilities"),
         "evaluate": ("evaluation", "evaluate"),
-        "evaluate_images": ("predict", "evaluate_images"),
-        "load_data": ("data", "load_data"),
-        "create_model": ("models", "create_model"),
+        "evaluate_images": ("evaluation", "evaluate_images"),
+        "load_data": ("data.sources", "load_data"),
+        "create_model": ("models.registry", "create_model"),
     }
     if name in lazy:
         import importlib

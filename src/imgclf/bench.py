@@ -27,14 +27,15 @@ import numpy as np
 from sklearn.metrics import f1_score, precision_score, recall_score
 
 from .config import TrainConfig
-from .data import check_classes, load_data, split_indices
+from .data.sources import load_data
+from .data.split import check_classes, split_indices
 from .errors import ImgclfError
-from .files import write_json
 from .flops import measure_peak_gflops, training_flops_per_image
-from .models import create_model
-from .plots import plt, read_history, save_figure
+from .hardware import environment
+from .models.registry import create_model
 from .precision import resolve_precision
-from .training import environment, train
+from .runfolder import RunFolder
+from .training.loop import train
 
 NOTEBOOK_BATCH = 32  # Keras' default batch size, what a notebook uses
 CONTENDERS = ("notebook", "reference", "fast")
@@ -93,9 +94,9 @@ def bench_notebook(train_set, val_set, config: TrainConfig, epochs: int, budget:
 
 def bench_recipe(label: str, config: TrainConfig, data, out: Path, train_images: int, budget: float | None) -> dict:
     clock = EpochClock(budget)
-    run = train(config.replace(out=str(out), verbose=0), data=data, extra_callbacks=[clock])
-    history = read_history(run / "history.csv")
-    model = keras.models.load_model(run / "last_model.keras", compile=False)
+    run = RunFolder(train(config.replace(out=str(out), verbose=0), data=data, extra_callbacks=[clock]))
+    history = run.read_history()
+    model = keras.models.load_model(run.last_model, compile=False)
     resolved = config.resolved()
     name = f"{label}, batch {resolved.batch_size}, {resolve_precision(resolved.precision)}"
     return summarize(name, clock.seconds, history["val_accuracy"].tolist(), train_images,
@@ -158,7 +159,7 @@ def run_bench(config: TrainConfig, *, epochs: int | None, minutes: float | None,
                                        data, out / "fast_run", len(train_set), budget)
         print(line(results["fast"]))
     report = {"train_images": len(train_set), "val_images": len(val_set), "peak_gflops": peak,
-              "contenders": results, "environment": environment(config)}
+              "contenders": results, "environment": environment(config.seed)}
     if target is None and "notebook" in results:
         target = results["notebook"]["best_val_accuracy"]
     if target is not None:
@@ -178,21 +179,9 @@ def run_bench(config: TrainConfig, *, epochs: int | None, minutes: float | None,
             result["epoch_speedup"] = round(results["notebook"]["median_epoch_seconds"]
                                             / result["median_epoch_seconds"], 2)
             print(f"  {result['name']}: epoch time {result['epoch_speedup']:.2f}x faster than the notebook")
-    write_json(out / "bench.json", report)
-    plot_bench(results, out / "bench.png")
+    RunFolder(out).write_bench(report)
     print(f"wrote {out / 'bench.json'} and {out / 'bench.png'}")
     return report
-
-
-def plot_bench(results: dict, path: Path) -> None:
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for result in results.values():
-        ax.plot(np.array(result["elapsed_seconds"]) / 60, result["val_accuracy"], marker="o", markersize=3,
-                label=result["name"])
-    ax.set(xlabel="wall time (minutes)", ylabel="validation accuracy", title="Validation accuracy against wall time")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    save_figure(fig, path)
 
 
 def line(result: dict) -> str:

@@ -1,18 +1,18 @@
-"""Command line: `imgclf train | predict | evaluate | bench`. It only parses arguments and
-calls the Python API; errors print one line and exit non-zero."""
+"""Command line: `imgclf train | predict | evaluate | bench`. It parses arguments, calls the
+Python API and prints; errors print one line and exit non-zero."""
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import sys
 import tempfile
 from pathlib import Path
 
-from .config import TrainConfig
+from .config import PRECISIONS, TrainConfig, read_config_file
 from .errors import ImgclfError
+from .models.defaults import RECIPE_DEFAULTS
 
 EXIT_ERROR = 1  # the command ran and failed (bad data, bad model file, ...)
 EXIT_USAGE = 2  # the command line itself is wrong
@@ -49,12 +49,12 @@ def build_parser() -> Parser:
                             description="Train a model and write a run folder (models, metrics, plots).")
     add_data_options(p)
     p.add_argument("--val-split", type=float, default=UNSET, help=f"validation fraction (default: {defaults.val_split})")
-    p.add_argument("--model", default=UNSET, help=f"model recipe from the registry: {', '.join(MODEL_DEFAULTS)} "
+    p.add_argument("--model", default=UNSET, help=f"model recipe from the registry: {', '.join(RECIPE_DEFAULTS)} "
                                                   f"(default: {defaults.model})")
     p.add_argument("--epochs", type=int, default=UNSET, help="default: the model's (" + _model_defaults("epochs") + ")")
     p.add_argument("--batch-size", type=int, default=UNSET, help="default: the model's (" + _model_defaults("batch_size") + ")")
     p.add_argument("--learning-rate", type=float, default=UNSET, help="peak step size; default: the model's")
-    p.add_argument("--precision", default=UNSET, choices=["auto", "float32", "bfloat16", "float16"],
+    p.add_argument("--precision", default=UNSET, choices=PRECISIONS,
                    help="compute precision (default: auto = bfloat16 where the hardware has it, else float32)")
     p.add_argument("--tta", action="store_const", const=True, default=UNSET,
                    help="final evaluation with test-time augmentation (mirror image and 1-pixel shifts)")
@@ -93,7 +93,7 @@ def build_parser() -> Parser:
     add_data_options(p)
     p.add_argument("--epochs", type=int, default=1, help="epochs for (a) and (b) (default: %(default)s)")
     p.add_argument("--fast-epochs", type=int, help="epochs for (c) (default: the fast recipe's own)")
-    p.add_argument("--fast-model", default="fast", choices=[name for name in MODEL_DEFAULTS if name.startswith("fast")],
+    p.add_argument("--fast-model", default="fast", choices=[name for name in RECIPE_DEFAULTS if name.startswith("fast")],
                    help="recipe for (c) (default: %(default)s)")
     p.add_argument("--minutes", type=float, help="wall-time budget per contender (stops after the epoch that passes it)")
     p.add_argument("--only", nargs="+", choices=["notebook", "reference", "fast"],
@@ -132,6 +132,7 @@ def import_tensorflow_quietly() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ log level, read when it loads
     args = build_parser().parse_args(argv)
     try:
         import_tensorflow_quietly()
@@ -153,15 +154,7 @@ def main(argv: list[str] | None = None) -> int:
 def _config_from_args(args: argparse.Namespace, keys: list[str]) -> TrainConfig:
     """Config file values (if --config), overridden by the options given on the command line;
     options not given keep TrainConfig's defaults (argparse leaves them out: SUPPRESS)."""
-    values = {}
-    if getattr(args, "config", None):
-        path = Path(args.config)
-        try:
-            values = json.loads(path.read_text())
-        except (OSError, ValueError) as exc:
-            raise ImgclfError(f"cannot read configuration file {path}: {exc}") from None
-        if not isinstance(values, dict):
-            raise ImgclfError(f"configuration file {path} must hold a JSON object")
+    values = read_config_file(args.config) if getattr(args, "config", None) else {}
     values.update({key: getattr(args, key) for key in keys if hasattr(args, key)})
     return TrainConfig.from_dict(values)
 
@@ -174,7 +167,7 @@ TRAIN_KEYS = DATA_KEYS + ["image_size", "val_split", "model", "epochs", "batch_s
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .training import resume, train
+    from .training.loop import resume, train
 
     if args.resume:
         given = [key for key in TRAIN_KEYS if hasattr(args, key)] + (["config"] if args.config else [])
@@ -192,7 +185,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from .modelio import load_model
-    from .predict import predict_files
+    from .predict import predict_files, write_predictions
 
     if args.top_k < 1:
         raise ImgclfError(f"--top-k must be at least 1 (got {args.top_k})")
@@ -220,20 +213,6 @@ def print_predictions(predictions, top_k: int) -> None:
         if top_k > 1:
             line += "  " + ", ".join(f"{c} {s:.4f}" for c, s in p.top[1:])
         print(line)
-
-
-def write_predictions(path: str, predictions) -> None:
-    from .files import write_csv, write_json
-
-    if path.lower().endswith(".json"):
-        write_json(path, [{"file": p.name, "class": p.label, "confidence": p.confidence,
-                           "top": [{"class": c, "probability": s} for c, s in p.top]} for p in predictions])
-    else:
-        k = len(predictions[0].top)
-        header = ["file", "class", "confidence"] + [f"{kind}_{i}" for i in range(2, k + 1) for kind in ("class", "confidence")]
-        rows = [[p.name, p.label, f"{p.confidence:.6f}"] + [v for c, s in p.top[1:] for v in (c, f"{s:.6f}")]
-                for p in predictions]
-        write_csv(path, header, rows)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -271,18 +250,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 COMMANDS = {"train": cmd_train, "predict": cmd_predict, "evaluate": cmd_evaluate, "bench": cmd_bench}
 
 
-# Each registered recipe's default epochs and batch size, written out so that --help stays
-# instant (the registry imports Keras); a test checks them against the registry.
-MODEL_DEFAULTS = {
-    "seed": {"epochs": 50, "batch_size": 32},
-    "fast": {"epochs": 8, "batch_size": 1000},
-    "fast-small": {"epochs": 9, "batch_size": 1000},
-    "fast-tiny": {"epochs": 3, "batch_size": 1000},
-}
-
-
 def _model_defaults(key: str) -> str:
-    return ", ".join(f"{name}: {defaults[key]}" for name, defaults in MODEL_DEFAULTS.items())
+    return ", ".join(f"{name}: {getattr(defaults, key)}" for name, defaults in RECIPE_DEFAULTS.items())
 
 
 def _version() -> str:

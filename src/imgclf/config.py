@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ImgclfError
+from .models.defaults import RECIPE_DEFAULTS, recipe_defaults
 
 
 PRECISIONS = ("auto", "float32", "bfloat16", "float16")
@@ -31,7 +32,7 @@ class TrainConfig:
     limit: int | None = None  # use at most this many training images (stratified sample), for quick tries
     memory_limit_mb: int = 4096  # decoded images are held in memory (uint8) up to this size, else streamed
     # --- model and optimisation ---
-    model: str = "seed"  # name in the model registry (`imgclf.models.RECIPES`): architecture + recipe
+    model: str = "seed"  # recipe name (`imgclf.models.defaults.RECIPE_DEFAULTS`): architecture + training
     epochs: int | None = None  # full passes over the training split; None: the model's default (seed: 50)
     batch_size: int | None = None  # images per optimisation step; None: the model's default (seed: 32)
     learning_rate: float | None = None  # peak step size; None: the model's default (seed: Adam 0.001)
@@ -61,11 +62,7 @@ class TrainConfig:
 
     @classmethod
     def from_json(cls, path: str | Path) -> "TrainConfig":
-        try:
-            values = json.loads(Path(path).read_text())
-        except (OSError, ValueError) as exc:
-            raise ImgclfError(f"cannot read configuration {path}: {exc}") from None
-        return cls.from_dict(values)
+        return cls.from_dict(read_config_file(path))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -75,9 +72,7 @@ class TrainConfig:
 
     def resolved(self) -> "TrainConfig":
         """This config with the model recipe's defaults filled in where a value is None."""
-        from .models import get_recipe
-
-        recipe = get_recipe(self.model)
+        recipe = recipe_defaults(self.model)
         batch_size = self.batch_size if self.batch_size is not None else recipe.batch_size
         learning_rate = self.learning_rate
         if learning_rate is None:
@@ -110,10 +105,23 @@ class TrainConfig:
             problems.append(f"verbose must be 0 or 1 (got {self.verbose})")
         if self.precision not in PRECISIONS:
             problems.append(f"precision must be one of {', '.join(PRECISIONS)} (got {self.precision!r})")
+        if self.model not in RECIPE_DEFAULTS:
+            problems.append(f"unknown model '{self.model}' (available: {', '.join(sorted(RECIPE_DEFAULTS))})")
         if self.data_dir is not None and self.labels is not None:
             problems.append("give either data_dir or labels, not both")
         if problems:
             raise ImgclfError("; ".join(problems))
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """The JSON object in a configuration file (a run's config.json or a user's --config)."""
+    try:
+        values = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise ImgclfError(f"cannot read configuration file {path}: {exc}") from None
+    if not isinstance(values, dict):
+        raise ImgclfError(f"configuration file {path} must hold a JSON object")
+    return values
 
 
 def _check_type(key: str, value: Any, hint: Any) -> None:

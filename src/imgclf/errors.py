@@ -1,4 +1,4 @@
-"""The one exception type users see: a message meant to be printed on one line."""
+"""The exception types users see: each carries a message meant to be printed on one line."""
 
 
 class ImgclfError(Exception):
@@ -14,3 +14,7 @@ class DataError(ImgclfError):
 
 class ModelFileError(ImgclfError):
     """A file that should be a saved imgclf/Keras model is not one, or is unsafe."""
+
+
+class CheckpointError(ImgclfError):
+    """A training checkpoint that cannot be read or does not fit the model."""

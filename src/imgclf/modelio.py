@@ -16,9 +16,9 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from . import layers as _registered_layers  # noqa: F401  (custom layers of saved fast models)
+from .atomic import atomic_path
 from .errors import ModelFileError
-from .files import atomic_path
+from .models import layers as _registered_layers  # noqa: F401  (registers the custom layers of saved fast models)
 
 METADATA_MEMBER = "imgclf.json"
 FORMAT_VERSION = 1

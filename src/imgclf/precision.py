@@ -7,22 +7,13 @@ ends in a float32 softmax, so losses and probabilities stay float32.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Iterator
+
+from .hardware import cpu_flags, gpu_details
 
 POLICIES = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
 CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo flags of CPUs with native bfloat16
 GPU_BF16_MIN_CAPABILITY = (8, 0)  # NVIDIA Ampere and newer compute in bfloat16 natively
-
-
-def cpu_flags() -> set[str]:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
 
 
 def auto_precision(gpus: list[dict] | None = None, flags: set[str] | None = None) -> str:
@@ -31,9 +22,7 @@ def auto_precision(gpus: list[dict] | None = None, flags: set[str] | None = None
     `gpus` are TensorFlow device details ({'compute_capability': (8, 0)}, ...).
     """
     if gpus is None:
-        import tensorflow as tf
-
-        gpus = [tf.config.experimental.get_device_details(d) for d in tf.config.list_physical_devices("GPU")]
+        gpus = gpu_details()
     if gpus:
         capability = tuple(gpus[0].get("compute_capability") or (0, 0))
         return "bfloat16" if capability >= GPU_BF16_MIN_CAPABILITY else "float16"

@@ -1,21 +1,23 @@
-"""Prediction and evaluation with a saved model: on files, folders, globs or arrays."""
+"""Prediction with a saved model: on files, folders, globs or arrays, optionally with
+test-time augmentation; and the predictions file (`--output`)."""
 
 from __future__ import annotations
 
 import glob
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .data import Images, decode_files, make_dataset, report_skipped
+from .atomic import write_csv, write_json
+from .data.decode import decode_paths
+from .data.labelled import Images
+from .data.pipeline import make_dataset
+from .data.sources import walk_files
 from .errors import DataError
-from .metrics import confusion_matrix, summarize
-from .modelio import LoadedModel, load_model
+from .modelio import LoadedModel
 
 PREDICT_BATCH = 256  # images per forward pass when predicting
-EPSILON = 1e-7  # probability floor in the log-loss, as Keras' cross-entropy clips
 
 
 @dataclass
@@ -38,9 +40,7 @@ def expand_paths(inputs: list[str]) -> list[str]:
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            for dirpath, dirnames, filenames in os.walk(path):
-                dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-                found.extend(os.path.join(dirpath, f) for f in sorted(filenames) if not f.startswith("."))
+            found.extend(walk_files(path))
         elif path.exists() or path.is_symlink():
             found.append(str(path))
         elif glob.has_magic(item):
@@ -67,10 +67,12 @@ def predict_probabilities(loaded: LoadedModel, pixels: np.ndarray, *, tta: bool 
         raise DataError(f"images are {pixels.shape[1:3]}, the model takes {loaded.image_size}")
     images = Images(labels=np.zeros(len(pixels), np.int32), class_names=loaded.class_names,
                     array=pixels.astype(np.uint8) if pixels.dtype != np.uint8 else pixels, size=loaded.image_size)
-    return _probabilities(loaded, images, batch_size, tta)
+    return image_probabilities(loaded, images, tta=tta, batch_size=batch_size)
 
 
-def _probabilities(loaded: LoadedModel, images: Images, batch_size: int, tta: bool) -> np.ndarray:
+def image_probabilities(loaded: LoadedModel, images: Images, *, tta: bool = False,
+                        batch_size: int = PREDICT_BATCH) -> np.ndarray:
+    """(N, classes) float64 probabilities of `images` (in memory or streamed from disk)."""
     dataset = make_dataset(images, batch_size).map(lambda x, y: x)
     if not tta:
         return np.asarray(loaded.model.predict(dataset, verbose=0), np.float64)
@@ -102,14 +104,9 @@ def predict_files(loaded: LoadedModel, inputs: list[str], *, top_k: int = 1, tta
                   verbose: int = 0) -> tuple[list[Prediction], list[tuple[str, str]]]:
     """Predict every image among `inputs` (files, folders, globs). Returns (predictions, skipped)."""
     paths = expand_paths(inputs)
-    pixels, ok, reasons = decode_files(paths, loaded.image_size, verbose=verbose)
-    skipped = [(p, r) for p, good, r in zip(paths, ok, reasons) if not good]
-    report_skipped(skipped)
-    good = np.flatnonzero(ok)
-    if len(good) == 0:
-        raise DataError(f"none of the {len(paths)} file(s) is a usable image")
-    probs = predict_probabilities(loaded, pixels[good], tta=tta)
-    return top_predictions(probs, loaded.class_names, [paths[i] for i in good], top_k), skipped
+    decoded = decode_paths(paths, loaded.image_size, verbose=verbose)
+    probs = predict_probabilities(loaded, decoded.pixels, tta=tta)
+    return top_predictions(probs, loaded.class_names, [paths[i] for i in decoded.kept], top_k), decoded.skipped
 
 
 def top_predictions(probs: np.ndarray, class_names: list[str], names: list[str], top_k: int = 1) -> list[Prediction]:
@@ -121,33 +118,14 @@ def top_predictions(probs: np.ndarray, class_names: list[str], names: list[str],
     ]
 
 
-def evaluate_images(loaded: LoadedModel, images: Images, *, tta: bool = False,
-                    batch_size: int = PREDICT_BATCH) -> dict:
-    """Accuracy, macro and per-class precision/recall/F1, loss and the confusion matrix."""
-    if len(images) == 0:
-        raise DataError("no images to evaluate")
-    if list(images.class_names) != list(loaded.class_names):
-        images = _align_classes(images, loaded.class_names)
-    probs = _probabilities(loaded, images, batch_size, tta)
-    predicted = probs.argmax(axis=1)
-    matrix = confusion_matrix(images.labels, predicted, len(loaded.class_names))
-    result = summarize(matrix, loaded.class_names)
-    true_prob = probs[np.arange(len(probs)), images.labels]
-    result["loss"] = float(-np.log(np.clip(true_prob, EPSILON, 1.0)).mean())
-    result["confusion_matrix"] = matrix.tolist()
-    result["class_names"] = list(loaded.class_names)
-    result["tta"] = tta
-    return result
-
-
-def _align_classes(images: Images, model_classes: list[str]) -> Images:
-    """Re-index labels to the model's class order (e.g. a test folder with fewer classes)."""
-    index = {name: i for i, name in enumerate(model_classes)}
-    unknown = sorted(set(images.class_names[i] for i in np.unique(images.labels)) - set(index))
-    if unknown:
-        raise DataError(f"the model does not know class(es): {', '.join(unknown[:5])}")
-    labels = np.array([index[images.class_names[i]] for i in images.labels], np.int32)
-    return Images(labels, list(model_classes), images.array, images.paths, images.skipped, images.size)
-
-
-__all__ = ["Prediction", "expand_paths", "predict_files", "predict_probabilities", "evaluate_images", "load_model"]
+def write_predictions(path: str | Path, predictions: list[Prediction]) -> None:
+    """A .json list, or a .csv table with the top-k classes as columns."""
+    if str(path).lower().endswith(".json"):
+        write_json(path, [{"file": p.name, "class": p.label, "confidence": p.confidence,
+                           "top": [{"class": c, "probability": s} for c, s in p.top]} for p in predictions])
+        return
+    k = len(predictions[0].top)
+    header = ["file", "class", "confidence"] + [f"{kind}_{i}" for i in range(2, k + 1) for kind in ("class", "confidence")]
+    rows = [[p.name, p.label, f"{p.confidence:.6f}"] + [v for c, s in p.top[1:] for v in (c, f"{s:.6f}")]
+            for p in predictions]
+    write_csv(path, header, rows)

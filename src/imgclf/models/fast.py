@@ -1,22 +1,15 @@
-"""The `fast` recipes: the best time-to-accuracy training we know for small images on CPUs.
+"""The `fast` recipe family: the best time-to-accuracy training we know for small images on CPUs.
 
-Our Keras implementation of Keller Jordan's airbench94_muon (2024), which reaches 94% on
-CIFAR-10 in 8 epochs: a small VGG-like net (widths 64/256/256), a first layer that whitens
-2x2 patches (kernel computed from the training data and fixed), BatchNorm with fast
-momentum and no scale, GELU, label smoothing 0.2, identity (Dirac) initialisation of the
-conv filters, the Muon optimizer for conv filters (orthogonalized Nesterov momentum, see
-`muon.py`) and Nesterov SGD for BatchNorm offsets and the classifier, all with a linear
-decay to zero, and alternating flip + 2-pixel translation applied to whole batches in the
-input pipeline. Measured on this project's 2-core machine, it beats our earlier port of
-airbench94 (SGD + lookahead, 10 epochs): 89.0% (88.9% at the current batch of 1000) vs
-88.8% validation accuracy without TTA, in 8 epochs, not 10. Narrower variants trade
-accuracy for time: `fast-small` (64/128/128, the 10-minute budget) and `fast-tiny`
-(16/64/128: ~81% in about a minute of training).
+A Keras implementation of Keller Jordan's airbench94_muon (2024), which reaches 94% on
+CIFAR-10 in 8 epochs: a small VGG-like net, a first layer that whitens 2x2 patches (kernel
+computed from the training data and fixed), BatchNorm with fast momentum and no scale, GELU,
+label smoothing, identity (Dirac) initialisation of the conv filters, the Muon optimizer for
+conv filters (`muon.py`) and Nesterov SGD for BatchNorm offsets and the classifier, all with
+a linear decay to zero, and alternating flip + 2-pixel translation of whole batches in the
+input pipeline (`augment.py`). `fast` (widths 64/256/256), `fast-small` (64/128/128) and
+`fast-tiny` (16/64/128) trade accuracy for time; docs/results.md has their figures.
 
-Two layers are our own, for speed on CPUs: BatchNorm through TensorFlow's fused kernel and
-GELU's sigmoid approximation with a hand-written gradient (1.25x more images/s together,
-measured on the fast model, bfloat16, 2 cores), in `layers.py`: registered Keras layers,
-so saved models load with Keras once `imgclf.layers` is imported (imgclf's `load_model` does).
+BatchNorm and GELU are our own layers (`layers.py`), for speed on CPUs.
 """
 
 from __future__ import annotations
@@ -25,15 +18,16 @@ import keras
 import numpy as np
 from keras import layers, ops
 
-from .models import Recipe, register
+from .augment import flip_translate
+from .defaults import FAST_BIAS_LR_PER_IMAGE
 from .layers import FusedBatchNorm, QuickGELU
 from .muon import LinearDecay, Muon
+from .recipe import Recipe
 
 WIDTHS = (64, 256, 256)  # channels of the three conv blocks
 SMALL_WIDTHS = (64, 128, 128)  # `fast-small`: ~45% of the FLOPs per image
-# `fast-tiny`: the first usable model soonest. The first block, at full resolution, costs
-# the most per channel; the last, at 7x7 and 3x3, the least. Measured (3 epochs, seed 42):
-# 32/64/64 80.6% in 70 s of epochs, 16/64/128 81.2% in 58 s.
+# `fast-tiny`: the first usable model soonest. The first block, at full resolution, costs the
+# most per channel, the last the least: 16/64/128 beat 32/64/64 in accuracy and in time.
 TINY_WIDTHS = (16, 64, 128)
 WHITEN_PATCH = 2  # side of the whitened patches, pixels
 WHITEN_IMAGES = 5000  # training images used to estimate the patch covariance
@@ -42,26 +36,14 @@ WHITEN_BIAS_EPOCHS = 3  # the whitening layer's bias trains this long, then free
 BN_MOMENTUM = 0.6  # Keras convention: running stats keep 60% of their old value per step
 BN_EPSILON = 1e-5
 LABEL_SMOOTHING = 0.2
-TRANSLATE = 2  # maximum random shift, pixels (reflect padding)
-# Flip: each image mirrored in alternate epochs (airbench's "alternating flip").
 PRECISE_BN_IMAGES = 4096  # training images used to re-estimate BatchNorm statistics each epoch
 PRECISE_BN_BATCH = 512
-# Optimisation (airbench94_muon). Per-image step sizes are for a mean loss: the reference's
-# summed-loss step sizes; x the batch size gives the step.
-# 1000 images per step (airbench94_muon: 2000). Muon's step size is per step, so at 1000 the
-# conv filters move twice as far per epoch; epochs take as long. Measured (validation
-# accuracy without TTA, 2000 -> 1000): `fast-small` 5 epochs 85.5-85.8% (three runs) -> 86.3%
-# (500: 86.1%); 9 epochs, two seeds 87.3 -> 88.3% and 87.4 -> 87.5%; `fast` 14 epochs
-# 89.8 -> 90.0%. A 32/64/64 `fast-tiny` barely learned in its first epochs at 2000.
-BATCH_SIZE = 1000
-EPOCHS = 8
-SMALL_EPOCHS = 9  # `fast-small`: fits a 10-minute budget on 2 cores (~9 min), loading and evaluation included
-TINY_EPOCHS = 3
+# Optimisation (airbench94_muon). Muon's step size is per step, whatever the batch size; the
+# SGD step sizes are per image of a mean loss (x the batch size gives the step).
 MUON_LR = 0.24  # conv filters, per step
 MUON_MOMENTUM = 0.6
 SGD_MOMENTUM = 0.85  # Nesterov, for everything else
-BIAS_LR_PER_IMAGE = 0.053  # BatchNorm offsets and the whitening bias
-HEAD_LR_PER_IMAGE = 0.67  # the classifier
+HEAD_LR_PER_IMAGE = 0.67  # the classifier (BatchNorm offsets: defaults.FAST_BIAS_LR_PER_IMAGE)
 WEIGHT_DECAY_PER_IMAGE = 2e-6  # weight x this x batch size is subtracted per step, at full step size
 
 
@@ -180,35 +162,15 @@ class PreciseBatchNorm(keras.callbacks.Callback):
                 layer.momentum = momentum
 
 
-def flip_translate(images, seed, index, epoch):
-    """Alternating flip and a random shift of up to TRANSLATE pixels (reflect padding), on a
-    whole batch. Each image is mirrored in every other epoch (which half of the epochs
-    depends on a hash of its index): over two epochs every image is seen both ways.
-    `seed`: 2-element tensor; stateless, so the same arguments give the same batch."""
-    import tensorflow as tf
-
-    y_seed, x_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-    shape = tf.shape(images)
-    batch, height, width = shape[0], shape[1], shape[2]
-    parity = tf.strings.to_hash_bucket_fast(tf.strings.as_string(index * 1_000_003 + seed[0]), 2)
-    flip = tf.reshape(tf.math.floormod(parity + tf.cast(epoch, tf.int64), 2) == 1, (-1, 1, 1, 1))
-    images = tf.where(flip, tf.reverse(images, axis=[2]), images)
-    padded = tf.pad(images, [[0, 0], [TRANSLATE, TRANSLATE], [TRANSLATE, TRANSLATE], [0, 0]], mode="REFLECT")
-    dy = tf.random.stateless_uniform((batch, 1), y_seed, 0, 2 * TRANSLATE + 1, dtype=tf.int32)
-    dx = tf.random.stateless_uniform((batch, 1), x_seed, 0, 2 * TRANSLATE + 1, dtype=tf.int32)
-    rows = tf.gather(padded, dy + tf.range(height)[None, :], axis=1, batch_dims=1)
-    return tf.gather(rows, dx + tf.range(width)[None, :], axis=2, batch_dims=1)
-
-
 def make_optimizer(peak_lr: float, steps_per_epoch: int, epochs: int) -> keras.optimizers.Optimizer:
     """`peak_lr`: the BatchNorm offsets' step size (the others keep their ratio to it)."""
-    head_lr = peak_lr * HEAD_LR_PER_IMAGE / BIAS_LR_PER_IMAGE
+    head_lr = peak_lr * HEAD_LR_PER_IMAGE / FAST_BIAS_LR_PER_IMAGE
     return Muon(
         learning_rate=LinearDecay(steps_per_epoch * epochs), muon_lr=MUON_LR, muon_momentum=MUON_MOMENTUM,
         sgd_momentum=SGD_MOMENTUM,
         lr_multipliers={"beta": peak_lr, "bias": peak_lr, "kernel": head_lr, "default": peak_lr},
-        weight_decay_l2={"beta": WEIGHT_DECAY_PER_IMAGE / BIAS_LR_PER_IMAGE,
-                         "bias": WEIGHT_DECAY_PER_IMAGE / BIAS_LR_PER_IMAGE,
+        weight_decay_l2={"beta": WEIGHT_DECAY_PER_IMAGE / FAST_BIAS_LR_PER_IMAGE,
+                         "bias": WEIGHT_DECAY_PER_IMAGE / FAST_BIAS_LR_PER_IMAGE,
                          "kernel": WEIGHT_DECAY_PER_IMAGE / HEAD_LR_PER_IMAGE},
         early_stop_path="whiten/bias", early_stop_steps=steps_per_epoch * WHITEN_BIAS_EPOCHS)
 
@@ -217,26 +179,16 @@ def make_callbacks(steps_per_epoch: int, epochs: int, pixels: np.ndarray | None 
     return [PreciseBatchNorm(pixels, steps_per_epoch)] if pixels is not None and len(pixels) else []
 
 
-def fast_recipe(widths: tuple[int, int, int], epochs: int, description: str) -> Recipe:
+def fast_recipe(widths: tuple[int, int, int]) -> Recipe:
     return Recipe(
         build=lambda input_shape, num_classes, train_pixels=None: fast_cnn(input_shape, num_classes, train_pixels,
                                                                            widths=widths),
-        epochs=epochs,
-        batch_size=BATCH_SIZE,
-        learning_rate=BIAS_LR_PER_IMAGE * BATCH_SIZE,
         make_optimizer=make_optimizer,
         loss=smoothed_crossentropy,
         augment=flip_translate,
         make_callbacks=make_callbacks,
         needs_data=True,
-        scale_lr_with_batch=True,
-        description=description,
     )
 
 
-register("fast", fast_recipe(WIDTHS, EPOCHS, "airbench94_muon-style recipe, widths 64/256/256: whitening, "
-                                            "BatchNorm, GELU, label smoothing, Muon + Nesterov SGD"))
-register("fast-small", fast_recipe(SMALL_WIDTHS, SMALL_EPOCHS, "the fast recipe at widths 64/128/128: "
-                                                               "about half the compute per image"))
-register("fast-tiny", fast_recipe(TINY_WIDTHS, TINY_EPOCHS, "the fast recipe at widths 16/64/128: "
-                                                            "a usable model in about a minute"))
+RECIPES = {"fast": fast_recipe(WIDTHS), "fast-small": fast_recipe(SMALL_WIDTHS), "fast-tiny": fast_recipe(TINY_WIDTHS)}

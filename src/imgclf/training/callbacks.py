@@ -1,24 +1,18 @@
-"""Keras callbacks: per-epoch validation metrics + history.csv, and best-model checkpointing."""
+"""Keras callbacks of the training loop: per-epoch validation metrics (history.csv) and the
+best model so far (best_model.keras)."""
 
 from __future__ import annotations
 
 import math
 import sys
 import time
-from pathlib import Path
 
 import keras
 import numpy as np
 
+from ..metrics import ConfusionMatrix, summarize
+from ..runfolder import RunFolder
 from .checkpoint import Stateful
-from .files import write_csv
-from .metrics import ConfusionMatrix, summarize
-from .modelio import save_model
-
-BASE_COLUMNS = [
-    "epoch", "loss", "accuracy", "val_loss", "val_accuracy",
-    "val_f1", "val_precision", "val_recall", "learning_rate", "seconds",
-]
 
 
 class EpochMetrics(keras.callbacks.Callback, Stateful):
@@ -27,12 +21,12 @@ class EpochMetrics(keras.callbacks.Callback, Stateful):
     logs (so History, checkpoints and progress bars see them), rewrite history.csv and
     print a one-line summary."""
 
-    def __init__(self, matrix: ConfusionMatrix, class_names: list[str], history_csv: Path, *,
+    def __init__(self, matrix: ConfusionMatrix, class_names: list[str], run: RunFolder, *,
                  epochs: int, verbose: int = 1, rows: list[dict] | None = None):
         super().__init__()
         self.matrix_metric = matrix
         self.class_names = class_names
-        self.history_csv = Path(history_csv)
+        self.run = run
         self.epochs = epochs
         self.verbose = verbose
         self.rows: list[dict] = list(rows or [])
@@ -64,7 +58,7 @@ class EpochMetrics(keras.callbacks.Callback, Stateful):
             for key in ("f1", "precision", "recall"):
                 row[f"val_{key}[{item['class']}]"] = item[key]
         self.rows.append(row)
-        write_history(self.history_csv, self.rows)
+        self.run.write_history(self.rows)
         improved = row["val_loss"] is not None and row["val_loss"] < self.best_val_loss
         if improved:
             self.best_val_loss = row["val_loss"]
@@ -79,7 +73,7 @@ class EpochMetrics(keras.callbacks.Callback, Stateful):
         epochs (a later epoch a killed run wrote there is dropped: it will run again)."""
         self.rows = list(info["rows"])
         self.best_val_loss = min((r["val_loss"] for r in self.rows if r["val_loss"] is not None), default=math.inf)
-        write_history(self.history_csv, self.rows)
+        self.run.write_history(self.rows)
 
 
 class BestModelCheckpoint(keras.callbacks.Callback, Stateful):
@@ -87,9 +81,9 @@ class BestModelCheckpoint(keras.callbacks.Callback, Stateful):
     class names). The best value and weights so far are part of a run's checkpoint, so a
     resumed run never replaces a better model with a worse one (keras-team/keras#17012)."""
 
-    def __init__(self, path: Path, class_names: list[str], **metadata):
+    def __init__(self, run: RunFolder, class_names: list[str], **metadata):
         super().__init__()
-        self.path = Path(path)
+        self.run = run
         self.class_names = class_names
         self.best = math.inf
         self.best_epoch: int | None = None
@@ -105,8 +99,8 @@ class BestModelCheckpoint(keras.callbacks.Callback, Stateful):
             self._save(self.model)
 
     def _save(self, model, weights=None):
-        save_model(model, self.path, self.class_names, weights=weights, epoch=self.best_epoch, val_loss=self.best,
-                   **self.metadata)
+        self.run.save_model(self.run.best_model, model, self.class_names, weights=weights, epoch=self.best_epoch,
+                            val_loss=self.best, **self.metadata)
 
     def get_state(self):
         return {"best": self.best, "best_epoch": self.best_epoch}, list(self.best_weights or [])
@@ -119,16 +113,7 @@ class BestModelCheckpoint(keras.callbacks.Callback, Stateful):
         if self.best_weights is not None:
             self._save(self.model, self.best_weights)
         else:
-            self.path.unlink(missing_ok=True)
-
-
-def write_history(path: Path, rows: list[dict]) -> None:
-    columns = list(BASE_COLUMNS) + [k for k in rows[0] if k not in BASE_COLUMNS] if rows else BASE_COLUMNS
-    write_csv(path, columns, [[_cell(r.get(c)) for c in columns] for r in rows])
-
-
-def _cell(value):
-    return "" if value is None else (f"{value:.6g}" if isinstance(value, float) else value)
+            self.run.remove_best_model()
 
 
 def _learning_rate(model) -> float | None:

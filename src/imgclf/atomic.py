@@ -68,6 +68,12 @@ def write_json(path: str | Path, value: Any) -> None:
     write_text(path, json.dumps(value, indent=2, ensure_ascii=False, default=str) + "\n")
 
 
+def write_figure(path: str | Path, figure, dpi: int) -> None:
+    """A Matplotlib figure as a PNG file."""
+    with atomic_path(path, suffix=".png") as tmp:
+        figure.savefig(tmp, dpi=dpi, format="png")
+
+
 def write_csv(path: str | Path, header: list[str], rows: list[list[Any]]) -> None:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")

@@ -1,32 +1,22 @@
-"""Resumable training: the whole state of a run after each completed epoch, in one file.
+"""Resumable training: the whole state of a run after each completed epoch.
 
-`RUN_DIR/checkpoint.npz` holds every model variable (weights, BatchNorm statistics and
-the random-generator states of augmentation/dropout layers), every optimizer variable
-(moments and the step counter, hence the learning-rate schedule's position), the epoch,
-and the state of each stateful callback (history rows, best validation loss and the best
-weights). It is written atomically after everything else of the
-epoch, so a kill at any instant leaves the previous epoch's complete checkpoint. The
-training data's order and augmentation depend only on (seed, epoch), so nothing else is
-needed to continue exactly where the run stopped.
+The checkpoint (written by `RunFolder.write_checkpoint`) holds every model variable (weights,
+BatchNorm statistics and the random-generator states of augmentation/dropout layers), every
+optimizer variable (moments and the step counter, hence the learning-rate schedule's
+position), the epoch, and the state of each stateful callback (history rows, best validation
+loss and the best weights). It is written atomically after everything else of the epoch, so
+a kill at any instant leaves the previous epoch's complete checkpoint. The training data's
+order and augmentation depend only on (seed, epoch), so nothing else is needed to continue
+exactly where the run stopped.
 """
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import keras
 import numpy as np
 
-from .errors import ImgclfError
-from .files import atomic_path
-
-CHECKPOINT_NAME = "checkpoint.npz"
-FORMAT_VERSION = 1
-
-
-class CheckpointError(ImgclfError):
-    """A checkpoint that cannot be read or does not fit the model."""
+from ..errors import CheckpointError
+from ..runfolder import RunFolder
 
 
 class Stateful:
@@ -43,16 +33,17 @@ class Stateful:
 class TrainingCheckpoint(keras.callbacks.Callback):
     """Write the checkpoint at the end of every epoch; put it last among the callbacks."""
 
-    def __init__(self, path: Path, stateful: dict[str, Stateful]):
+    def __init__(self, run: RunFolder, stateful: dict[str, Stateful]):
         super().__init__()
-        self.path = Path(path)
+        self.run = run
         self.stateful = stateful
 
     def on_epoch_end(self, epoch, logs=None):
-        save_checkpoint(self.path, self.model, epoch + 1, self.stateful)
+        self.run.write_checkpoint(*capture_state(self.model, epoch + 1, self.stateful))
 
 
-def save_checkpoint(path: Path, model: keras.Model, epoch: int, stateful: dict[str, Stateful]) -> None:
+def capture_state(model: keras.Model, epoch: int, stateful: dict[str, Stateful]) -> tuple[dict, dict[str, np.ndarray]]:
+    """(meta, arrays): the state after `epoch` completed epochs."""
     arrays = {f"model/{i}": np.asarray(v.numpy()) for i, v in enumerate(model.variables)}
     arrays.update({f"optimizer/{i}": np.asarray(v.numpy()) for i, v in enumerate(model.optimizer.variables)})
     callbacks = {}
@@ -61,32 +52,16 @@ def save_checkpoint(path: Path, model: keras.Model, epoch: int, stateful: dict[s
         callbacks[name] = {"info": info, "arrays": len(state_arrays)}
         arrays.update({f"{name}/{i}": np.asarray(a) for i, a in enumerate(state_arrays)})
     meta = {
-        "format_version": FORMAT_VERSION,
         "epoch": epoch,
         "model_variables": [v.path for v in model.variables],
         "optimizer_variables": len(model.optimizer.variables),
         "callbacks": callbacks,
     }
-    with atomic_path(path, suffix=".npz") as tmp:
-        with open(tmp, "wb") as handle:
-            np.savez(handle, meta=np.array(json.dumps(meta)), **arrays)
-
-
-def load_checkpoint(path: Path) -> tuple[dict, dict[str, np.ndarray]]:
-    """(meta, arrays) of a checkpoint file."""
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            arrays = {name: archive[name] for name in archive.files}
-        meta = json.loads(str(arrays.pop("meta")))
-    except (OSError, ValueError, KeyError) as exc:
-        raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from None
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(f"{path}: unsupported checkpoint format {meta.get('format_version')}")
     return meta, arrays
 
 
-def restore_checkpoint(meta: dict, arrays: dict[str, np.ndarray], model: keras.Model,
-                       stateful: dict[str, Stateful]) -> int:
+def restore_state(meta: dict, arrays: dict[str, np.ndarray], model: keras.Model,
+                  stateful: dict[str, Stateful]) -> int:
     """Put a checkpoint's state into a compiled `model` (same architecture) and callbacks;
     return the number of completed epochs."""
     variables = model.variables

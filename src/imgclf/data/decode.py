@@ -1,0 +1,185 @@
+"""Decoding image files into the RGB uint8 arrays a model takes.
+
+Training, evaluation and prediction all go through `decode_paths` (many files: decode in
+parallel, skip the unusable ones and name them in one warning) and `decode_image` (one
+file), so an image is converted the same way everywhere: first frame of animations, any
+mode (grayscale, RGBA, palette, CMYK, 16-bit) to 8-bit RGB, resized to the model's input
+size. Files that are not decodable images raise `BadImage`.
+
+Pillow's global settings are left as they are: the size limit is checked here, per image,
+and truncated files fail as Pillow's default (`LOAD_TRUNCATED_IMAGES = False`) makes them.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+from ..errors import DataError
+
+MAX_IMAGE_PIXELS = 64_000_000  # refuse decompression bombs: a tiny file that expands to gigapixels
+RESAMPLE = Image.Resampling.BILINEAR
+DECODE_BATCH = 256  # images per chunk when decoding many files
+PROGRESS_FROM = 5000  # files: show a progress bar and the decoding time from this many
+
+
+class BadImage(Exception):
+    """The file is not a usable image (the message says why)."""
+
+
+def decode_image(path: str, size: tuple[int, int]) -> np.ndarray:
+    """Return the image at `path` as a (height, width, 3) uint8 array of the given size."""
+    height, width = size
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # Palette images with transparency and similar oddities warn; they still decode fine.
+            warnings.simplefilter("ignore", UserWarning)
+            with Image.open(path) as img:
+                if img.width * img.height > MAX_IMAGE_PIXELS:  # checked before any pixel is decoded
+                    raise Image.DecompressionBombError(
+                        f"{img.width} x {img.height} pixels is more than the limit of {MAX_IMAGE_PIXELS}")
+                img.seek(0)  # first frame of animated GIF/PNG/WebP
+                if img.format == "JPEG":
+                    img.draft("RGB", (width, height))  # cheap DCT downscale for large JPEGs
+                img.load()
+                rgb = _to_rgb(img)
+                if rgb.size != (width, height):
+                    rgb = rgb.resize((width, height), RESAMPLE)
+                array = np.asarray(rgb, dtype=np.uint8)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise BadImage(f"too large (decompression bomb guard): {exc}") from None
+    except FileNotFoundError:
+        raise BadImage("missing file or broken link") from None
+    except PermissionError:
+        raise BadImage("permission denied") from None
+    except Image.UnidentifiedImageError:
+        raise BadImage("not an image") from None
+    except (OSError, ValueError, SyntaxError, EOFError, MemoryError) as exc:
+        raise BadImage(f"cannot decode ({exc})") from None
+    if array.shape != (height, width, 3):
+        raise BadImage(f"unexpected decoded shape {array.shape}")
+    return array
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """Convert any Pillow mode to 8-bit RGB."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        # 16/32-bit grayscale: scale the real range to 0-255 instead of clipping at 255.
+        values = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode.startswith("I;16") else max(float(values.max()), 1.0)
+        if img.mode == "I" and values.max() <= 65535:
+            top = 65535.0 if values.max() > 255 else 255.0
+        gray = np.clip(values / top * 255.0, 0, 255).astype(np.uint8)
+        return Image.fromarray(gray).convert("RGB")
+    if img.mode == "P":
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA"):
+        # Composite on black; identical to dropping alpha for opaque images.
+        img = img.convert("RGBA")
+        background = Image.new("RGBA", img.size, (0, 0, 0, 255))
+        return Image.alpha_composite(background, img).convert("RGB")
+    return img.convert("RGB")
+
+
+@dataclass
+class Decoded:
+    """The usable files among those given, in their order."""
+
+    pixels: np.ndarray | None  # (len(kept), H, W, 3) uint8, or None when not kept in memory
+    kept: np.ndarray  # indices of the usable files among the paths given
+    skipped: list[tuple[str, str]]  # (path, reason) of every unusable file
+
+
+def decode_paths(paths: list[str], size: tuple[int, int], *, keep_pixels: bool = True,
+                 verbose: int = 0) -> Decoded:
+    """Decode every file, skip the unusable ones and name them in one warning; an error when
+    none is usable."""
+    pixels, ok, reasons = decode_files(paths, size, keep_pixels=keep_pixels, verbose=verbose)
+    skipped = [(p, r) for p, good, r in zip(paths, ok, reasons) if not good]
+    report_skipped(skipped)
+    kept = np.flatnonzero(ok)
+    if len(kept) == 0:
+        raise DataError(f"none of the {len(paths)} file(s) is a usable image")
+    return Decoded(None if pixels is None else pixels[kept], kept, skipped)
+
+
+def decode_files(
+    paths: list[str], size: tuple[int, int], *, keep_pixels: bool = True, verbose: int = 0
+) -> tuple[np.ndarray | None, np.ndarray, list[str]]:
+    """Decode files in parallel with tf.data. Returns (pixels or None, ok flags, reasons)."""
+    import tensorflow as tf
+
+    height, width = size
+    n = len(paths)
+    pixels = np.zeros((n, height, width, 3), np.uint8) if keep_pixels else None
+    ok = np.zeros(n, bool)
+    reasons = [""] * n
+    if n == 0:
+        return pixels, ok, reasons
+
+    def decode_one(raw: bytes) -> tuple[np.ndarray, bool, bytes]:
+        try:
+            return decode_image(os.fsdecode(raw), size), True, b""
+        except BadImage as exc:
+            return np.zeros((height, width, 3), np.uint8), False, str(exc).encode()
+
+    def tf_decode(path):
+        image, good, reason = tf.numpy_function(decode_one, [path], [tf.uint8, tf.bool, tf.string])
+        return image, good, reason
+
+    dataset = (
+        tf.data.Dataset.from_tensor_slices(np.array([os.fsencode(p) for p in paths], dtype=object))
+        .map(tf_decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        .batch(DECODE_BATCH)
+        .prefetch(2)
+    )
+    start, done = time.perf_counter(), 0
+    progress = _progress(n, "decoding images") if verbose and n >= PROGRESS_FROM and _interactive() else None
+    for images, good, why in dataset.as_numpy_iterator():
+        stop = done + len(good)
+        if pixels is not None:
+            pixels[done:stop] = images
+        ok[done:stop] = good
+        for i, text in enumerate(why):
+            if text:
+                reasons[done + i] = text.decode(errors="replace")
+        done = stop
+        if progress:
+            progress.update(done)
+    if verbose and n >= PROGRESS_FROM:
+        print(f"decoded {n} files in {time.perf_counter() - start:.1f}s", file=sys.stderr)
+    return pixels, ok, reasons
+
+
+def decode_or_black(raw: bytes, size: tuple[int, int]) -> np.ndarray:
+    """Streaming decode; files were checked when loading, so a failure here means the file
+    changed on disk mid-training: train on black rather than crash hours in."""
+    try:
+        return decode_image(os.fsdecode(raw), size)
+    except BadImage:
+        return np.zeros((*size, 3), np.uint8)
+
+
+def report_skipped(skipped: list[tuple[str, str]]) -> None:
+    """One warning that names every skipped file."""
+    if skipped:
+        listing = "; ".join(f"{p} ({r})" for p, r in skipped)
+        print(f"warning: skipped {len(skipped)} unusable file(s): {listing}", file=sys.stderr)
+
+
+def _interactive() -> bool:
+    return sys.stderr.isatty() or "ipykernel" in sys.modules
+
+
+def _progress(total: int, what: str):
+    import keras
+
+    print(what, file=sys.stderr)
+    return keras.utils.Progbar(total, unit_name="image")

@@ -1,0 +1,105 @@
+"""Feeding images to Keras with tf.data: ordered batches for evaluation and prediction,
+shuffled and augmented batches for training that depend only on (seed, epoch)."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from .decode import decode_or_black, decode_paths
+from .labelled import Images
+
+
+def make_dataset(images: Images, batch_size: int):
+    """Batches of (float32 0-255 pixels, int32 labels) in order, prefetched: for evaluation."""
+    import tensorflow as tf
+
+    load = _batch_loader(images)
+
+    def finish(index):
+        x, y = load(index)
+        return tf.cast(x, tf.float32), y
+
+    dataset = tf.data.Dataset.range(len(images)).batch(batch_size)
+    return dataset.map(finish, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
+def make_train_dataset(images: Images, batch_size: int, *, seed: int, epochs: int, first_epoch: int = 0,
+                       augment=None):
+    """Shuffled (and augmented) training batches for epochs `first_epoch` .. `epochs - 1`,
+    one epoch after the other, `train_steps(len(images), batch_size)` per epoch (pass it
+    as `steps_per_epoch` to `model.fit`). Only full batches: the few images left over
+    change every epoch. A dataset smaller than one batch gives one batch of everything.
+
+    The order and the augmentation of epoch `e` depend only on (`seed`, `e`): stateless
+    random ops, no hidden state. A resumed run sees exactly the batches the uninterrupted
+    run would have seen. `augment(uint8 batch, seed, index, epoch) -> batch` gets a
+    2-element seed tensor, the images' indices and the epoch, and must use stateless
+    random ops.
+    """
+    import tensorflow as tf
+
+    n = len(images)
+    load = _batch_loader(images)
+
+    def one_epoch(epoch):
+        order = tf.random.experimental.stateless_shuffle(tf.range(n, dtype=tf.int64), seed=[seed, epoch])
+        batches = tf.data.Dataset.from_tensor_slices(order).batch(batch_size, drop_remainder=n >= batch_size)
+        return batches.enumerate().map(lambda step, index: (epoch, step, index))
+
+    def finish(epoch, step, index):
+        x, y = load(index)
+        if augment is not None:
+            x = augment(x, tf.stack([tf.constant(seed, tf.int64), epoch * 1_000_003 + step]), index, epoch)
+        return tf.cast(x, tf.float32), y
+
+    dataset = tf.data.Dataset.range(first_epoch, epochs).flat_map(one_epoch)
+    return dataset.map(finish, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
+def train_steps(n: int, batch_size: int) -> int:
+    """Steps per epoch of `make_train_dataset`: full batches only."""
+    return max(1, n // batch_size)
+
+
+def steps_per_call(steps_per_epoch: int, most: int) -> int:
+    """The largest divisor of `steps_per_epoch` that is at most `most` (both >= 1): Keras'
+    `steps_per_execution`. It must divide the epoch, or the last call of an epoch would
+    take batches of the next one from the continuous training stream."""
+    return max(k for k in range(1, min(most, steps_per_epoch) + 1) if steps_per_epoch % k == 0)
+
+
+def sample_pixels(images: Images, count: int, seed: int = 0) -> np.ndarray:
+    """A random sample of up to `count` images as uint8, in random order: images are stored
+    sorted by class, and data-dependent initialisation and BatchNorm re-estimation (which
+    read the sample in batches) need every class in every part."""
+    chosen = np.random.default_rng(seed).permutation(len(images))[:count]
+    if images.in_memory:
+        return images.array[chosen]
+    return decode_paths([images.paths[i] for i in chosen], images.size).pixels
+
+
+def _batch_loader(images: Images):
+    """index batch -> (uint8 pixels, int32 labels): a gather from the uint8 array held in
+    memory, or decoding the files of the batch."""
+    import tensorflow as tf
+
+    labels = tf.constant(images.labels)
+    if images.in_memory:
+        pixels = tf.constant(images.array)
+
+        def load(index):
+            return tf.gather(pixels, index), tf.gather(labels, index)
+        return load
+    paths = tf.constant(np.array([os.fsencode(p) for p in images.paths], dtype=object))
+    height, width = images.size
+
+    def decode(raw_paths):  # batches are never empty
+        return np.stack([decode_or_black(raw, (height, width)) for raw in raw_paths])
+
+    def load(index):
+        batch = tf.numpy_function(decode, [tf.gather(paths, index)], tf.uint8)
+        batch.set_shape((None, height, width, 3))
+        return batch, tf.gather(labels, index)
+    return load

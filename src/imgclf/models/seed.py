@@ -1,0 +1,48 @@
+"""The seed recipe: the original project's CNN, trained as the original project did."""
+
+from __future__ import annotations
+
+import keras
+from keras import layers
+
+from .recipe import Recipe
+
+FLIP = "horizontal"  # mirror left-right only: upside-down objects are not CIFAR-like
+ROTATION = 0.1  # fraction of a full turn (0.1 = up to +-36 degrees)
+ZOOM = 0.1  # fraction of the image side
+# Batches of 32 take ~14 ms and Keras adds Python overhead per graph call: 25 steps per call
+# make CIFAR-10 epochs 19.2 -> 17.1 s (median of 50) with the same updates.
+STEPS_PER_CALL = 25
+
+
+def seed_cnn(input_shape: tuple[int, int, int], num_classes: int) -> keras.Model:
+    """The architecture of the original project: augmentation, three Conv2D + MaxPooling2D
+    blocks, Dense layers with Dropout and a softmax output. Pixels arrive as 0-255; scaling
+    is the first layer."""
+    return keras.Sequential(
+        [
+            keras.Input(shape=input_shape),
+            layers.Rescaling(1.0 / 255),
+            layers.RandomFlip(FLIP),
+            layers.RandomRotation(ROTATION),
+            layers.RandomZoom(ZOOM),
+            layers.Conv2D(32, 3, padding="same", activation="relu"),
+            layers.MaxPooling2D(),
+            layers.Conv2D(64, 3, padding="same", activation="relu"),
+            layers.MaxPooling2D(),
+            layers.Conv2D(128, 3, padding="same", activation="relu"),
+            layers.MaxPooling2D(),
+            layers.Flatten(),
+            layers.Dense(128, activation="relu"),
+            layers.Dropout(0.5),
+            layers.Dense(num_classes, activation="softmax", dtype="float32"),
+        ],
+        name="seed",
+    )
+
+
+RECIPE = Recipe(
+    build=seed_cnn,
+    make_optimizer=lambda lr, steps, epochs: keras.optimizers.Adam(lr),
+    steps_per_execution=STEPS_PER_CALL,
+)

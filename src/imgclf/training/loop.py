@@ -1,0 +1,255 @@
+"""Training: config in, run folder out.
+
+    data -> stratified split -> run folder -> model -> fit (per-epoch metrics, best-model
+    checkpoint, resumable state) -> final evaluation of the kept model -> reports and plots
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from ..config import TrainConfig
+from ..data.labelled import Images, LoadedData
+from ..data.pipeline import make_dataset, make_train_dataset, sample_pixels, steps_per_call, train_steps
+from ..data.sources import load_data
+from ..data.split import check_classes, split_indices
+from ..errors import DataError
+from ..evaluation import REPORT_KEYS, evaluate_images
+from ..hardware import environment
+from ..metrics import ConfusionMatrix
+from ..modelio import load_model
+from ..models.defaults import recipe_defaults
+from ..models.registry import Recipe, create_model, get_recipe
+from ..precision import compute_precision, resolve_precision
+from ..runfolder import RunFolder
+from .callbacks import BestModelCheckpoint, EpochMetrics
+from .checkpoint import Stateful, TrainingCheckpoint, restore_state
+
+EVAL_BATCH = 256  # validation batch size (no gradients, so larger batches are cheaper)
+DATA_INIT_IMAGES = 5000  # training images handed to models with data-dependent initialisation
+
+
+def train(config: TrainConfig, data: LoadedData | None = None, extra_callbacks: list | None = None) -> Path:
+    """Train as `config` says and return the run folder (see `runfolder` for its contents).
+
+    `data` skips loading (already loaded data); `extra_callbacks` run after imgclf's own.
+    """
+    return _run(config.resolved(), None, data, extra_callbacks)
+
+
+def resume(run_dir: str | Path, data: LoadedData | None = None, extra_callbacks: list | None = None,
+           verbose: int | None = None) -> Path:
+    """Continue an interrupted run from its last completed epoch (its checkpoint); a run
+    killed before its first epoch ended starts again in the same folder."""
+    run = RunFolder.existing(run_dir)
+    config = run.read_config()
+    if verbose is not None:
+        config = config.replace(verbose=verbose)
+    return _run(config, run, data, extra_callbacks)
+
+
+@dataclass
+class Split:
+    labelled: Images  # everything labelled, in source order (what split.csv lists)
+    train_idx: np.ndarray  # indices into `labelled`
+    val_idx: np.ndarray
+    train: Images
+    val: Images  # the validation split, or the test split with train_on_all
+    val_name: str  # "validation" or "test"
+
+
+@dataclass
+class Fitted:
+    model: keras.Model
+    best: BestModelCheckpoint
+    first_epoch: int  # epochs already done when this process started (resume)
+
+
+def _run(config: TrainConfig, resumed: RunFolder | None, data: LoadedData | None,
+         extra_callbacks: list | None) -> Path:
+    config.validate()
+    precision = resolve_precision(config.precision)
+    started = time.perf_counter()
+    _seed_everything(config)
+    data = data if data is not None else load_data(config)
+    split = _split(data, config)
+    run, checkpoint = _open_run_folder(config.replace(precision=precision), split, resumed)
+    run.write_environment(environment(config.seed))
+    run.write_data_summary(_data_summary(data, split))
+    recipe = get_recipe(config.model)
+    _announce(config, precision, run, data, split)
+    with compute_precision(precision):
+        fitted = _fit(config, recipe, run, split, checkpoint, extra_callbacks)
+    train_seconds = time.perf_counter() - started
+    final_name = _keep_final_model(config, run)
+    metrics, report = _final_evaluation(config, run, final_name, data, split, fitted, train_seconds, resumed)
+    run.write_metrics(metrics)
+    run.write_history_plots()
+    _print_result(config, run, final_name, split, fitted, report, train_seconds)
+    return run.path
+
+
+def _seed_everything(config: TrainConfig) -> None:
+    if config.deterministic:
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()  # process-wide, cannot be undone
+    keras.utils.set_random_seed(config.seed)
+
+
+def _split(data: LoadedData, config: TrainConfig) -> Split:
+    labelled = data.labelled
+    check_classes(labelled)
+    if config.train_on_all:
+        if data.test is None:
+            raise DataError("train_on_all needs a separate test split (a folder with train/ and test/, or CIFAR-10)")
+        return Split(labelled, np.arange(len(labelled)), np.array([], dtype=np.int64), labelled, data.test, "test")
+    train_idx, val_idx = split_indices(labelled.labels, config.val_split, config.seed)
+    return Split(labelled, train_idx, val_idx, labelled.subset(train_idx), labelled.subset(val_idx), "validation")
+
+
+def _split_rows(split: Split) -> list[list[str]]:
+    images = split.labelled
+    subset = np.empty(len(images), dtype=object)
+    subset[split.train_idx], subset[split.val_idx] = "train", "val"
+    names = images.names()
+    return [[names[i], str(int(images.labels[i])), images.class_names[images.labels[i]], subset[i]]
+            for i in range(len(images))]
+
+
+def _open_run_folder(config: TrainConfig, split: Split, resumed: RunFolder | None):
+    """A new run folder with its config and split; or the resumed one, checked against the
+    data, with its checkpoint's state (None before the first completed epoch)."""
+    if resumed is None:
+        run = RunFolder.create(config)
+        run.write_config(config)  # the precision used, not "auto"
+        run.write_split(_split_rows(split))
+        return run, None
+    resumed.remove_partial_files()
+    if _split_rows(split) != resumed.read_split():
+        raise DataError(f"cannot resume {resumed}: the data differs from the run's (split.csv); "
+                        "resume needs the same images")
+    return resumed, resumed.read_checkpoint()
+
+
+def _data_summary(data: LoadedData, split: Split) -> dict:
+    labelled = data.labelled
+    return {
+        "source": data.source,
+        "class_names": labelled.class_names,
+        "train_images": len(split.train),
+        "val_images": len(split.val),
+        "val_is": split.val_name,
+        "test_images": len(data.test) if data.test is not None else 0,
+        "in_memory": labelled.in_memory,
+        "skipped_files": len(labelled.skipped) + (len(data.test.skipped) if data.test is not None else 0),
+        "skipped": [{"path": p, "reason": r} for p, r in labelled.skipped],
+    }
+
+
+def _announce(config: TrainConfig, precision: str, run: RunFolder, data: LoadedData, split: Split) -> None:
+    if not config.verbose:
+        return
+    print(f"run folder: {run}")
+    print(f"data: {data.source}: {len(split.train)} train / {len(split.val)} {split.val_name} images, "
+          f"{len(split.labelled.class_names)} classes, "
+          f"{'in memory' if split.labelled.in_memory else 'streamed from disk'}")
+    print(f"model: {config.model} ({recipe_defaults(config.model).description}), {config.epochs} epochs, "
+          f"batch {config.batch_size}, learning rate {config.learning_rate:g}, precision {precision}"
+          + (", deterministic" if config.deterministic else ""))
+
+
+def _fit(config: TrainConfig, recipe: Recipe, run: RunFolder, split: Split, checkpoint,
+         extra_callbacks: list | None) -> Fitted:
+    """Build and compile the model, restore a checkpoint if there is one, train the remaining
+    epochs and save the last model."""
+    class_names = split.labelled.class_names
+    steps_per_epoch = train_steps(len(split.train), config.batch_size)
+    pixels = sample_pixels(split.train, DATA_INIT_IMAGES, seed=config.seed) if recipe.needs_data else None
+    model = create_model(config.model, (config.image_size, config.image_size, 3), len(class_names),
+                         train_pixels=pixels)
+    matrix = ConfusionMatrix(len(class_names))
+    model.compile(
+        optimizer=recipe.make_optimizer(config.learning_rate, steps_per_epoch, config.epochs),
+        loss=recipe.loss,
+        metrics=["accuracy", matrix],
+        steps_per_execution=steps_per_call(steps_per_epoch, recipe.steps_per_execution),
+    )
+    best = BestModelCheckpoint(run, class_names, model_name=config.model)
+    history = EpochMetrics(matrix, class_names, run, epochs=config.epochs, verbose=config.verbose)
+    recipe_callbacks = recipe.make_callbacks(steps_per_epoch, config.epochs, pixels) if recipe.make_callbacks else []
+    best.set_model(model)
+    stateful: dict[str, Stateful] = {"history": history, "best": best}
+    stateful.update({f"recipe{i}": cb for i, cb in enumerate(recipe_callbacks) if isinstance(cb, Stateful)})
+    first_epoch = 0
+    if checkpoint is not None:
+        first_epoch = restore_state(*checkpoint, model, stateful)
+        if config.verbose:
+            print(f"resuming after epoch {first_epoch} of {config.epochs} (best so far: epoch {best.best_epoch})")
+    if first_epoch < config.epochs:
+        model.fit(
+            make_train_dataset(split.train, config.batch_size, seed=config.seed, epochs=config.epochs,
+                               first_epoch=first_epoch, augment=recipe.augment),
+            steps_per_epoch=steps_per_epoch,
+            validation_data=make_dataset(split.val, max(config.batch_size, EVAL_BATCH)),
+            epochs=config.epochs,
+            initial_epoch=first_epoch,
+            shuffle=False,  # the dataset is already in (seed, epoch) order; Keras cannot shuffle it
+            callbacks=[history, *recipe_callbacks, best, *(extra_callbacks or []), TrainingCheckpoint(run, stateful)],
+            verbose=1 if config.verbose and _interactive() else 0,
+        )
+    run.save_model(run.last_model, model, class_names, model_name=config.model, epoch=config.epochs)
+    return Fitted(model, best, first_epoch)
+
+
+def _keep_final_model(config: TrainConfig, run: RunFolder) -> str:
+    """The file of the model to keep: the best epoch's; with train_on_all there is nothing to
+    select on, so the last model is kept (and copied to best_model.keras)."""
+    if config.train_on_all:
+        run.keep_last_as_best()
+        return run.last_model.name
+    return run.best_model.name
+
+
+def _final_evaluation(config: TrainConfig, run: RunFolder, final_name: str, data: LoadedData, split: Split,
+                      fitted: Fitted, train_seconds: float, resumed: RunFolder | None) -> tuple[dict, dict]:
+    """Evaluate the kept model on the validation split (and on the test split, if separate);
+    write their reports; return (metrics.json's content, the validation report)."""
+    final = load_model(run.path / final_name)
+    report = evaluate_images(final, split.val, tta=config.tta)
+    run.write_reports(report, prefix="test_" if config.train_on_all else "")
+    metrics = {
+        "split": split.val_name,
+        "model_file": final_name,
+        "best_epoch": None if config.train_on_all else fitted.best.best_epoch,
+        **{k: report[k] for k in (*REPORT_KEYS, "tta")},
+        "train_seconds": round(train_seconds, 1),
+        "resumed_after_epoch": fitted.first_epoch if resumed is not None else None,
+        "skipped_files": len(data.labelled.skipped),
+    }
+    if data.test is not None and not config.train_on_all:
+        test_report = evaluate_images(final, data.test, tta=config.tta)
+        run.write_reports(test_report, prefix="test_")
+        metrics["test"] = {k: test_report[k] for k in REPORT_KEYS}
+    return metrics, report
+
+
+def _print_result(config: TrainConfig, run: RunFolder, final_name: str, split: Split, fitted: Fitted,
+                  report: dict, train_seconds: float) -> None:
+    if not config.verbose:
+        return
+    which = "final model" if config.train_on_all else f"best model (epoch {fitted.best.best_epoch})"
+    print(f"{which} on {split.val_name}: accuracy {report['accuracy']:.4f}  "
+          f"f1 {report['f1']:.4f}  precision {report['precision']:.4f}  recall {report['recall']:.4f}  "
+          f"[{train_seconds:.0f}s]")
+    print(f"saved: {run.path / final_name}")
+
+
+def _interactive() -> bool:
+    return sys.stdout.isatty() or "ipykernel" in sys.modules
