@@ -16,6 +16,7 @@ def assert_clean_error(result, *fragments):
         assert fragment in lines[0], lines[0]
 
 
+@pytest.mark.slow  # a training in a subprocess
 def test_train_predict_evaluate_end_to_end(tmp_path):
     data = make_image_folder(tmp_path / "data", per_class=12)
     run = tmp_path / "run"
@@ -43,6 +44,7 @@ def test_train_predict_evaluate_end_to_end(tmp_path):
     assert (tmp_path / "eval" / "confusion_matrix.png").is_file()
 
 
+@pytest.mark.slow  # a training in a subprocess
 def test_config_file_and_overrides(tmp_path):
     data = make_image_folder(tmp_path / "data", per_class=5)
     (tmp_path / "c.json").write_text(json.dumps({"data_dir": str(data), "epochs": 5, "image_size": 16}))

@@ -16,15 +16,6 @@ def test_recipe_defaults_fill_only_what_is_not_given():
     assert half.learning_rate == pytest.approx(config.learning_rate / 2)
 
 
-def test_cli_lists_every_registered_model_with_its_defaults():
-    from imgclf.cli import MODEL_DEFAULTS
-    from imgclf.models import RECIPES
-
-    assert sorted(MODEL_DEFAULTS) == sorted(RECIPES)
-    for name, defaults in MODEL_DEFAULTS.items():
-        assert defaults == {"epochs": RECIPES[name].epochs, "batch_size": RECIPES[name].batch_size}, name
-
-
 def test_unknown_key_is_rejected():
     with pytest.raises(ImgclfError, match="unknown configuration key.*epochz"):
         TrainConfig.from_dict({"epochz": 3})
@@ -38,7 +29,7 @@ def test_wrong_type_is_rejected(key, value):
 
 @pytest.mark.parametrize("key,value", [
     ("epochs", 0), ("batch_size", -4), ("val_split", 0.0), ("val_split", 1.0), ("image_size", 0),
-    ("learning_rate", 0.0), ("limit", 1), ("precision", "float8"),
+    ("learning_rate", 0.0), ("limit", 1), ("precision", "float8"), ("model", "nope"),
 ])
 def test_impossible_values_are_rejected(key, value):
     with pytest.raises(ImgclfError, match=key):
@@ -49,3 +40,15 @@ def test_round_trip_through_dict():
     config = TrainConfig(data_dir="x", epochs=3, learning_rate=0.01)
     assert TrainConfig.from_dict(config.to_dict()) == config
     assert config.replace(epochs=4).epochs == 4
+
+
+def test_config_file_must_be_a_json_object(tmp_path):
+    from imgclf.config import read_config_file
+
+    (tmp_path / "list.json").write_text("[1, 2]")
+    (tmp_path / "bad.json").write_text("{epochs: 3")
+    for name, message in (("list.json", "JSON object"), ("bad.json", "cannot read"), ("none.json", "cannot read")):
+        with pytest.raises(ImgclfError, match=message):
+            TrainConfig.from_json(tmp_path / name)
+    (tmp_path / "ok.json").write_text('{"epochs": 3}')
+    assert read_config_file(tmp_path / "ok.json") == {"epochs": 3}

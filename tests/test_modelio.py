@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from imgclf import ModelFileError, load_model, save_model
-from imgclf.models import create_model
+from imgclf.models.registry import create_model
 
 
 def test_saved_model_carries_class_names_and_input_size(tmp_path):

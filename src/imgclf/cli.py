@@ -12,7 +12,7 @@ from pathlib import Path
 
 from .config import PRECISIONS, TrainConfig, read_config_file
 from .errors import ImgclfError
-from .models.defaults import RECIPE_DEFAULTS
+from .models.recipes import RECIPE_DEFAULTS
 
 EXIT_ERROR = 1  # the command ran and failed (bad data, bad model file, ...)
 EXIT_USAGE = 2  # the command line itself is wrong

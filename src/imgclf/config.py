@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ImgclfError
-from .models.defaults import RECIPE_DEFAULTS, recipe_defaults
+from .models.recipes import RECIPE_DEFAULTS, recipe_defaults
 
 
 PRECISIONS = ("auto", "float32", "bfloat16", "float16")
@@ -32,7 +32,7 @@ class TrainConfig:
     limit: int | None = None  # use at most this many training images (stratified sample), for quick tries
     memory_limit_mb: int = 4096  # decoded images are held in memory (uint8) up to this size, else streamed
     # --- model and optimisation ---
-    model: str = "seed"  # recipe name (`imgclf.models.defaults.RECIPE_DEFAULTS`): architecture + training
+    model: str = "seed"  # recipe name (`imgclf.models.recipes.RECIPE_DEFAULTS`): architecture + training
     epochs: int | None = None  # full passes over the training split; None: the model's default (seed: 50)
     batch_size: int | None = None  # images per optimisation step; None: the model's default (seed: 32)
     learning_rate: float | None = None  # peak step size; None: the model's default (seed: Adam 0.001)

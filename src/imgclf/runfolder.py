@@ -24,6 +24,7 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+import zipfile
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -152,10 +153,10 @@ class RunFolder:
         if not path.exists():
             return None
         try:
-            with np.load(path, allow_pickle=False) as archive:
+            with open(path, "rb") as handle, np.load(handle, allow_pickle=False) as archive:
                 arrays = {name: archive[name] for name in archive.files}
             meta = json.loads(str(arrays.pop("meta")))
-        except (OSError, ValueError, KeyError) as exc:
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
             raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from None
         if meta.get("format_version") != CHECKPOINT_FORMAT:
             raise CheckpointError(f"{path}: unsupported checkpoint format {meta.get('format_version')}")

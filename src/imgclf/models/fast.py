@@ -19,10 +19,10 @@ import numpy as np
 from keras import layers, ops
 
 from .augment import flip_translate
-from .defaults import FAST_BIAS_LR_PER_IMAGE
+from .recipes import FAST_BIAS_LR_PER_IMAGE
 from .layers import FusedBatchNorm, QuickGELU
 from .muon import LinearDecay, Muon
-from .recipe import Recipe
+from .recipes import Recipe
 
 WIDTHS = (64, 256, 256)  # channels of the three conv blocks
 SMALL_WIDTHS = (64, 128, 128)  # `fast-small`: ~45% of the FLOPs per image
@@ -43,7 +43,7 @@ PRECISE_BN_BATCH = 512
 MUON_LR = 0.24  # conv filters, per step
 MUON_MOMENTUM = 0.6
 SGD_MOMENTUM = 0.85  # Nesterov, for everything else
-HEAD_LR_PER_IMAGE = 0.67  # the classifier (BatchNorm offsets: defaults.FAST_BIAS_LR_PER_IMAGE)
+HEAD_LR_PER_IMAGE = 0.67  # the classifier (BatchNorm offsets: recipes.FAST_BIAS_LR_PER_IMAGE)
 WEIGHT_DECAY_PER_IMAGE = 2e-6  # weight x this x batch size is subtracted per step, at full step size
 
 

@@ -1,5 +1,5 @@
 """The model registry: each name maps to a `Recipe` (architecture + how to train it) and to
-its defaults in `defaults.RECIPE_DEFAULTS`, so one `--model` flag selects a whole recipe.
+its defaults in `recipes.RECIPE_DEFAULTS`, so one `--model` flag selects a whole recipe.
 
 Every model takes raw 0-255 RGB pixels (scaling to [0, 1] is its first layer, so a saved
 model can be used on raw images and can never scale twice) and outputs float32 softmax
@@ -11,12 +11,11 @@ from __future__ import annotations
 import numpy as np
 
 from . import fast, seed
-from .defaults import RECIPE_DEFAULTS, recipe_defaults
-from .recipe import Recipe
+from .recipes import RECIPE_DEFAULTS, Recipe, recipe_defaults
 
 RECIPES: dict[str, Recipe] = {"seed": seed.RECIPE, **fast.RECIPES}
 if sorted(RECIPES) != sorted(RECIPE_DEFAULTS):
-    raise RuntimeError("every recipe needs its row in defaults.RECIPE_DEFAULTS, and every row a recipe")
+    raise RuntimeError("every recipe needs its row in recipes.RECIPE_DEFAULTS, and every row a recipe")
 
 
 def get_recipe(name: str) -> Recipe:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from .recipe import Recipe
+from .recipes import Recipe
 
 FLIP = "horizontal"  # mirror left-right only: upside-down objects are not CIFAR-like
 ROTATION = 0.1  # fraction of a full turn (0.1 = up to +-36 degrees)

@@ -24,8 +24,8 @@ from ..evaluation import REPORT_KEYS, evaluate_images
 from ..hardware import environment
 from ..metrics import ConfusionMatrix
 from ..modelio import load_model
-from ..models.defaults import recipe_defaults
-from ..models.registry import Recipe, create_model, get_recipe
+from ..models.recipes import Recipe, recipe_defaults
+from ..models.registry import create_model, get_recipe
 from ..precision import compute_precision, resolve_precision
 from ..runfolder import RunFolder
 from .callbacks import BestModelCheckpoint, EpochMetrics

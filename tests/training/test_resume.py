@@ -15,6 +15,8 @@ import pytest
 
 from conftest import make_image_folder, read_csv, run_cli
 
+pytestmark = pytest.mark.slow  # trainings in subprocesses, killed and resumed
+
 EPOCHS = 6
 # 48x48 images make the seed model's Dense layer large (0.6 M weights: a checkpoint of ~10 MB),
 # so a checkpoint write lasts long enough to be hit by a kill.

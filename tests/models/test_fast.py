@@ -5,7 +5,7 @@ import pytest
 
 from conftest import CIFAR10_TRAIN
 from imgclf import TrainConfig, train
-from imgclf.fast import fast_cnn, flip_translate, whitening_weights
+from imgclf.models.fast import fast_cnn, whitening_weights
 from imgclf.precision import compute_precision
 
 
@@ -45,49 +45,6 @@ def test_fast_model_shapes_and_layers():
     assert model.output.dtype == "float32"
 
 
-def test_fused_batchnorm_matches_keras_batchnorm():
-    import keras
-
-    from imgclf.layers import FusedBatchNorm
-
-    x = np.random.default_rng(0).normal(1.0, 3.0, (8, 6, 6, 5)).astype("float32")
-    fused = FusedBatchNorm(momentum=0.6, scale=False)
-    stock = keras.layers.BatchNormalization(momentum=0.6, scale=False)
-    for layer in (fused, stock):
-        layer.build(x.shape)
-        layer.beta.assign(np.arange(5, dtype="float32"))
-    assert np.allclose(fused(x, training=True), stock(x, training=True), atol=1e-5)
-    assert np.allclose(fused.moving_mean.numpy(), stock.moving_mean.numpy(), atol=1e-6)
-    # the fused kernel's running variance is the unbiased one: n/(n-1), n = 8*6*6
-    n = 8 * 6 * 6
-    assert np.allclose(fused.moving_variance.numpy() - 0.6, (stock.moving_variance.numpy() - 0.6) * n / (n - 1),
-                       rtol=1e-4)
-    stock.moving_variance.assign(fused.moving_variance)
-    assert np.allclose(fused(x), stock(x), atol=1e-5)  # inference: the running statistics
-    with compute_precision("bfloat16"):
-        half = FusedBatchNorm()
-        out = half(x.astype("float32"), training=True)
-    assert half.compute_dtype == "bfloat16" and out.dtype == "bfloat16"
-    assert np.allclose(np.asarray(out, "float32").mean(axis=(0, 1, 2)), 0, atol=0.02)
-
-
-def test_quick_gelu_value_and_gradient():
-    import tensorflow as tf
-
-    from imgclf.layers import QuickGELU
-
-    x = tf.constant(np.linspace(-6, 6, 241), tf.float32)
-    with tf.GradientTape(persistent=True) as tape:
-        tape.watch(x)
-        ours = QuickGELU()(x)
-        reference = x * tf.sigmoid(1.702 * x)
-    # Element-wise float32 ops on |x| <= 6 (no reductions): a few units in the last place at most.
-    ulp = 4 * np.finfo(np.float32).eps
-    np.testing.assert_allclose(ours, reference, rtol=ulp, atol=ulp)
-    np.testing.assert_allclose(tape.gradient(ours, x), tape.gradient(reference, x), rtol=ulp, atol=ulp)
-    assert np.abs(ours - tf.nn.gelu(x, approximate=False)).max() < 0.025  # GELU, approximately
-
-
 def test_fast_model_under_bfloat16_keeps_float32_outputs():
     with compute_precision("bfloat16"):
         model = fast_cnn((32, 32, 3), 10)
@@ -98,7 +55,7 @@ def test_fast_model_under_bfloat16_keeps_float32_outputs():
 def test_whitening_bias_trains_then_freezes():
     import keras
 
-    from imgclf.fast import WHITEN_BIAS_EPOCHS, make_optimizer
+    from imgclf.models.fast import WHITEN_BIAS_EPOCHS, make_optimizer
 
     rng = np.random.default_rng(0)
     pixels = rng.integers(0, 256, (64, 16, 16, 3), dtype=np.uint8)
@@ -117,38 +74,6 @@ def test_whitening_bias_trains_then_freezes():
     np.testing.assert_array_equal(kernel, whiten.kernel.numpy())
 
 
-def test_flip_translate_moves_pixels_but_keeps_content():
-    import tensorflow as tf
-
-    images = np.zeros((64, 8, 8, 3), np.uint8)
-    images[:, 3:5, 3:5] = 255
-    index = tf.range(64, dtype=tf.int64)
-
-    def augment(seed, epoch):
-        return flip_translate(tf.constant(images), tf.constant(seed, tf.int64), index, tf.constant(epoch, tf.int64))
-
-    out = augment([1, 7], 0).numpy()
-    assert out.shape == images.shape and out.dtype == np.uint8
-    assert (out.reshape(64, -1).sum(axis=1) == images.reshape(64, -1).sum(axis=1)).all()  # a 2-px shift stays inside
-    assert len({out[i].tobytes() for i in range(64)}) > 5  # shifts vary per image
-    np.testing.assert_array_equal(out, augment([1, 7], 0).numpy())  # stateless: same seed, same batch
-    assert not np.array_equal(out, augment([1, 8], 0).numpy())
-
-
-def test_flip_alternates_between_epochs():
-    import tensorflow as tf
-
-    images = np.zeros((32, 8, 8, 3), np.uint8)
-    images[:, :, :4] = 255  # left half white: a mirror moves it right
-    index = tf.range(32, dtype=tf.int64)
-    halves = []
-    for epoch in range(3):
-        out = flip_translate(tf.constant(images), tf.constant([3, epoch], tf.int64), index, tf.constant(epoch, tf.int64))
-        halves.append(out.numpy()[:, 4, 0, 0] > 0)  # is the leftmost column white (not mirrored)?
-    assert 5 < halves[0].sum() < 27  # epoch 0: about half mirrored
-    assert (halves[0] != halves[1]).all() and (halves[0] == halves[2]).all()  # then every image alternates
-
-
 @pytest.mark.slow
 @pytest.mark.skipif(not CIFAR10_TRAIN.is_dir(), reason="needs ../shared/datasets/cifar10/train")
 def test_fast_recipe_learns_a_cifar10_subset_quickly(tmp_path):
@@ -158,18 +83,8 @@ def test_fast_recipe_learns_a_cifar10_subset_quickly(tmp_path):
     assert metrics["accuracy"] >= 0.40, metrics
 
 
-def test_data_init_sample_spans_every_class():
-    from imgclf.data import Images
-    from imgclf.training import sample_pixels
-
-    labels = np.repeat(np.arange(4), 50)  # stored sorted by class, as folders are
-    pixels = np.repeat(np.arange(4, dtype=np.uint8), 50)[:, None, None, None] * np.ones((1, 2, 2, 3), np.uint8)
-    sample = sample_pixels(Images(labels, list("abcd"), pixels, size=(2, 2)), count=40)
-    assert len(sample) == 40 and set(np.unique(sample[:, 0, 0, 0])) == {0, 1, 2, 3}
-
-
 def test_precise_batchnorm_refreshes_running_statistics():
-    from imgclf.fast import PreciseBatchNorm
+    from imgclf.models.fast import PreciseBatchNorm
 
     model = fast_cnn((16, 16, 3), 3)
     bn = next(layer for layer in model.layers if type(layer).__name__ == "FusedBatchNorm")

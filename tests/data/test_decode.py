@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imgclf.images import BadImage, decode_image
+from imgclf.data.decode import BadImage, decode_image, decode_paths
 
 SIZE = (16, 16)
 
@@ -67,3 +67,37 @@ def test_missing_file_raises_bad_image(tmp_path):
     (tmp_path / "link.png").symlink_to(tmp_path / "nowhere.png")
     with pytest.raises(BadImage, match="missing"):
         decode_image(str(tmp_path / "link.png"), SIZE)
+
+
+def test_image_over_the_pixel_limit_is_refused_before_decoding(tmp_path, monkeypatch):
+    from imgclf.data import decode
+
+    path = save(tmp_path / "x.png", Image.new("RGB", (30, 20)))
+    monkeypatch.setattr(decode, "MAX_IMAGE_PIXELS", 599)
+    with pytest.raises(BadImage, match="too large"):
+        decode_image(path, SIZE)
+    monkeypatch.setattr(decode, "MAX_IMAGE_PIXELS", 600)
+    assert decode_image(path, SIZE).shape == (16, 16, 3)
+
+
+def test_decode_paths_keeps_order_skips_and_names_bad_files(tmp_path, capsys):
+    paths = []
+    for i, colour in enumerate([(255, 0, 0), (0, 255, 0)]):
+        paths.append(save(tmp_path / f"{i}.png", Image.new("RGB", (8, 8), colour)))
+    (tmp_path / "bad.jpg").write_text("text")
+    paths.insert(1, str(tmp_path / "bad.jpg"))
+    decoded = decode_paths(paths, SIZE)
+    assert decoded.kept.tolist() == [0, 2]
+    assert decoded.pixels.shape == (2, 16, 16, 3)
+    assert decoded.pixels[0, 0, 0].tolist() == [255, 0, 0] and decoded.pixels[1, 0, 0].tolist() == [0, 255, 0]
+    assert decoded.skipped == [(str(tmp_path / "bad.jpg"), "not an image")]
+    assert capsys.readouterr().err.count("warning: skipped 1 unusable file(s)") == 1
+    assert decode_paths(paths, SIZE, keep_pixels=False).pixels is None
+
+
+def test_decode_paths_with_nothing_usable_is_a_data_error(tmp_path):
+    from imgclf import DataError
+
+    (tmp_path / "a.jpg").write_text("text")
+    with pytest.raises(DataError, match="none of the 1 file"):
+        decode_paths([str(tmp_path / "a.jpg")], SIZE)

@@ -1,12 +1,11 @@
-import time
-
 import numpy as np
 import pytest
 
 from conftest import make_image_folder
 from imgclf import DataError, TrainConfig
-from imgclf import data as data_mod
-from imgclf.data import check_classes, load_data, make_dataset, split_indices
+from imgclf.data import sources
+from imgclf.data.sources import load_data, walk_files
+from imgclf.data.split import check_classes
 
 
 def config(**kw):
@@ -52,65 +51,6 @@ def test_bad_files_are_skipped_and_named(image_folder, capsys):
     assert err.count("warning: skipped 2") == 1 and "notes.jpg" in err and "empty.png" in err
 
 
-def test_streaming_gives_the_same_batches_as_memory(image_folder):
-    memory = load_data(config(data_dir=str(image_folder))).labelled
-    streamed = load_data(config(data_dir=str(image_folder), memory_limit_mb=0)).labelled
-    assert not streamed.in_memory
-    (xm, ym), = make_dataset(memory, 64).as_numpy_iterator()
-    (xs, ys), = make_dataset(streamed, 64).as_numpy_iterator()
-    np.testing.assert_array_equal(xm, xs)
-    np.testing.assert_array_equal(ym, ys)
-    assert xm.dtype == np.float32 and xm.max() > 1  # raw 0-255: scaling is the model's job
-
-
-def test_training_batches_depend_only_on_seed_and_epoch(image_folder):
-    from imgclf.data import make_train_dataset, train_steps
-    from imgclf.fast import flip_translate
-
-    memory = load_data(config(data_dir=str(image_folder))).labelled
-    streamed = load_data(config(data_dir=str(image_folder), memory_limit_mb=0)).labelled
-    n, batch = len(memory), 10
-    steps = train_steps(n, batch)
-    assert steps == n // batch
-
-    def batches(images, first_epoch=0, seed=5):
-        dataset = make_train_dataset(images, batch, seed=seed, epochs=3, first_epoch=first_epoch,
-                                     augment=flip_translate)
-        return list(dataset.as_numpy_iterator())
-
-    whole = batches(memory)
-    assert len(whole) == 3 * steps and all(len(y) == batch for _, y in whole)  # full batches only
-    for (xm, ym), (xs, ys) in zip(whole, batches(streamed)):  # streamed from disk: the same batches
-        np.testing.assert_array_equal(xm, xs)
-        np.testing.assert_array_equal(ym, ys)
-    for (x1, y1), (x2, y2) in zip(whole[steps:], batches(memory, first_epoch=1)):  # a resume sees the same
-        np.testing.assert_array_equal(x1, x2)
-        np.testing.assert_array_equal(y1, y2)
-    assert not np.array_equal(whole[0][1], whole[steps][1])  # epochs are shuffled differently
-    assert not np.array_equal(whole[0][1], batches(memory, seed=6)[0][1])
-
-
-def test_steps_per_call_divides_the_epoch():
-    from imgclf.data import steps_per_call
-
-    assert steps_per_call(1250, 25) == 25  # CIFAR-10's 40,000 images at batch 32
-    assert steps_per_call(1000, 32) == 25
-    assert steps_per_call(1249, 25) == 1  # a prime epoch: one step per call
-    assert steps_per_call(3, 25) == 3 and steps_per_call(1, 25) == 1 and steps_per_call(12, 1) == 1
-    for steps in range(1, 200):
-        k = steps_per_call(steps, 25)
-        assert steps % k == 0 and 1 <= k <= 25
-
-
-def test_split_is_stratified_and_reproducible():
-    labels = np.repeat(np.arange(4), 25)
-    train, val = split_indices(labels, 0.2, seed=3)
-    assert len(val) == 20 and np.bincount(labels[val]).tolist() == [5, 5, 5, 5]
-    assert set(train).isdisjoint(val) and len(train) + len(val) == 100
-    again = split_indices(labels, 0.2, seed=3)
-    assert train.tolist() == again[0].tolist()
-
-
 def test_limit_takes_a_stratified_sample(image_folder):
     images = load_data(config(data_dir=str(image_folder), limit=12)).labelled
     assert np.bincount(images.labels).tolist() == [4, 4, 4]
@@ -131,12 +71,29 @@ def test_unusable_datasets_are_clear_errors(tmp_path, setup, message):
 
 
 def test_cifar10_fails_fast_without_network(tmp_path, monkeypatch):
+    import keras
+
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))  # empty cache: a download would be needed
-    monkeypatch.setattr(data_mod, "CIFAR10_HOST", ("cifar10.invalid", 443))
-    start = time.perf_counter()
+    monkeypatch.setattr(sources, "CIFAR10_HOST", ("cifar10.invalid", 443))
+    monkeypatch.setattr(keras.datasets.cifar10, "load_data", lambda: pytest.fail("tried to download"))
     with pytest.raises(DataError, match="cannot download CIFAR-10.*--data-dir"):
         load_data(config())
-    assert time.perf_counter() - start < 15
+
+
+def test_network_probe_gives_up_after_its_timeout(monkeypatch):
+    import threading
+
+    never = threading.Event()
+
+    def hang(*args, **kwargs):  # a host that never answers (until the test ends)
+        never.wait(30)
+        raise OSError("closed")
+
+    monkeypatch.setattr(sources, "NETWORK_PROBE_TIMEOUT", 0.05)
+    monkeypatch.setattr(sources.socket, "create_connection", hang)
+    with pytest.raises(DataError, match="timed out"):
+        sources._require_network(("hangs.invalid", 443), "CIFAR-10")
+    never.set()
 
 
 def test_cifar10_uses_the_real_keras_loader(monkeypatch, tmp_path):
@@ -146,7 +103,14 @@ def test_cifar10_uses_the_real_keras_loader(monkeypatch, tmp_path):
     y = np.repeat(np.arange(10), 2).reshape(-1, 1)
     calls = []
     monkeypatch.setattr(keras.datasets.cifar10, "load_data", lambda: calls.append(1) or ((x, y), (x[:10], y[:10])))
-    monkeypatch.setattr(data_mod, "_require_network", lambda *a: None)
+    monkeypatch.setattr(sources, "_require_network", lambda *a: None)
     loaded = load_data(TrainConfig(verbose=0))
     assert calls == [1] and loaded.labelled.class_names[0] == "airplane"
     assert loaded.labelled.array.shape == (20, 32, 32, 3) and len(loaded.test) == 10
+
+
+def test_walk_files_is_recursive_sorted_and_skips_hidden(tmp_path):
+    for name in ("b/2.png", "b/1.png", "a.png", ".hidden.png", ".git/x.png", "b/c/3.png"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"")
+    assert [p[len(str(tmp_path)) + 1:] for p in walk_files(tmp_path)] == ["a.png", "b/1.png", "b/2.png", "b/c/3.png"]

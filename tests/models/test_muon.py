@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from imgclf.muon import LinearDecay, Muon, orthogonalize
+from imgclf.models.muon import LinearDecay, Muon, orthogonalize
 
 
 def test_orthogonalize_flattens_the_spectrum_and_keeps_the_direction():

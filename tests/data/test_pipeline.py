@@ -1,0 +1,68 @@
+import numpy as np
+
+from conftest import make_image_folder
+from imgclf import TrainConfig
+from imgclf.data.labelled import Images
+from imgclf.data.pipeline import make_dataset, make_train_dataset, sample_pixels, steps_per_call, train_steps
+from imgclf.data.sources import load_data
+from imgclf.models.augment import flip_translate
+
+
+def config(**kw):
+    return TrainConfig(image_size=16, verbose=0, **kw)
+
+
+def test_streaming_gives_the_same_batches_as_memory(image_folder):
+    memory = load_data(config(data_dir=str(image_folder))).labelled
+    streamed = load_data(config(data_dir=str(image_folder), memory_limit_mb=0)).labelled
+    assert not streamed.in_memory
+    (xm, ym), = make_dataset(memory, 64).as_numpy_iterator()
+    (xs, ys), = make_dataset(streamed, 64).as_numpy_iterator()
+    np.testing.assert_array_equal(xm, xs)
+    np.testing.assert_array_equal(ym, ys)
+    assert xm.dtype == np.float32 and xm.max() > 1  # raw 0-255: scaling is the model's job
+
+
+def test_training_batches_depend_only_on_seed_and_epoch(image_folder):
+    memory = load_data(config(data_dir=str(image_folder))).labelled
+    streamed = load_data(config(data_dir=str(image_folder), memory_limit_mb=0)).labelled
+    n, batch = len(memory), 10
+    steps = train_steps(n, batch)
+    assert steps == n // batch
+
+    def batches(images, first_epoch=0, seed=5):
+        dataset = make_train_dataset(images, batch, seed=seed, epochs=3, first_epoch=first_epoch,
+                                     augment=flip_translate)
+        return list(dataset.as_numpy_iterator())
+
+    whole = batches(memory)
+    assert len(whole) == 3 * steps and all(len(y) == batch for _, y in whole)  # full batches only
+    for (xm, ym), (xs, ys) in zip(whole, batches(streamed)):  # streamed from disk: the same batches
+        np.testing.assert_array_equal(xm, xs)
+        np.testing.assert_array_equal(ym, ys)
+    for (x1, y1), (x2, y2) in zip(whole[steps:], batches(memory, first_epoch=1)):  # a resume sees the same
+        np.testing.assert_array_equal(x1, x2)
+        np.testing.assert_array_equal(y1, y2)
+    assert not np.array_equal(whole[0][1], whole[steps][1])  # epochs are shuffled differently
+    assert not np.array_equal(whole[0][1], batches(memory, seed=6)[0][1])
+
+
+def test_steps_per_call_divides_the_epoch():
+    assert steps_per_call(1250, 25) == 25  # CIFAR-10's 40,000 images at batch 32
+    assert steps_per_call(1000, 32) == 25
+    assert steps_per_call(1249, 25) == 1  # a prime epoch: one step per call
+    assert steps_per_call(3, 25) == 3 and steps_per_call(1, 25) == 1 and steps_per_call(12, 1) == 1
+    for steps in range(1, 200):
+        k = steps_per_call(steps, 25)
+        assert steps % k == 0 and 1 <= k <= 25
+
+
+def test_data_init_sample_spans_every_class(tmp_path):
+    labels = np.repeat(np.arange(4), 50)  # stored sorted by class, as folders are
+    pixels = np.repeat(np.arange(4, dtype=np.uint8), 50)[:, None, None, None] * np.ones((1, 2, 2, 3), np.uint8)
+    sample = sample_pixels(Images(labels, list("abcd"), pixels, size=(2, 2)), count=40)
+    assert len(sample) == 40 and set(np.unique(sample[:, 0, 0, 0])) == {0, 1, 2, 3}
+    folder = make_image_folder(tmp_path / "images", per_class=5)
+    streamed = load_data(config(data_dir=str(folder), memory_limit_mb=0)).labelled
+    memory = load_data(config(data_dir=str(folder))).labelled
+    np.testing.assert_array_equal(sample_pixels(streamed, 7, seed=1), sample_pixels(memory, 7, seed=1))

@@ -1,0 +1,29 @@
+import numpy as np
+import pytest
+
+from imgclf import ImgclfError
+from imgclf.models.registry import RECIPES, create_model, get_recipe
+
+
+@pytest.mark.parametrize("name", sorted(RECIPES))
+@pytest.mark.parametrize("size", [16, 32])
+def test_every_registered_model_builds_and_outputs_probabilities(name, size):
+    model = create_model(name, (size, size, 3), 4)
+    probs = model.predict(np.random.default_rng(0).integers(0, 256, (2, size, size, 3)).astype("float32"), verbose=0)
+    assert probs.shape == (2, 4) and probs.dtype == np.float32
+    assert np.allclose(probs.sum(axis=1), 1, atol=1e-3)
+
+
+def test_unknown_model_is_a_clear_error():
+    with pytest.raises(ImgclfError, match="unknown model 'nope'.*seed"):
+        create_model("nope", (32, 32, 3), 10)
+    with pytest.raises(ImgclfError, match="unknown model 'nope'"):
+        get_recipe("nope")
+
+
+def test_data_dependent_models_take_training_pixels():
+    pixels = np.random.default_rng(0).integers(0, 256, (32, 16, 16, 3), dtype=np.uint8)
+    generic = create_model("fast-tiny", (16, 16, 3), 3)
+    informed = create_model("fast-tiny", (16, 16, 3), 3, train_pixels=pixels)
+    assert get_recipe("fast-tiny").needs_data and not get_recipe("seed").needs_data
+    assert not np.allclose(generic.get_layer("whiten").kernel.numpy(), informed.get_layer("whiten").kernel.numpy())

@@ -1,0 +1,29 @@
+import numpy as np
+import pytest
+
+from imgclf.plots import bench_figure, confusion_figure, history_figures
+
+
+def test_history_figures_mark_the_best_epoch():
+    history = {"epoch": np.arange(1, 5.0), "loss": np.ones(4), "val_loss": np.array([3, 1, 2, np.nan]),
+               "accuracy": np.full(4, 0.5), "val_accuracy": np.full(4, 0.6), "val_f1": np.full(4, 0.6),
+               "val_precision": np.full(4, 0.6), "val_recall": np.full(4, 0.6)}
+    figures = history_figures(history)
+    assert sorted(figures) == ["accuracy.png", "f1.png", "loss.png", "precision_recall.png"]
+    legend = [t.get_text() for t in figures["f1.png"].axes[0].get_legend().get_texts()]
+    assert "best val loss (epoch 2)" in legend
+
+
+@pytest.mark.parametrize("n", [2, 10, 100])
+def test_confusion_figure_has_every_class_and_numbers_only_when_readable(n):
+    matrix = np.random.default_rng(0).integers(0, 9, (n, n))
+    figure = confusion_figure(matrix, [f"class {i}" for i in range(n)], title="validation")
+    counts, normalised = figure.axes[:2]  # then the two colour bars
+    assert len(counts.get_xticklabels()) == n and counts.get_title() == "validation counts"
+    assert len(counts.texts) == (n * n if n <= 20 else 0)
+    assert normalised.images[0].get_array().max() <= 1
+
+
+def test_bench_figure_draws_one_line_per_contender():
+    results = {k: {"name": k, "elapsed_seconds": [60, 120], "val_accuracy": [0.5, 0.6]} for k in ("a", "b")}
+    assert len(bench_figure(results).axes[0].lines) == 2
