@@ -23,6 +23,7 @@ def compiled(name="seed", size=8):
     keras.backend.clear_session()  # layer names restart, as in the fresh process that resumes a run
     model = create_model(name, (size, size, 3), 2)
     model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="sparse_categorical_crossentropy")
+    model.optimizer.build(model.trainable_variables)
     return model
 
 
@@ -40,7 +41,6 @@ def test_capture_and_restore_bring_back_model_optimizer_and_callbacks(tmp_path):
     saved = [v.numpy().copy() for v in model.variables] + [v.numpy().copy() for v in model.optimizer.variables]
 
     fresh, restored = compiled(), Counter()
-    fresh.optimizer.build(fresh.trainable_variables)
     assert restore_state(*run.read_checkpoint(), fresh, {"counter": restored}) == 5
     now = [v.numpy() for v in fresh.variables] + [v.numpy() for v in fresh.optimizer.variables]
     assert len(now) == len(saved)
