@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 DATA   ?=
 ARGS   ?=
 
-.PHONY: install train test test-fast bench clean
+.PHONY: install train test test-fast lint bench clean
 
 install: $(STAMP)
 
@@ -29,8 +29,12 @@ endif
 test: install
 	$(BIN)/python -m pytest $(ARGS)
 
+# Everything but the tests marked slow (trainings in subprocesses, notebooks, real CIFAR-10).
 test-fast: install
 	$(BIN)/python -m pytest -m "not slow" $(ARGS)
+
+lint: install
+	$(BIN)/ruff check src tests
 
 bench: install
 	$(BIN)/imgclf bench $(ARGS)

@@ -59,6 +59,7 @@ def test_top_predictions_and_the_predictions_file(tmp_path):
     write_predictions(tmp_path / "p.csv", predictions)
     with open(tmp_path / "p.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
-    assert rows[1] == {"file": "y.png", "class": "a", "confidence": "0.500000", "class_2": "c", "confidence_2": "0.300000"}
+    assert rows[1] == {"file": "y.png", "class": "a", "confidence": "0.500000",
+                       "class_2": "c", "confidence_2": "0.300000"}
     write_predictions(tmp_path / "p.json", predictions)
     assert json.loads((tmp_path / "p.json").read_text())[0]["top"][1] == {"class": "c", "probability": 0.2}

@@ -15,7 +15,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-
 PARTIAL_MARK = ".partial-"  # in the names of temporary files: `.<name>.partial-XXXX<suffix>`
 
 

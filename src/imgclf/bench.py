@@ -155,7 +155,8 @@ def run_bench(config: TrainConfig, *, epochs: int | None, minutes: float | None,
                                             out / "reference_run", len(train_set), budget)
         print(line(results["reference"]))
     if "fast" in contenders:
-        results["fast"] = bench_recipe(f"c: imgclf {fast_model} recipe", config.replace(model=fast_model, epochs=fast_epochs),
+        results["fast"] = bench_recipe(f"c: imgclf {fast_model} recipe",
+                                       config.replace(model=fast_model, epochs=fast_epochs),
                                        data, out / "fast_run", len(train_set), budget)
         print(line(results["fast"]))
     report = {"train_images": len(train_set), "val_images": len(val_set), "peak_gflops": peak,

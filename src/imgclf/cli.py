@@ -17,6 +17,7 @@ from .models.recipes import RECIPE_DEFAULTS
 EXIT_ERROR = 1  # the command ran and failed (bad data, bad model file, ...)
 EXIT_USAGE = 2  # the command line itself is wrong
 EXIT_INTERRUPTED = 130  # Ctrl-C
+TTA_HELP = "test-time augmentation (average over the mirror image and 1-pixel shifts)"
 UNSET = argparse.SUPPRESS  # option not given: leave the key out, so TrainConfig's default applies
 
 
@@ -48,11 +49,13 @@ def build_parser() -> Parser:
     p = commands.add_parser("train", help="train a model; writes a run folder",
                             description="Train a model and write a run folder (models, metrics, plots).")
     add_data_options(p)
-    p.add_argument("--val-split", type=float, default=UNSET, help=f"validation fraction (default: {defaults.val_split})")
+    p.add_argument("--val-split", type=float, default=UNSET,
+                   help=f"validation fraction (default: {defaults.val_split})")
     p.add_argument("--model", default=UNSET, help=f"model recipe from the registry: {', '.join(RECIPE_DEFAULTS)} "
                                                   f"(default: {defaults.model})")
-    p.add_argument("--epochs", type=int, default=UNSET, help="default: the model's (" + _model_defaults("epochs") + ")")
-    p.add_argument("--batch-size", type=int, default=UNSET, help="default: the model's (" + _model_defaults("batch_size") + ")")
+    p.add_argument("--epochs", type=int, default=UNSET, help=f"default: the model's ({_model_defaults('epochs')})")
+    p.add_argument("--batch-size", type=int, default=UNSET,
+                   help=f"default: the model's ({_model_defaults('batch_size')})")
     p.add_argument("--learning-rate", type=float, default=UNSET, help="peak step size; default: the model's")
     p.add_argument("--precision", default=UNSET, choices=PRECISIONS,
                    help="compute precision (default: auto = bfloat16 where the hardware has it, else float32)")
@@ -60,7 +63,8 @@ def build_parser() -> Parser:
                    help="final evaluation with test-time augmentation (mirror image and 1-pixel shifts)")
     p.add_argument("--train-on-all", action="store_const", const=True, default=UNSET,
                    help="no validation split: train on all labelled data, monitor on the test split")
-    p.add_argument("--seed", type=int, default=UNSET, help=f"fixes split, initialisation, augmentation (default: {defaults.seed})")
+    p.add_argument("--seed", type=int, default=UNSET,
+                   help=f"fixes split, initialisation, augmentation (default: {defaults.seed})")
     p.add_argument("--deterministic", action="store_const", const=True, default=UNSET,
                    help="deterministic ops: two runs on the same machine give identical histories (slower)")
     p.add_argument("--resume", metavar="RUN_DIR",
@@ -76,7 +80,7 @@ def build_parser() -> Parser:
     p.add_argument("paths", nargs="+", help="image files, folders (recursive) or glob patterns")
     p.add_argument("--top-k", type=int, default=1, help="show the K most likely classes (default: %(default)s)")
     p.add_argument("--output", help="also write the predictions to a .csv or .json file")
-    p.add_argument("--tta", action="store_true", help="test-time augmentation (average over the mirror image and 1-pixel shifts)")
+    p.add_argument("--tta", action="store_true", help=TTA_HELP)
     p.add_argument("--unsafe", action="store_true", help="allow model files that run code when loaded")
 
     p = commands.add_parser("evaluate", help="measure a saved model on labelled data",
@@ -84,7 +88,7 @@ def build_parser() -> Parser:
     p.add_argument("model", help="saved model (.keras)")
     add_data_options(p, image_size=False)
     p.add_argument("--out", help="folder for the report (metrics.json, per_class.csv, confusion matrix)")
-    p.add_argument("--tta", action="store_true", help="test-time augmentation (average over the mirror image and 1-pixel shifts)")
+    p.add_argument("--tta", action="store_true", help=TTA_HELP)
     p.add_argument("--unsafe", action="store_true", help="allow model files that run code when loaded")
 
     p = commands.add_parser("bench", help="benchmark training: notebook vs imgclf reference vs fast recipe",
@@ -93,9 +97,11 @@ def build_parser() -> Parser:
     add_data_options(p)
     p.add_argument("--epochs", type=int, default=1, help="epochs for (a) and (b) (default: %(default)s)")
     p.add_argument("--fast-epochs", type=int, help="epochs for (c) (default: the fast recipe's own)")
-    p.add_argument("--fast-model", default="fast", choices=[name for name in RECIPE_DEFAULTS if name.startswith("fast")],
+    p.add_argument("--fast-model", default="fast",
+                   choices=[name for name in RECIPE_DEFAULTS if name.startswith("fast")],
                    help="recipe for (c) (default: %(default)s)")
-    p.add_argument("--minutes", type=float, help="wall-time budget per contender (stops after the epoch that passes it)")
+    p.add_argument("--minutes", type=float,
+                   help="wall-time budget per contender (stops after the epoch that passes it)")
     p.add_argument("--only", nargs="+", choices=["notebook", "reference", "fast"],
                    default=["notebook", "reference", "fast"], help="contenders to run (default: all three)")
     p.add_argument("--target", type=float, help="validation accuracy to time every contender to "
@@ -229,7 +235,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(f"{c['class']:<{width}}  {c['precision']:9.4f}  {c['recall']:6.4f}  {c['f1']:6.4f}  {c['support']:7d}")
     names = report["class_names"]
     print("confusion matrix (rows: true, columns: predicted)")
-    cell = max(5, max(len(str(v)) for row in report["confusion_matrix"] for v in row) + 1, min(12, max(map(len, names)) + 1))
+    widest = max(len(str(v)) for row in report["confusion_matrix"] for v in row)
+    cell = max(5, widest + 1, min(12, max(map(len, names)) + 1))
     print(" " * width + "".join(f"{n[:cell - 1]:>{cell}}" for n in names))
     for name, row in zip(names, report["confusion_matrix"]):
         print(f"{name:<{width}}" + "".join(f"{v:>{cell}}" for v in row))

@@ -17,7 +17,6 @@ from typing import Any
 from .errors import ImgclfError
 from .models.recipes import RECIPE_DEFAULTS, recipe_defaults
 
-
 PRECISIONS = ("auto", "float32", "bfloat16", "float16")
 
 

@@ -50,7 +50,8 @@ def confusion_figure(matrix: np.ndarray, class_names: list[str], title: str = ""
     side = max(4.5, 0.55 * n + 2)
     fig = Figure(figsize=(2 * side + 1, side), layout="tight")
     axes = fig.subplots(1, 2)
-    for ax, values, name, fmt in ((axes[0], matrix, "counts", "d"), (axes[1], normalised, "normalised by true class", ".2f")):
+    panels = ((axes[0], matrix, "counts", "d"), (axes[1], normalised, "normalised by true class", ".2f"))
+    for ax, values, name, fmt in panels:
         image = ax.imshow(values, cmap="Blues")
         fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
         ax.set(

@@ -125,7 +125,8 @@ def write_predictions(path: str | Path, predictions: list[Prediction]) -> None:
                            "top": [{"class": c, "probability": s} for c, s in p.top]} for p in predictions])
         return
     k = len(predictions[0].top)
-    header = ["file", "class", "confidence"] + [f"{kind}_{i}" for i in range(2, k + 1) for kind in ("class", "confidence")]
+    header = ["file", "class", "confidence"]
+    header += [f"{kind}_{i}" for i in range(2, k + 1) for kind in ("class", "confidence")]
     rows = [[p.name, p.label, f"{p.confidence:.6f}"] + [v for c, s in p.top[1:] for v in (c, f"{s:.6f}")]
             for p in predictions]
     write_csv(path, header, rows)

@@ -1,11 +1,12 @@
 import numpy as np
 
-from conftest import make_image_folder
 from imgclf import TrainConfig
 from imgclf.data.labelled import Images
 from imgclf.data.pipeline import make_dataset, make_train_dataset, sample_pixels, steps_per_call, train_steps
 from imgclf.data.sources import load_data
 from imgclf.models.augment import flip_translate
+
+from conftest import make_image_folder
 
 
 def config(**kw):

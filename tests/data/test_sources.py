@@ -1,11 +1,12 @@
 import numpy as np
 import pytest
 
-from conftest import make_image_folder
 from imgclf import DataError, TrainConfig
 from imgclf.data import sources
 from imgclf.data.sources import load_data, walk_files
 from imgclf.data.split import check_classes
+
+from conftest import make_image_folder
 
 
 def config(**kw):

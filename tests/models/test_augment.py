@@ -29,7 +29,8 @@ def test_flip_alternates_between_epochs():
     index = tf.range(32, dtype=tf.int64)
     halves = []
     for epoch in range(3):
-        out = flip_translate(tf.constant(images), tf.constant([3, epoch], tf.int64), index, tf.constant(epoch, tf.int64))
+        seed = tf.constant([3, epoch], tf.int64)
+        out = flip_translate(tf.constant(images), seed, index, tf.constant(epoch, tf.int64))
         halves.append(out.numpy()[:, 4, 0, 0] > 0)  # is the leftmost column white (not mirrored)?
     assert 5 < halves[0].sum() < 27  # epoch 0: about half mirrored
     assert (halves[0] != halves[1]).all() and (halves[0] == halves[2]).all()  # then every image alternates

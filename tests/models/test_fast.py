@@ -3,10 +3,11 @@ import json
 import numpy as np
 import pytest
 
-from conftest import CIFAR10_TRAIN
 from imgclf import TrainConfig, train
 from imgclf.models.fast import fast_cnn, whitening_weights
 from imgclf.precision import compute_precision
+
+from conftest import CIFAR10_TRAIN
 
 
 def test_whitening_decorrelates_patches():
@@ -65,7 +66,8 @@ def test_whitening_bias_trains_then_freezes():
     whiten = model.get_layer("whiten")
     kernel = whiten.kernel.numpy().copy()
     seen = [whiten.bias.numpy().copy()]
-    record = keras.callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs: seen.append(whiten.bias.numpy().copy()))
+    record = keras.callbacks.LambdaCallback(
+        on_train_batch_end=lambda batch, logs: seen.append(whiten.bias.numpy().copy()))
     model.fit(pixels.astype("float32"), rng.integers(0, 3, 64), batch_size=8, epochs=1, verbose=0,
               callbacks=[record], shuffle=False)
     for step in range(WHITEN_BIAS_EPOCHS):
@@ -110,7 +112,8 @@ def test_saved_fast_model_loads_in_a_fresh_process(tmp_path):
     expected = model.predict(pixels[:2].astype("float32"), verbose=0)
     np.save(tmp_path / "x.npy", pixels[:2])
     code = ("import numpy as np, sys; from imgclf.modelio import load_model; "
-            "m = load_model(sys.argv[1]); np.save(sys.argv[2], m.model.predict(np.load(sys.argv[3]).astype('float32'), verbose=0))")
+            "m = load_model(sys.argv[1]); "
+            "np.save(sys.argv[2], m.model.predict(np.load(sys.argv[3]).astype('float32'), verbose=0))")
     result = subprocess.run([sys.executable, "-c", code, str(tmp_path / "m.keras"), str(tmp_path / "y.npy"),
                              str(tmp_path / "x.npy")], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]

@@ -1,8 +1,9 @@
 import subprocess
 import sys
 
-from conftest import run_cli
 from imgclf.models.recipes import RECIPE_DEFAULTS
+
+from conftest import run_cli
 
 
 def test_every_registered_recipe_has_defaults_and_every_row_a_recipe():

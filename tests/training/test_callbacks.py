@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 from sklearn.metrics import f1_score, precision_score, recall_score
 
-from conftest import read_csv
 from imgclf import TrainConfig, load_data, load_model, predict_probabilities
 from imgclf.data.split import split_indices
+
+from conftest import read_csv
 
 
 def test_history_has_every_metric_per_epoch(trained_run):

@@ -2,8 +2,9 @@ import json
 
 import pytest
 
-from conftest import CIFAR10_TRAIN, read_csv
 from imgclf import TrainConfig, train
+
+from conftest import CIFAR10_TRAIN, read_csv
 
 EXPECTED_FILES = [
     "config.json", "environment.json", "data.json", "split.csv", "history.csv", "per_class.csv",

@@ -21,7 +21,8 @@ CIFAR10_CLASSES = [
     "airplane", "automobile", "bird", "cat", "deer",
     "dog", "frog", "horse", "ship", "truck",
 ]
-CIFAR10_HOST = (os.environ.get("IMGCLF_CIFAR10_HOST", "www.cs.toronto.edu"), 443)  # keras.datasets.cifar10 downloads from here
+# keras.datasets.cifar10 downloads from here
+CIFAR10_HOST = (os.environ.get("IMGCLF_CIFAR10_HOST", "www.cs.toronto.edu"), 443)
 NETWORK_PROBE_TIMEOUT = 8.0  # seconds to decide that the download host is unreachable
 
 
@@ -60,7 +61,8 @@ def load_cifar10(config: TrainConfig) -> LoadedData:
             "train on local images with --data-dir DIR or --labels FILE.csv"
         ) from None
     size = (config.image_size, config.image_size)
-    labelled = Images(y_train.reshape(-1).astype(np.int32), list(CIFAR10_CLASSES), _resize_array(x_train, size), size=size)
+    labelled = Images(y_train.reshape(-1).astype(np.int32), list(CIFAR10_CLASSES), _resize_array(x_train, size),
+                      size=size)
     test = Images(y_test.reshape(-1).astype(np.int32), list(CIFAR10_CLASSES), _resize_array(x_test, size), size=size)
     if config.limit:
         labelled = labelled.subset(stratified_sample(labelled.labels, config.limit, config.seed))

@@ -19,10 +19,9 @@ import numpy as np
 from keras import layers, ops
 
 from .augment import flip_translate
-from .recipes import FAST_BIAS_LR_PER_IMAGE
 from .layers import FusedBatchNorm, QuickGELU
 from .muon import LinearDecay, Muon
-from .recipes import Recipe
+from .recipes import FAST_BIAS_LR_PER_IMAGE, Recipe
 
 WIDTHS = (64, 256, 256)  # channels of the three conv blocks
 SMALL_WIDTHS = (64, 128, 128)  # `fast-small`: ~45% of the FLOPs per image
@@ -113,7 +112,8 @@ def fast_cnn(input_shape, num_classes: int, train_pixels: np.ndarray | None = No
         x = _conv_bn(x, width, pool=False)
     x = layers.GlobalMaxPooling2D()(x)
     # The classifier's weights have unit variance and its outputs are divided by its input width.
-    x = layers.Dense(num_classes, use_bias=False, kernel_initializer=keras.initializers.RandomUniform(-3**0.5, 3**0.5))(x)
+    unit_variance = keras.initializers.RandomUniform(-(3**0.5), 3**0.5)
+    x = layers.Dense(num_classes, use_bias=False, kernel_initializer=unit_variance)(x)
     x = layers.Rescaling(1 / widths[-1])(x)
     outputs = layers.Activation("softmax", dtype="float32")(x)
     model = keras.Model(inputs, outputs, name="fast")
