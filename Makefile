@@ -34,7 +34,7 @@ test-fast: install
 	$(BIN)/python -m pytest -m "not slow" $(ARGS)
 
 lint: install
-	$(BIN)/ruff check src tests
+	$(BIN)/ruff check src tests notebooks
 
 bench: install
 	$(BIN)/imgclf bench $(ARGS)

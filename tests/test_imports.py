@@ -36,3 +36,43 @@ def test_the_public_api_resolves():
 
     for name in imgclf.__all__:
         assert getattr(imgclf, name) is not None, name
+
+
+def _imports_of_each_module() -> dict[str, set[str]]:
+    """imgclf module -> the imgclf modules it imports (at the top or inside functions)."""
+    import ast
+    from pathlib import Path
+
+    import imgclf
+
+    root = Path(imgclf.__file__).parent
+    files = {".".join(("imgclf", *f.relative_to(root).with_suffix("").parts)).removesuffix(".__init__"): f
+             for f in root.rglob("*.py")}
+    graph = {}
+    for name, path in files.items():
+        package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                base = ".".join(package.split(".")[:len(package.split(".")) - node.level + 1]) if node.level else ""
+                module = ".".join(p for p in (base, node.module) if p)
+                found |= {module, *(f"{module}.{alias.name}" for alias in node.names)}
+            elif isinstance(node, ast.Import):
+                found |= {alias.name for alias in node.names}
+        graph[name] = {m for m in found if m in files and m != name}
+    return graph
+
+
+def test_no_module_imports_itself_through_others():
+    graph = _imports_of_each_module()
+    assert {"imgclf.models.registry", "imgclf.models.fast", "imgclf.training.loop"} <= set(graph)
+    assert "imgclf.models.recipes" in graph["imgclf.models.fast"]  # the walk does see imports
+
+    def reaches(start, target, seen):
+        for module in graph[start] - seen:
+            if module == target or reaches(module, target, seen | {module}):
+                return True
+        return False
+
+    cycles = [name for name in graph if reaches(name, name, set())]
+    assert not cycles, cycles
