@@ -23,3 +23,15 @@ def test_evaluate_on_a_folder_with_fewer_classes_uses_the_models_class_order(tra
     for name in ("metrics.json", "per_class.csv", "confusion_matrix.csv", "confusion_matrix.png"):
         assert (tmp_path / "report" / name).is_file()
     assert 0 <= report["loss"] and report["images"] == 8
+
+
+def test_classes_the_model_does_not_know_are_a_clear_error(trained_run, tmp_path):
+    import pytest
+
+    from imgclf import DataError
+
+    from conftest import make_image_folder
+
+    folder = make_image_folder(tmp_path / "other", per_class=2, classes={"red": (200, 40, 40), "teal": (0, 128, 128)})
+    with pytest.raises(DataError, match="not among the model's classes.*teal"):
+        evaluate(trained_run / "best_model.keras", TrainConfig(data_dir=str(folder), verbose=0))

@@ -7,11 +7,14 @@ CHECK_STATE = """
 import matplotlib, pkgutil, importlib
 from PIL import Image, ImageFile
 matplotlib.use("svg")  # a backend a user might have chosen
-before = (matplotlib.get_backend(), Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES)
+import os
+def state():
+    return (matplotlib.get_backend(), Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES, dict(os.environ))
+before = state()
 import imgclf, imgclf.plots
 for module in pkgutil.walk_packages(imgclf.__path__, "imgclf."):
     importlib.import_module(module.name)  # every module of the package
-after = (matplotlib.get_backend(), Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES)
+after = state()
 assert before == after, (before, after)
 """
 
@@ -20,7 +23,7 @@ def run(code):
     return subprocess.run([sys.executable, "-c", "import sys\n" + code], capture_output=True, text=True, timeout=300)
 
 
-def test_importing_imgclf_leaves_matplotlib_and_pillow_settings_alone():
+def test_importing_imgclf_leaves_matplotlib_pillow_and_the_environment_alone():
     result = run(CHECK_STATE)
     assert result.returncode == 0, result.stderr[-3000:]
 

@@ -7,6 +7,7 @@ complete one, never a truncated file.
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import os
@@ -18,13 +19,13 @@ from typing import Any, Iterator
 PARTIAL_MARK = ".partial-"  # in the names of temporary files: `.<name>.partial-XXXX<suffix>`
 
 
+@functools.lru_cache(maxsize=1)
 def _file_mode() -> int:
+    """What open() would give a new file (mkstemp gives 0600); read on first use, not at import,
+    since reading the umask means setting it for an instant."""
     umask = os.umask(0)
     os.umask(umask)
     return 0o666 & ~umask
-
-
-FILE_MODE = _file_mode()  # what open() would give a new file (mkstemp gives 0600)
 
 
 @contextmanager
@@ -33,7 +34,7 @@ def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}{PARTIAL_MARK}", suffix=suffix or ".tmp", dir=path.parent)
-    os.fchmod(fd, FILE_MODE)
+    os.fchmod(fd, _file_mode())
     os.close(fd)
     tmp_path = Path(tmp)
     try:

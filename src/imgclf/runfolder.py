@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from .atomic import atomic_path, remove_partial_files, write_csv, write_figure, write_json
-from .config import TrainConfig, read_config_file
+from .config import TrainConfig
 from .errors import CheckpointError, ImgclfError
 
 RUNS_DIR = Path("runs")  # default parent of run folders, relative to the working directory
@@ -99,7 +99,7 @@ class RunFolder:
         write_json(self.path / CONFIG, config.to_dict())
 
     def read_config(self) -> TrainConfig:
-        return TrainConfig.from_dict(read_config_file(self.path / CONFIG))
+        return TrainConfig.from_json(self.path / CONFIG)
 
     def write_environment(self, environment: dict) -> None:
         write_json(self.path / ENVIRONMENT, environment)
@@ -125,7 +125,7 @@ class RunFolder:
         write_csv(self.path / HISTORY, columns, [[_cell(r.get(c)) for c in columns] for r in rows])
 
     def read_history(self) -> dict[str, np.ndarray]:
-        with open(self.path / HISTORY, newline="") as handle:
+        with open(self.path / HISTORY, newline="", encoding="utf-8") as handle:
             rows = list(csv.DictReader(handle))
         return {key: np.array([float(r[key]) if r[key] != "" else np.nan for r in rows])
                 for key in (rows[0] if rows else {})}
@@ -140,7 +140,8 @@ class RunFolder:
         self.best_model.unlink(missing_ok=True)
 
     def keep_last_as_best(self) -> None:
-        shutil.copyfile(self.last_model, self.best_model)
+        with atomic_path(self.best_model, suffix=".keras") as tmp:
+            shutil.copyfile(self.last_model, tmp)
 
     def write_checkpoint(self, meta: dict, arrays: dict[str, np.ndarray]) -> None:
         with atomic_path(self.path / CHECKPOINT, suffix=".npz") as tmp:

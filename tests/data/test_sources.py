@@ -115,3 +115,10 @@ def test_walk_files_is_recursive_sorted_and_skips_hidden(tmp_path):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_bytes(b"")
     assert [p[len(str(tmp_path)) + 1:] for p in walk_files(tmp_path)] == ["a.png", "b/1.png", "b/2.png", "b/c/3.png"]
+
+
+def test_a_test_split_with_a_class_not_in_train_is_named(tmp_path):
+    make_image_folder(tmp_path / "d" / "train", per_class=3)
+    make_image_folder(tmp_path / "d" / "test", per_class=2, classes={"red": (200, 40, 40), "teal": (0, 128, 128)})
+    with pytest.raises(DataError, match=r"not among the classes of train/ \(blue, green, red\): teal"):
+        load_data(config(data_dir=str(tmp_path / "d")))

@@ -101,7 +101,7 @@ def decode_paths(paths: list[str], size: tuple[int, int], *, keep_pixels: bool =
                  verbose: int = 0) -> Decoded:
     """Decode every file, skip the unusable ones and name them in one warning; an error when
     none is usable."""
-    pixels, ok, reasons = decode_files(paths, size, keep_pixels=keep_pixels, verbose=verbose)
+    pixels, ok, reasons = _decode_files(paths, size, keep_pixels=keep_pixels, verbose=verbose)
     skipped = [(p, r) for p, good, r in zip(paths, ok, reasons) if not good]
     report_skipped(skipped)
     kept = np.flatnonzero(ok)
@@ -110,7 +110,7 @@ def decode_paths(paths: list[str], size: tuple[int, int], *, keep_pixels: bool =
     return Decoded(None if pixels is None else pixels[kept], kept, skipped)
 
 
-def decode_files(
+def _decode_files(
     paths: list[str], size: tuple[int, int], *, keep_pixels: bool = True, verbose: int = 0
 ) -> tuple[np.ndarray | None, np.ndarray, list[str]]:
     """Decode files in parallel with tf.data. Returns (pixels or None, ok flags, reasons)."""

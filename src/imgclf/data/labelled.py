@@ -45,7 +45,8 @@ class Images:
         """The same images, labels re-indexed to `class_names` (e.g. a model's class order)."""
         if list(class_names) == list(self.class_names):
             return self
-        labels, _ = encode_labels([self.class_names[i] for i in self.labels], class_names)
+        labels, _ = encode_labels([self.class_names[i] for i in self.labels], class_names,
+                                  known_as="the model's classes")
         return Images(labels, list(class_names), self.array, self.paths, self.skipped, self.size)
 
 
@@ -56,15 +57,17 @@ class LoadedData:
     source: str  # human-readable description of where the data came from
 
 
-def encode_labels(label_names: list[str], class_names: list[str] | None = None) -> tuple[np.ndarray, list[str]]:
+def encode_labels(label_names: list[str], class_names: list[str] | None = None, *,
+                  known_as: str = "the known classes") -> tuple[np.ndarray, list[str]]:
     """(int32 class indices, class names). Without `class_names`, the classes are the sorted
-    distinct labels (scikit-learn's LabelEncoder); with them, every label must be one."""
+    distinct labels (scikit-learn's LabelEncoder); with them, every label must be one
+    (`known_as` names them in the error)."""
     if class_names is None:
         encoder = LabelEncoder().fit(label_names)
         return encoder.transform(label_names).astype(np.int32), [str(c) for c in encoder.classes_]
     index = {name: i for i, name in enumerate(class_names)}
     unknown = sorted(set(label_names) - set(index))
     if unknown:
-        raise DataError(f"class(es) not among the {len(class_names)} known ones ({', '.join(class_names[:5])}"
+        raise DataError(f"class(es) not among {known_as} ({', '.join(class_names[:5])}"
                         f"{', ...' if len(class_names) > 5 else ''}): {', '.join(unknown[:5])}")
     return np.array([index[n] for n in label_names], dtype=np.int32), list(class_names)

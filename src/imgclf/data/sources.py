@@ -39,7 +39,7 @@ def load_data(config: TrainConfig) -> LoadedData:
         if (root / "train").is_dir() and (root / "test").is_dir():
             labelled = load_files(*scan_folder(root / "train"), size, config)
             test = load_files(*scan_folder(root / "test"), size, config, class_names=labelled.class_names,
-                              sample=False)
+                              known_as="the classes of train/", sample=False)
             return LoadedData(labelled, test, f"folder {root} (train/ and test/)")
         return LoadedData(load_files(*scan_folder(root), size, config), None, f"folder {root}")
     if config.dataset == "cifar10":
@@ -159,10 +159,11 @@ def load_files(
     config: TrainConfig,
     *,
     class_names: list[str] | None = None,
+    known_as: str = "the known classes",
     sample: bool = True,
 ) -> Images:
     """Encode string labels, optionally sample, then decode (into memory when it fits)."""
-    labels, class_names = encode_labels(label_names, class_names)
+    labels, class_names = encode_labels(label_names, class_names, known_as=known_as)
     if sample and config.limit and config.limit < len(labels):
         keep = stratified_sample(labels, config.limit, config.seed)
         paths, labels = [paths[i] for i in keep], labels[keep]

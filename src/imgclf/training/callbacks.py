@@ -22,15 +22,15 @@ class EpochMetrics(keras.callbacks.Callback, Stateful):
     print a one-line summary."""
 
     def __init__(self, matrix: ConfusionMatrix, class_names: list[str], run: RunFolder, *,
-                 epochs: int, verbose: int = 1, rows: list[dict] | None = None):
+                 epochs: int, verbose: int = 1):
         super().__init__()
         self.matrix_metric = matrix
         self.class_names = class_names
         self.run = run
         self.epochs = epochs
         self.verbose = verbose
-        self.rows: list[dict] = list(rows or [])
-        self.best_val_loss = min((r["val_loss"] for r in self.rows), default=math.inf)
+        self.rows: list[dict] = []
+        self.best_val_loss = math.inf
         self._started = 0.0
 
     def on_epoch_begin(self, epoch, logs=None):

@@ -66,7 +66,6 @@ class Split:
 
 @dataclass
 class Fitted:
-    model: keras.Model
     best: BestModelCheckpoint
     first_epoch: int  # epochs already done when this process started (resume)
 
@@ -205,7 +204,7 @@ def _fit(config: TrainConfig, recipe: Recipe, run: RunFolder, split: Split, chec
             verbose=1 if config.verbose and _interactive() else 0,
         )
     run.save_model(run.last_model, model, class_names, model_name=config.model, epoch=config.epochs)
-    return Fitted(model, best, first_epoch)
+    return Fitted(best, first_epoch)
 
 
 def _keep_final_model(config: TrainConfig, run: RunFolder) -> str:
