@@ -47,6 +47,19 @@ def trained_run(tmp_path_factory) -> Path:
     return train(TrainConfig(data_dir=str(data), epochs=2, image_size=16, out=str(root / "run"), verbose=0))
 
 
+@pytest.fixture(scope="session")
+def export_runs(tmp_path_factory) -> dict[str, Path]:
+    """Short trainings of the `seed` and `fast-tiny` recipes with a validation split of 204
+    images, enough for an export's parity check (export.MIN_CHECK_IMAGES): recipe -> run folder."""
+    from imgclf import TrainConfig, train
+
+    root = tmp_path_factory.mktemp("export")
+    data = make_image_folder(root / "images", per_class=340, size=(16, 16))
+    return {model: train(TrainConfig(data_dir=str(data), model=model, epochs=2, image_size=16,
+                                     out=str(root / model), verbose=0))
+            for model in ("seed", "fast-tiny")}
+
+
 def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
     """Run the real `imgclf` command in a subprocess."""
     return subprocess.run(

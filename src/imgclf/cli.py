@@ -1,5 +1,5 @@
-"""Command line: `imgclf train | predict | evaluate | bench`. It parses arguments, calls the
-Python API and prints; errors print one line and exit non-zero."""
+"""Command line: `imgclf train | predict | evaluate | export | serve | bench | bench-serve`.
+It parses arguments, calls the Python API and prints; errors print one line and exit non-zero."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ import os
 import re
 import sys
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from .config import PRECISIONS, TrainConfig, read_config_file
 from .errors import ImgclfError
@@ -18,6 +20,8 @@ EXIT_ERROR = 1  # the command ran and failed (bad data, bad model file, ...)
 EXIT_USAGE = 2  # the command line itself is wrong
 EXIT_INTERRUPTED = 130  # Ctrl-C
 TTA_HELP = "test-time augmentation (average over the mirror image and 1-pixel shifts)"
+MODEL_HELP = "saved model (.keras) or an export of one (SavedModel folder, .onnx, .tflite)"
+EXPORT_FORMATS = ("savedmodel", "onnx", "litert", "litert-int8")  # export.FORMATS, without importing TensorFlow
 UNSET = argparse.SUPPRESS  # option not given: leave the key out, so TrainConfig's default applies
 
 
@@ -76,7 +80,7 @@ def build_parser() -> Parser:
 
     p = commands.add_parser("predict", help="predict the class of images",
                             description="Predict the class of image files, folders or globs.")
-    p.add_argument("model", help="saved model (.keras)")
+    p.add_argument("model", help=MODEL_HELP)
     p.add_argument("paths", nargs="+", help="image files, folders (recursive) or glob patterns")
     p.add_argument("--top-k", type=int, default=1, help="show the K most likely classes (default: %(default)s)")
     p.add_argument("--output", help="also write the predictions to a .csv or .json file")
@@ -85,10 +89,24 @@ def build_parser() -> Parser:
 
     p = commands.add_parser("evaluate", help="measure a saved model on labelled data",
                             description="Accuracy, F1, precision, recall, per-class table and confusion matrix.")
-    p.add_argument("model", help="saved model (.keras)")
+    p.add_argument("model", help=MODEL_HELP)
     add_data_options(p, image_size=False)
     p.add_argument("--out", help="folder for the report (metrics.json, per_class.csv, confusion matrix)")
     p.add_argument("--tta", action="store_true", help=TTA_HELP)
+    p.add_argument("--unsafe", action="store_true", help="allow model files that run code when loaded")
+
+    p = commands.add_parser("export", help="export a saved model to SavedModel, ONNX or LiteRT, checked against Keras",
+                            description="Export a .keras model to another runtime, then load the export in that "
+                                        "runtime and check it predicts what Keras does on the run's validation "
+                                        "images (or --check-data); a failed check deletes the export.")
+    p.add_argument("model", help="saved model (.keras), normally in its run folder")
+    p.add_argument("--format", required=True, nargs="+", choices=EXPORT_FORMATS + ("all",),
+                   help="one or more of %(choices)s")
+    p.add_argument("--out", help="output path (default: beside the model, e.g. best_model.onnx); one format only")
+    p.add_argument("--check-data", metavar="DIR",
+                   help="images to check the export on (default: the run's validation split)")
+    p.add_argument("--calibration-data", metavar="DIR",
+                   help="images for int8 quantization (default: the run's training split)")
     p.add_argument("--unsafe", action="store_true", help="allow model files that run code when loaded")
 
     p = commands.add_parser("bench", help="benchmark training: notebook vs imgclf reference vs fast recipe",
@@ -111,30 +129,40 @@ def build_parser() -> Parser:
     return parser
 
 
-# Lines TensorFlow's C++ core prints at start-up, before any log level applies.
-TF_STARTUP_NOISE = re.compile(
+# Lines TensorFlow's and LiteRT's C++ code print, before or regardless of any log level.
+NATIVE_NOISE = re.compile(
     r"^(WARNING: All log messages before absl::InitializeLog|[IWE]\d{4} .*(port\.cc|cudart_stub|cpu_feature_guard"
-    r"|cuda_platform|cuda_executor|cuda_diagnostics)|To enable the following instructions|\s*$)"
+    r"|cuda_platform|cuda_executor|cuda_diagnostics)|To enable the following instructions"
+    r"|INFO: Created TensorFlow Lite XNNPACK delegate|fully_quantize: \d|\s*$)"
 )
 
 
-def import_tensorflow_quietly() -> None:
-    """Import TensorFlow and start its devices with the C++ start-up chatter filtered out
-    of stderr (anything else it prints, such as a real error, still shows)."""
+@contextmanager
+def quiet_native_stderr() -> Iterator[None]:
+    """Filter the C++ chatter above out of file descriptor 2 while the block runs; anything
+    else written there (a real error) is printed once the block ends."""
     with tempfile.TemporaryFile() as captured:
+        sys.stderr.flush()
         saved = os.dup(2)
         os.dup2(captured.fileno(), 2)
         try:
-            import tensorflow as tf
-
-            tf.config.list_physical_devices()
+            yield
         finally:
+            sys.stderr.flush()
             os.dup2(saved, 2)
             os.close(saved)
             captured.seek(0)
             for line in captured.read().decode(errors="replace").splitlines():
-                if not TF_STARTUP_NOISE.match(line):
+                if not NATIVE_NOISE.match(line):
                     print(line, file=sys.stderr)
+
+
+def import_tensorflow_quietly() -> None:
+    """Import TensorFlow and start its devices without their start-up chatter."""
+    with quiet_native_stderr():
+        import tensorflow as tf
+
+        tf.config.list_physical_devices()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -190,14 +218,15 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from .modelio import load_model
     from .predict import predict_files, write_predictions
+    from .runtimes import open_model
 
     if args.top_k < 1:
         raise ImgclfError(f"--top-k must be at least 1 (got {args.top_k})")
     if args.output and Path(args.output).suffix.lower() not in (".csv", ".json"):
         raise ImgclfError(f"--output must end in .csv or .json (got {args.output})")
-    loaded = load_model(args.model, unsafe=args.unsafe)
+    with quiet_native_stderr():
+        loaded = open_model(args.model, unsafe=args.unsafe)
     predictions, skipped = predict_files(loaded, args.paths, top_k=args.top_k, tta=args.tta, verbose=1)
     print_predictions(predictions, args.top_k)
     if args.output:
@@ -223,9 +252,12 @@ def print_predictions(predictions, top_k: int) -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluation import evaluate
+    from .runtimes import open_model
 
     config = _config_from_args(args, DATA_KEYS)
-    report = evaluate(args.model, config, out=args.out, tta=args.tta, unsafe=args.unsafe)
+    with quiet_native_stderr():
+        loaded = open_model(args.model, unsafe=args.unsafe)
+    report = evaluate(loaded, config, out=args.out, tta=args.tta, unsafe=args.unsafe)
     print(f"{report['source']}: {report['images']} images")
     print(f"accuracy {report['accuracy']:.4f}  f1 {report['f1']:.4f}  precision {report['precision']:.4f}  "
           f"recall {report['recall']:.4f}  loss {report['loss']:.4f}")
@@ -254,7 +286,22 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "predict": cmd_predict, "evaluate": cmd_evaluate, "bench": cmd_bench}
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import export_model, print_report
+
+    formats = list(EXPORT_FORMATS) if "all" in args.format else list(dict.fromkeys(args.format))
+    if args.out and len(formats) > 1:
+        raise ImgclfError("--out names one file: give one --format with it")
+    for fmt in formats:
+        with quiet_native_stderr():
+            report = export_model(args.model, fmt, args.out, check_data=args.check_data,
+                                  calibration_data=args.calibration_data, unsafe=args.unsafe, verbose=False)
+        print_report(report)
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "predict": cmd_predict, "evaluate": cmd_evaluate, "export": cmd_export,
+            "bench": cmd_bench}
 
 
 def _model_defaults(key: str) -> str:

@@ -12,9 +12,10 @@ from .data.labelled import Images
 from .data.sources import load_data
 from .errors import DataError
 from .metrics import confusion_matrix, summarize
-from .modelio import LoadedModel, load_model
+from .modelio import LoadedModel
 from .predict import PREDICT_BATCH, image_probabilities
 from .runfolder import RunFolder
+from .runtimes import open_model
 
 EPSILON = 1e-7  # probability floor in the log-loss, as Keras' cross-entropy clips
 REPORT_KEYS = ("loss", "accuracy", "f1", "precision", "recall", "images")  # the headline figures
@@ -31,7 +32,7 @@ def evaluate_images(loaded: LoadedModel, images: Images, *, tta: bool = False,
     matrix = confusion_matrix(images.labels, predicted, len(loaded.class_names))
     result = summarize(matrix, loaded.class_names)
     true_prob = probs[np.arange(len(probs)), images.labels]
-    result["loss"] = float(-np.log(np.clip(true_prob, EPSILON, 1.0)).mean())
+    result["loss"] = float(-np.log(np.clip(true_prob, EPSILON, 1.0)).mean()) + 0.0  # no -0.0
     result["confusion_matrix"] = matrix.tolist()
     result["class_names"] = list(loaded.class_names)
     result["tta"] = tta
@@ -49,7 +50,7 @@ def evaluation_images(config: TrainConfig) -> tuple[Images, str]:
 def evaluate(model: str | Path | LoadedModel, config: TrainConfig, *, out: str | Path | None = None,
              tta: bool = False, unsafe: bool = False) -> dict:
     """Evaluate `model` on the data `config` points at; write a report folder when `out` is given."""
-    loaded = model if isinstance(model, LoadedModel) else load_model(model, unsafe=unsafe)
+    loaded = model if isinstance(model, LoadedModel) else open_model(model, unsafe=unsafe)
     config = config.replace(image_size=loaded.image_size[0])  # imgclf models take square images
     images, source = evaluation_images(config)
     report = evaluate_images(loaded, images, tta=tta)

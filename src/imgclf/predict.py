@@ -75,15 +75,21 @@ def image_probabilities(loaded: LoadedModel, images: Images, *, tta: bool = Fals
     """(N, classes) float64 probabilities of `images` (in memory or streamed from disk)."""
     dataset = make_dataset(images, batch_size).map(lambda x, y: x)
     if not tta:
-        return np.asarray(loaded.model.predict(dataset, verbose=0), np.float64)
+        return _predict_batches(loaded, dataset)
     # Test-time augmentation: half the weight on the image and its mirror, half on the
     # mirrored pair shifted one pixel up-left and one pixel down-right (reflect padding).
     views = [(0.25, lambda x: x), (0.25, _mirror)]
     for dy in (0, 2):
         shift = _shifted(dy)
         views += [(0.125, shift), (0.125, lambda x, shift=shift: _mirror(shift(x)))]
-    return sum(weight * np.asarray(loaded.model.predict(dataset.map(view), verbose=0), np.float64)
-               for weight, view in views)
+    return sum(weight * _predict_batches(loaded, dataset.map(view)) for weight, view in views)
+
+
+def _predict_batches(loaded: LoadedModel, dataset) -> np.ndarray:
+    outputs = [loaded.predict(batch.numpy()) for batch in dataset]
+    if not outputs:
+        return np.zeros((0, len(loaded.class_names)))
+    return np.concatenate(outputs).astype(np.float64)
 
 
 def _mirror(x):

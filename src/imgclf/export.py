@@ -1,0 +1,365 @@
+"""Exporting a saved model to other runtimes, and proving each export predicts what Keras does.
+
+    imgclf export MODEL --format savedmodel | onnx | litert | litert-int8 [--out PATH]
+
+Every export takes raw 0-255 RGB pixels, float32 (N, H, W, 3), and returns probabilities,
+like the `.keras` file. Steps:
+
+1. An inference copy of the model: float32 throughout (mixed-precision models compute in
+   bfloat16, which ONNX Runtime and LiteRT's CPU kernels do not run) and without the
+   augmentation layers, which are the identity at inference but leave random ops in a traced
+   graph (ONNX Runtime refuses `StatelessRandomUniformV2`).
+2. Keras' own `model.export` writes the artifact: `tf_saved_model`, `onnx` (tf2onnx underneath)
+   and `litert` (TFLiteConverter underneath; builtin ops only, so that LiteRT's interpreter runs
+   it without TensorFlow's Flex delegate; `litert-int8` adds full-integer quantization with a
+   representative dataset). The custom layers of the fast recipes (FusedBatchNorm,
+   QuickGELU, the whitening Conv2D) convert as they are: each converter maps them onto standard
+   ops (FusedBatchNormV3 -> BatchNormalization, IdentityN of the custom gradient -> Identity),
+   and the parity check below proves it for every recipe in the tests.
+3. Class names, input size and the source model's hash go inside the artifact (SavedModel:
+   assets.extra/imgclf.json; ONNX: metadata_props; LiteRT: a metadata buffer) and into
+   `labels.json` beside it.
+4. The artifact is loaded in its own runtime (`runtimes.open_model`) and run on at least
+   MIN_CHECK_IMAGES images: float formats must give Keras' top-1 class on every image and
+   probabilities within FLOAT_TOLERANCE; int8 must agree on INT8_MIN_AGREEMENT of them. A
+   failure deletes the artifact and raises `ExportError`. The file is written under a temporary
+   name and renamed only once checked, so an existing export is replaced only by a good one.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+import uuid
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .atomic import write_json
+from .data.decode import decode_paths
+from .data.split import stratified_sample
+from .errors import DataError, ImgclfError
+from .modelio import LoadedModel, keras_function, load_model
+from .runtimes import INPUT_NAME, LABELS_FILE, METADATA_KEY, SAVEDMODEL_METADATA, file_hash, open_model
+
+FORMATS = ("savedmodel", "onnx", "litert", "litert-int8")
+SUFFIXES = {"onnx": ".onnx", "litert": ".tflite", "litert-int8": ".tflite"}  # a SavedModel is a folder
+FLOAT_TOLERANCE = 1e-3  # max |probability difference| allowed between a float export and Keras
+INT8_MIN_AGREEMENT = 0.98  # share of images on which an int8 export must pick Keras' class
+MIN_CHECK_IMAGES = 200
+MAX_CHECK_IMAGES = 1000  # a stratified sample of the validation split, when it is larger
+CALIBRATION_IMAGES = 500  # representative images for int8 quantization
+SAMPLE_SEED = 0
+CHECK_BATCH = 100
+# Layers that are the identity at inference; dropped from the exported graph.
+AUGMENTATION_LAYERS = ("RandomFlip", "RandomRotation", "RandomZoom", "RandomTranslation", "RandomContrast",
+                       "RandomBrightness")
+
+
+class ExportError(ImgclfError):
+    """An export could not be written, or does not predict what the Keras model does."""
+
+
+@dataclass
+class ExportReport:
+    format: str
+    path: str
+    bytes: int
+    images: int  # check images
+    check_source: str
+    agreement: float  # share of check images with the same top-1 class as Keras
+    max_abs_diff: float  # largest |probability difference| from Keras
+    keras_accuracy: float | None  # on the check images, when they have labels
+    export_accuracy: float | None
+    seconds: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class CheckImages:
+    pixels: np.ndarray  # (N, H, W, 3) uint8
+    labels: np.ndarray | None  # class indices, when known
+    source: str
+
+
+def default_path(model_path: str | Path, fmt: str) -> Path:
+    model_path = Path(model_path)
+    suffix = {"savedmodel": "_savedmodel", "onnx": ".onnx", "litert": ".tflite", "litert-int8": "_int8.tflite"}[fmt]
+    return model_path.parent / f"{model_path.stem}{suffix}"
+
+
+def export_model(model_path: str | Path, fmt: str, out: str | Path | None = None, *,
+                 check_data: str | Path | None = None, calibration_data: str | Path | None = None,
+                 unsafe: bool = False, verbose: bool = True) -> ExportReport:
+    """Export the `.keras` model at `model_path` to `fmt`, check it against Keras, return the report."""
+    if fmt not in FORMATS:
+        raise ExportError(f"unknown export format {fmt!r}; choose from {', '.join(FORMATS)}")
+    started = time.perf_counter()
+    model_path = Path(model_path)
+    loaded = load_model(model_path, unsafe=unsafe)
+    out = Path(out) if out else default_path(model_path, fmt)
+    _check_out_path(out, fmt)
+    check = check_images(model_path, loaded, check_data)
+    calibration = None
+    if fmt == "litert-int8":
+        calibration = calibration_images(model_path, loaded, calibration_data)
+    graph = inference_copy(loaded.model)
+    expected = keras_probabilities(graph, check)  # before any converter touches the graph
+    metadata = artifact_metadata(loaded, model_path, fmt)
+    tmp = out.parent / f".{out.stem}.partial-{uuid.uuid4().hex[:8]}{SUFFIXES.get(fmt, '')}"
+    try:
+        WRITERS[fmt](graph, tmp, metadata, calibration)
+        report = verify_artifact(tmp, fmt, expected, check)
+        _replace(tmp, out)
+    finally:
+        _remove(tmp)
+    labels = {key: value for key, value in metadata.items() if key != "format"}  # shared by the exports beside it
+    write_json(out / LABELS_FILE if out.is_dir() else out.parent / LABELS_FILE, labels)
+    report.path = str(out)
+    report.bytes = _size(out)
+    report.seconds = round(time.perf_counter() - started, 2)
+    if verbose:
+        print_report(report)
+    return report
+
+
+def inference_copy(model):
+    """The model in float32 without augmentation layers, with the same weights."""
+    import keras
+
+    def clone(layer):
+        if type(layer).__name__ in AUGMENTATION_LAYERS:
+            return keras.layers.Identity(name=layer.name)
+        config = layer.get_config()
+        if "dtype" in config:
+            config["dtype"] = "float32"
+        return type(layer).from_config(config)
+
+    copy = keras.models.clone_model(model, clone_function=clone)
+    for layer in copy.layers:
+        if type(layer).__name__ != "Identity" and layer.weights:
+            layer.set_weights(model.get_layer(layer.name).get_weights())
+    return copy
+
+
+def artifact_metadata(loaded: LoadedModel, model_path: Path, fmt: str) -> dict:
+    return {
+        "class_names": list(loaded.class_names),
+        "image_size": list(loaded.image_size),
+        "input": f"{INPUT_NAME}: float32 (N, height, width, 3), raw RGB 0-255",
+        "output": "float32 (N, classes) probabilities",
+        "recipe": loaded.metadata.get("model_name"),
+        "format": fmt,
+        "source_model": model_path.name,
+        "source_sha256": file_hash(model_path),
+    }
+
+
+def _signature(graph):
+    import tensorflow as tf
+
+    height, width, channels = graph.input_shape[1:]
+    return [tf.TensorSpec([None, height, width, channels], tf.float32, name=INPUT_NAME)]
+
+
+def _write_savedmodel(graph, path: Path, metadata: dict, calibration) -> None:
+    graph.export(str(path), format="tf_saved_model", input_signature=_signature(graph), verbose=False)
+    (path / SAVEDMODEL_METADATA).parent.mkdir(exist_ok=True)
+    (path / SAVEDMODEL_METADATA).write_text(json.dumps(metadata, indent=2, ensure_ascii=False), encoding="utf-8")
+
+
+def _write_onnx(graph, path: Path, metadata: dict, calibration) -> None:
+    import onnx
+
+    with warnings.catch_warnings():  # Keras' tf2onnx patch probes np.object, which NumPy 2 warns about
+        warnings.simplefilter("ignore", FutureWarning)
+        graph.export(str(path), format="onnx", input_signature=_signature(graph), verbose=False)
+    proto = onnx.load(str(path))
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = METADATA_KEY, json.dumps(metadata, ensure_ascii=False)
+    onnx.save(proto, str(path))
+
+
+def _write_litert(graph, path: Path, metadata: dict, calibration) -> None:
+    import tensorflow as tf
+
+    options: dict = {"target_spec": {"supported_ops": [tf.lite.OpsSet.TFLITE_BUILTINS]}}
+    if calibration is not None:
+        def representative():
+            for image in calibration:
+                yield [image[None].astype(np.float32)]
+        options = {"target_spec": {"supported_ops": [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]},
+                   "optimizations": [tf.lite.Optimize.DEFAULT], "representative_dataset": representative}
+    graph.export(str(path), format="litert", input_signature=_signature(graph), verbose=False, **options)
+    path.write_bytes(add_litert_metadata(path.read_bytes(), metadata))
+
+
+def add_litert_metadata(content: bytes, metadata: dict) -> bytes:
+    """The LiteRT flatbuffer with a metadata entry `imgclf` holding `metadata` as JSON."""
+    import flatbuffers
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = schema.ModelT.InitFromPackedBuf(content, 0)
+    buffer = schema.BufferT()
+    buffer.data = np.frombuffer(json.dumps(metadata, ensure_ascii=False).encode("utf-8"), np.uint8)
+    model.buffers.append(buffer)
+    entry = schema.MetadataT()
+    entry.name = METADATA_KEY
+    entry.buffer = len(model.buffers) - 1
+    model.metadata = [m for m in (model.metadata or []) if m.name != METADATA_KEY.encode()] + [entry]
+    builder = flatbuffers.Builder(len(content) + 1024)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())
+
+
+WRITERS = {"savedmodel": _write_savedmodel, "onnx": _write_onnx, "litert": _write_litert,
+           "litert-int8": _write_litert}
+
+
+def keras_probabilities(model, check: CheckImages) -> np.ndarray:
+    return _batched(keras_function(model), check.pixels)
+
+
+def verify_artifact(path: str | Path, fmt: str, expected: np.ndarray, check: CheckImages) -> ExportReport:
+    """Run the artifact at `path` in its runtime on the check images; raise ExportError unless
+    its probabilities agree with Keras' `expected` ones (see the module docstring)."""
+    try:
+        artifact = open_model(path)
+    except ImgclfError as exc:
+        raise ExportError(f"the {fmt} export does not load in its runtime: {exc}") from None
+    got = _batched(artifact.predict, check.pixels)
+    if got.shape != expected.shape or not np.all(np.isfinite(got)):
+        raise ExportError(f"the {fmt} export gives outputs of shape {got.shape} "
+                          f"(finite: {bool(np.all(np.isfinite(got)))}), Keras {expected.shape}")
+    same = expected.argmax(1) == got.argmax(1)
+    diff = float(np.abs(expected - got).max())
+    accuracy = (lambda p: float((p.argmax(1) == check.labels).mean())) if check.labels is not None else None
+    report = ExportReport(fmt, str(path), 0, len(check.pixels), check.source, float(same.mean()), diff,
+                          accuracy(expected) if accuracy else None, accuracy(got) if accuracy else None, 0.0)
+    if fmt == "litert-int8":
+        if report.agreement < INT8_MIN_AGREEMENT:
+            raise ExportError(f"the int8 export picks Keras' class on {report.agreement:.1%} of {len(same)} images "
+                              f"(needs {INT8_MIN_AGREEMENT:.0%}); it was deleted")
+    elif not same.all() or diff > FLOAT_TOLERANCE:
+        raise ExportError(f"the {fmt} export disagrees with Keras: {int((~same).sum())} of {len(same)} top-1 classes "
+                          f"differ, max |dp| = {diff:.2e} (allowed {FLOAT_TOLERANCE:g}); it was deleted")
+    return report
+
+
+def _batched(run, pixels: np.ndarray) -> np.ndarray:
+    return np.concatenate([np.asarray(run(pixels[i:i + CHECK_BATCH].astype(np.float32)), np.float64)
+                           for i in range(0, len(pixels), CHECK_BATCH)])
+
+
+def print_report(report: ExportReport) -> None:
+    print(f"wrote {report.path} ({report.format}, {report.bytes / 1e6:.2f} MB) in {report.seconds:.1f}s")
+    print(f"checked on {report.images} images ({report.check_source}): same class as Keras on "
+          f"{report.agreement:.2%}, max |dp| {report.max_abs_diff:.2e}")
+    if report.keras_accuracy is not None:
+        drop = report.keras_accuracy - report.export_accuracy
+        print(f"accuracy: Keras {report.keras_accuracy:.4f}, export {report.export_accuracy:.4f} "
+              f"(drop {drop * 100:+.2f} points)")
+
+
+# --- the images to check and calibrate with -------------------------------------------------
+
+def check_images(model_path: Path, loaded: LoadedModel, folder: str | Path | None) -> CheckImages:
+    """`folder`'s images, or a stratified sample of the run's validation split."""
+    if folder is not None:
+        images = folder_images(folder, loaded, MAX_CHECK_IMAGES)
+    else:
+        images = run_images(model_path, loaded, "val", MAX_CHECK_IMAGES)
+    if len(images.pixels) < MIN_CHECK_IMAGES:
+        raise DataError(f"{images.source}: {len(images.pixels)} usable images; the check needs at least "
+                        f"{MIN_CHECK_IMAGES} (pass --check-data DIR with more)")
+    return images
+
+
+def calibration_images(model_path: Path, loaded: LoadedModel, folder: str | Path | None) -> np.ndarray:
+    if folder is not None:
+        return folder_images(folder, loaded, CALIBRATION_IMAGES).pixels
+    return run_images(model_path, loaded, "train", CALIBRATION_IMAGES).pixels
+
+
+def folder_images(folder: str | Path, loaded: LoadedModel, limit: int) -> CheckImages:
+    """Images under `folder`, labelled when their parent folders are the model's class names."""
+    from .predict import expand_paths
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"not a folder: {folder}")
+    paths = expand_paths([str(folder)])
+    if len(paths) > limit:
+        index = np.sort(np.random.default_rng(SAMPLE_SEED).choice(len(paths), limit, replace=False))
+        paths = [paths[i] for i in index]
+    decoded = decode_paths(paths, loaded.image_size)
+    kept = [paths[i] for i in decoded.kept]
+    parents = [Path(p).parent.name for p in kept]
+    labels = None
+    if kept and all(name in loaded.class_names for name in parents):
+        labels = np.array([loaded.class_names.index(name) for name in parents])
+    return CheckImages(decoded.pixels, labels, str(folder))
+
+
+def run_images(model_path: Path, loaded: LoadedModel, subset: str, limit: int) -> CheckImages:
+    """A stratified sample of the run's `subset` ("train" or "val") images, as split.csv lists them."""
+    from .runfolder import RunFolder
+
+    run = RunFolder(model_path.parent)
+    option = "--check-data" if subset == "val" else "--calibration-data"
+    rows = run.read_split() if (run.path / "split.csv").exists() else None
+    if not rows:
+        raise DataError(f"{model_path} is not in a run folder with split.csv; pass {option} DIR")
+    rows = [row for row in rows if row[3] == subset]
+    if not rows:
+        raise DataError(f"the run {run.path} has no {subset} images; pass {option} DIR")
+    labels = np.array([int(row[1]) for row in rows])
+    index = stratified_sample(labels, limit, SAMPLE_SEED) if len(rows) > limit else np.arange(len(rows))
+    paths = [rows[i][0] for i in index]
+    missing = [p for p in paths if not Path(p).is_file()]
+    if missing:
+        raise DataError(f"the run's {subset} images are not found from here (first: {missing[0]}); "
+                        f"pass {option} DIR")
+    decoded = decode_paths(paths, loaded.image_size)
+    name = "validation split" if subset == "val" else "training split"
+    return CheckImages(decoded.pixels, labels[index][decoded.kept], f"the run's {name}")
+
+
+# --- files -----------------------------------------------------------------------------------
+
+def _check_out_path(out: Path, fmt: str) -> None:
+    if not out.parent.is_dir():
+        raise ExportError(f"folder not found for --out: {out.parent}")
+    wanted = SUFFIXES.get(fmt)
+    if wanted and out.suffix.lower() != wanted:
+        raise ExportError(f"a {fmt} export needs a file name ending in {wanted} (got {out.name})")
+    if fmt == "savedmodel" and out.exists() and not (out / "saved_model.pb").exists():
+        raise ExportError(f"{out} exists and is not a SavedModel; choose another --out")
+    if fmt != "savedmodel" and out.is_dir():
+        raise ExportError(f"{out} is a folder; --out must be a file name")
+
+
+def _replace(tmp: Path, out: Path) -> None:
+    if out.is_dir():
+        old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
+        out.rename(old)
+        tmp.rename(out)
+        shutil.rmtree(old)
+    else:
+        tmp.replace(out)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    elif path.exists():
+        path.unlink()
+
+
+def _size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size

@@ -1,0 +1,222 @@
+"""Exports: every format of every tested recipe matches Keras in its own runtime; a tampered
+artifact fails the check and is deleted; metadata travels inside and beside each artifact."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from imgclf.errors import DataError, ModelFileError
+from imgclf.export import (
+    FLOAT_TOLERANCE,
+    FORMATS,
+    INT8_MIN_AGREEMENT,
+    WRITERS,
+    ExportError,
+    add_litert_metadata,
+    check_images,
+    default_path,
+    export_model,
+    inference_copy,
+    keras_probabilities,
+    verify_artifact,
+)
+from imgclf.modelio import load_model
+from imgclf.predict import predict_files
+from imgclf.runtimes import LABELS_FILE, detect_format, open_model, read_litert_metadata
+
+RECIPES = ("seed", "fast-tiny")
+
+
+@pytest.fixture(scope="module")
+def exported(export_runs) -> dict[tuple[str, str], object]:
+    """(recipe, format) -> ExportReport, every format of every recipe exported once."""
+    return {(recipe, fmt): export_model(run / "best_model.keras", fmt, verbose=False)
+            for recipe, run in export_runs.items() for fmt in FORMATS}
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_every_format_matches_keras(exported, export_runs, recipe, fmt):
+    report = exported[recipe, fmt]
+    path = Path(report.path)
+    assert path == default_path(export_runs[recipe] / "best_model.keras", fmt) and path.exists()
+    assert report.images >= 200 and report.check_source == "the run's validation split"
+    if fmt == "litert-int8":
+        assert report.agreement >= INT8_MIN_AGREEMENT
+        assert report.export_accuracy is not None
+    else:
+        assert report.agreement == 1.0 and report.max_abs_diff <= FLOAT_TOLERANCE
+    assert report.bytes > 1000
+    # metadata inside the artifact, class names and size as in the .keras file
+    artifact = open_model(path)
+    keras_model = load_model(export_runs[recipe] / "best_model.keras")
+    assert artifact.format == detect_format(path) == fmt.replace("-int8", "")
+    assert artifact.class_names == keras_model.class_names and artifact.image_size == keras_model.image_size
+    assert artifact.metadata["recipe"] == recipe and artifact.metadata["format"] == fmt
+    beside = json.loads(((path if path.is_dir() else path.parent) / LABELS_FILE).read_text())
+    assert beside["class_names"] == keras_model.class_names and beside["image_size"] == [16, 16]
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_predict_takes_exports(exported, export_runs, fmt):
+    run = export_runs["fast-tiny"]
+    data = Path(json.loads((run / "config.json").read_text())["data_dir"])
+    files = [str(p) for p in sorted(data.glob("*/1*.png"))[:12]]
+    want, _ = predict_files(open_model(run / "best_model.keras"), files, top_k=3)
+    got, _ = predict_files(open_model(exported["fast-tiny", fmt].path), files, top_k=3)
+    assert [p.name for p in got] == files
+    # the .keras file runs in mixed precision on CPUs with bfloat16, the exports in float32
+    tolerance = 0.05 if fmt == "litert-int8" else 0.01
+    for a, b in zip(want, got):
+        assert a.label == b.label
+        assert abs(a.confidence - b.confidence) < tolerance
+
+
+def _tampered_writer(fmt):
+    writer = WRITERS[fmt]
+
+    def write(graph, path, metadata, calibration):
+        dense = [layer for layer in graph.layers if isinstance(layer, keras.layers.Dense)][-1]
+        dense.set_weights([-w for w in dense.get_weights()])  # the classifier's scores reversed
+        writer(graph, path, metadata, calibration)
+    return write
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_tampered_artifact_fails_and_is_deleted(exported, export_runs, recipe, fmt, monkeypatch, tmp_path):
+    model_path = export_runs[recipe] / "best_model.keras"
+    good = Path(exported[recipe, fmt].path)
+    before = sorted(p.name for p in good.parent.iterdir())
+    monkeypatch.setitem(WRITERS, fmt, _tampered_writer(fmt))
+    with pytest.raises(ExportError, match="it was deleted"):
+        export_model(model_path, fmt, verbose=False)
+    # the earlier good export is untouched and no partial file is left
+    assert sorted(p.name for p in good.parent.iterdir()) == before
+    assert open_model(good).class_names
+
+
+def test_verify_catches_altered_weights_in_a_written_file(export_runs, tmp_path):
+    """Tamper with the bytes of a checked ONNX file: the check fails."""
+    import onnx
+    from onnx import numpy_helper
+
+    model_path = export_runs["seed"] / "best_model.keras"
+    loaded = load_model(model_path)
+    onnx_file = tmp_path / "model.onnx"
+    shutil.copy(default_path(model_path, "onnx"), onnx_file)
+    proto = onnx.load(str(onnx_file))
+    classifier = [t for t in proto.graph.initializer if list(t.dims) == [128, 3]]  # seed: Dense(128) -> 3 classes
+    assert len(classifier) == 1
+    weights = numpy_helper.to_array(classifier[0])
+    classifier[0].CopyFrom(numpy_helper.from_array(np.roll(weights, 1, axis=1), classifier[0].name))
+    onnx.save(proto, str(onnx_file))
+    check = check_images(model_path, loaded, None)
+    with pytest.raises(ExportError, match="disagrees with Keras"):
+        verify_artifact(onnx_file, "onnx", keras_probabilities(inference_copy(loaded.model), check), check)
+
+
+def test_inference_copy_is_float32_without_augmentation(export_runs):
+    loaded = load_model(export_runs["seed"] / "best_model.keras")
+    copy = inference_copy(loaded.model)
+    assert not [layer for layer in copy.layers if type(layer).__name__.startswith("Random")]
+    assert {layer.dtype_policy.name for layer in copy.layers} == {"float32"}
+    pixels = np.random.default_rng(0).integers(0, 256, (8, 16, 16, 3)).astype(np.float32)
+    original = loaded.model(pixels, training=False).numpy()
+    np.testing.assert_allclose(copy(pixels).numpy(), original, atol=0.02)  # bfloat16 vs float32 at most
+
+
+def test_litert_metadata_round_trip(exported):
+    path = Path(exported["seed", "litert"].path)
+    content = add_litert_metadata(path.read_bytes(), {"class_names": ["a", "b"], "note": "ü"})
+    assert read_litert_metadata(content) == {"class_names": ["a", "b"], "note": "ü"}
+    assert read_litert_metadata(path.read_bytes())["recipe"] == "seed"
+
+
+def test_check_needs_enough_images(export_runs, tmp_path):
+    model_path = export_runs["seed"] / "best_model.keras"
+    loose = tmp_path / "model.keras"
+    shutil.copy(model_path, loose)
+    with pytest.raises(DataError, match="--check-data"):
+        export_model(loose, "onnx", verbose=False)
+    few = tmp_path / "few" / "red"
+    few.mkdir(parents=True)
+    data = Path(json.loads((export_runs["seed"] / "config.json").read_text())["data_dir"])
+    for image in sorted((data / "red").iterdir())[:20]:
+        shutil.copy(image, few)
+    with pytest.raises(DataError, match="at least 200"):
+        export_model(loose, "onnx", check_data=tmp_path / "few", verbose=False)
+    assert not (tmp_path / "model.onnx").exists()
+
+
+def test_check_data_folder_gives_accuracy(export_runs, tmp_path):
+    model_path = export_runs["seed"] / "best_model.keras"
+    data = Path(json.loads((export_runs["seed"] / "config.json").read_text())["data_dir"])
+    report = export_model(model_path, "onnx", tmp_path / "m.onnx", check_data=data, verbose=False)
+    assert report.check_source == str(data) and report.images == 1000
+    assert report.keras_accuracy == report.export_accuracy and report.keras_accuracy > 0.9
+    assert (tmp_path / LABELS_FILE).exists()
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("bad.onnx", b"not a model", "cannot load onnx model"),
+    ("bad.tflite", b"not a model", "cannot load litert model"),
+    ("empty.tflite", b"", "cannot load litert model"),
+])
+def test_open_model_rejects_damaged_files(tmp_path, name, content, message):
+    (tmp_path / name).write_bytes(content)
+    with pytest.raises(ModelFileError, match=message):
+        open_model(tmp_path / name)
+
+
+def test_open_model_needs_class_names(exported, tmp_path):
+    source = Path(exported["seed", "onnx"].path)
+    import onnx
+
+    proto = onnx.load(str(source))
+    del proto.metadata_props[:]
+    onnx.save(proto, str(tmp_path / "bare.onnx"))
+    with pytest.raises(ModelFileError, match="no class names"):
+        open_model(tmp_path / "bare.onnx")
+    (tmp_path / LABELS_FILE).write_text(json.dumps({"class_names": ["blue", "green", "red"], "image_size": [16, 16]}))
+    assert open_model(tmp_path / "bare.onnx").class_names == ["blue", "green", "red"]
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(ModelFileError, match="without saved_model.pb"):
+        open_model(tmp_path / "folder")
+
+
+def test_export_rejects_bad_paths(export_runs, tmp_path):
+    model_path = export_runs["seed"] / "best_model.keras"
+    with pytest.raises(ExportError, match="ending in .onnx"):
+        export_model(model_path, "onnx", tmp_path / "m.tflite", verbose=False)
+    with pytest.raises(ExportError, match="folder not found"):
+        export_model(model_path, "litert", tmp_path / "missing" / "m.tflite", verbose=False)
+    with pytest.raises(ExportError, match="unknown export format"):
+        export_model(model_path, "coreml", verbose=False)
+
+
+@pytest.mark.slow
+def test_export_command_then_predict_with_the_export(export_runs, tmp_path):
+    from conftest import run_cli
+
+    run = tmp_path / "run"
+    shutil.copytree(export_runs["seed"], run, ignore=shutil.ignore_patterns("*.onnx", "*.tflite", "*_savedmodel"))
+    done = run_cli("export", run / "best_model.keras", "--format", "onnx", "litert")
+    assert done.returncode == 0, done.stderr
+    assert "same class as Keras on 100.00%" in done.stdout and done.stdout.count("wrote ") == 2
+    assert done.stderr == ""  # converters' and runtimes' native chatter filtered out
+    image = next(Path(json.loads((run / "config.json").read_text())["data_dir"]).glob("red/*.png"))
+    for artifact in ("best_model.onnx", "best_model.tflite"):
+        done = run_cli("predict", run / artifact, image)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.splitlines()[1].split()[1] == "red"
+    done = run_cli("export", run / "best_model.keras", "--format", "onnx", "litert", "--out", tmp_path / "x.onnx")
+    assert done.returncode == 1 and done.stderr.count("\n") == 1 and "one --format" in done.stderr
+    done = run_cli("export", run / "best_model.keras", "--format", "coreml")
+    assert done.returncode == 2 and "invalid choice" in done.stderr
