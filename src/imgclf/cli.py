@@ -109,6 +109,17 @@ def build_parser() -> Parser:
                    help="images for int8 quantization (default: the run's training split)")
     p.add_argument("--unsafe", action="store_true", help="allow model files that run code when loaded")
 
+    p = commands.add_parser("serve", help="serve a model over HTTP (predictions, metadata, a web page)",
+                            description="An HTTP prediction service: POST /predict, GET /health, GET /metadata, "
+                                        "a web page at / and the API docs at /docs.")
+    p.add_argument("model", help=MODEL_HELP)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
+    p.add_argument("--port", type=int, default=8000, help="port (default: %(default)s)")
+    p.add_argument("--workers", type=int, default=1, help="worker processes, each with the model (default: 1)")
+    p.add_argument("--max-upload-mb", type=float, default=20.0,
+                   help="largest request body in MB (default: %(default)s)")
+    p.add_argument("--max-images", type=int, default=32, help="most images per request (default: %(default)s)")
+
     p = commands.add_parser("bench", help="benchmark training: notebook vs imgclf reference vs fast recipe",
                             description="Train (a) the seed model as a notebook would, (b) imgclf's reference "
                                         "recipe, (c) the fast recipe, side by side on the same data and split.")
@@ -300,8 +311,23 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .serve.app import Limits, serve
+
+    if not 0 < args.port < 65536:
+        raise ImgclfError(f"--port must be 1-65535 (got {args.port})")
+    if args.workers < 1 or args.max_images < 1 or args.max_upload_mb <= 0:
+        raise ImgclfError("--workers and --max-images must be at least 1, --max-upload-mb above 0")
+    with quiet_native_stderr():
+        from .runtimes import open_model
+
+        open_model(args.model)  # a bad model file fails here, with one line
+    serve(args.model, args.host, args.port, args.workers, Limits(args.max_upload_mb, args.max_images))
+    return 0
+
+
 COMMANDS = {"train": cmd_train, "predict": cmd_predict, "evaluate": cmd_evaluate, "export": cmd_export,
-            "bench": cmd_bench}
+            "serve": cmd_serve, "bench": cmd_bench}
 
 
 def _model_defaults(key: str) -> str:

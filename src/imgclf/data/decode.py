@@ -17,6 +17,7 @@ import sys
 import time
 import warnings
 from dataclasses import dataclass
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image
@@ -33,8 +34,9 @@ class BadImage(Exception):
     """The file is not a usable image (the message says why)."""
 
 
-def decode_image(path: str, size: tuple[int, int]) -> np.ndarray:
-    """Return the image at `path` as a (height, width, 3) uint8 array of the given size."""
+def decode_image(path: str | BinaryIO, size: tuple[int, int]) -> np.ndarray:
+    """Return the image at `path` (or in a binary file object) as a (height, width, 3) uint8
+    array of the given size."""
     height, width = size
     try:
         with warnings.catch_warnings():

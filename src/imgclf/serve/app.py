@@ -1,0 +1,259 @@
+"""`imgclf serve MODEL`: an HTTP prediction service on FastAPI + uvicorn.
+
+    POST /predict    multipart: one or more `files`, optional `top_k`; JSON top classes per image
+    GET  /health     {"status": "ok"}
+    GET  /metadata   class names, input size, recipe, format, the model file's sha256
+    GET  /           a page to pick or drop images and see their predictions
+    GET  /docs       the OpenAPI documentation FastAPI generates
+
+The model is loaded once per worker process and run through `runtimes.open_model`: one
+compiled TensorFlow function for a `.keras` file, or the export's own runtime. Requests that
+arrive while the model is busy are stacked into one batch (`Batcher`).
+
+Bad input gets a 4xx JSON answer ({"detail": ...}) and never stops the service: body size
+(413), images per request (400, from FastAPI's form limits), empty files (400), content that
+is not an image whatever its name says (415), damaged images (422), images over the pixel
+limit (413), bad `top_k` (422).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+from fastapi import FastAPI, File, Form, HTTPException, UploadFile
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import HTMLResponse, JSONResponse
+from pydantic import BaseModel
+
+from ..data.decode import BadImage, decode_image
+from ..modelio import LoadedModel
+from ..runtimes import file_hash, open_model
+
+MAX_BATCH = 64  # images per model call when requests are stacked
+MODEL_ENV = "IMGCLF_SERVE_MODEL"  # how `--workers N` hands the settings to each worker process
+LIMITS_ENV = "IMGCLF_SERVE_LIMITS"
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_body_mb: float = 20.0  # whole request, files and multipart overhead
+    max_images: int = 32  # files per request
+
+    @property
+    def max_body_bytes(self) -> int:
+        return int(self.max_body_mb * 1024 * 1024)
+
+
+class ClassScore(BaseModel):
+    label: str
+    probability: float
+
+
+class ImagePrediction(BaseModel):
+    file: str
+    top: list[ClassScore]
+
+
+class PredictResponse(BaseModel):
+    predictions: list[ImagePrediction]
+
+
+class Batcher:
+    """Runs the model on stacked requests: whatever has queued up while the model was busy
+    (up to MAX_BATCH images) goes through in one call, on one thread."""
+
+    def __init__(self, predict, max_batch: int = MAX_BATCH):
+        self._predict = predict
+        self._max_batch = max_batch
+        self._queue: asyncio.Queue | None = None
+        self._task: asyncio.Task | None = None
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="imgclf-model")
+        self.calls = 0  # model calls so far (the tests read it)
+
+    def start(self) -> None:
+        self._queue = asyncio.Queue()
+        self._task = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        self._executor.shutdown(wait=True)
+
+    async def predict(self, pixels: np.ndarray) -> np.ndarray:
+        future = asyncio.get_running_loop().create_future()
+        await self._queue.put((pixels, future))
+        return await future
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            items = [await self._queue.get()]
+            count = len(items[0][0])
+            while count < self._max_batch and not self._queue.empty():
+                items.append(self._queue.get_nowait())
+                count += len(items[-1][0])
+            batch = np.concatenate([pixels for pixels, _ in items])
+            try:
+                probs = await loop.run_in_executor(self._executor, self._predict, batch)
+                self.calls += 1
+            except Exception as exc:  # the model failed: every waiting request learns it
+                for _, future in items:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            start = 0
+            for pixels, future in items:
+                if not future.done():  # a client that went away cancelled its future
+                    future.set_result(probs[start:start + len(pixels)])
+                start += len(pixels)
+
+
+class BodyLimit:
+    """ASGI middleware: a 413 JSON answer for request bodies over `max_bytes`. The
+    Content-Length header decides at once; a body without one (chunked) is read up to the
+    limit here, then handed on. (FastAPI's own `max_body_size` answers in plain text, and an
+    error raised while FastAPI parses a form turns into a 400.)"""
+
+    def __init__(self, app, max_bytes: int):
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        too_large = JSONResponse({"detail": f"request body over the limit of {self.max_bytes / 1024 / 1024:g} MB"},
+                                 413)
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None:
+            if not length.isdigit() or int(length) > self.max_bytes:
+                return await too_large(scope, receive, send)
+            return await self.app(scope, receive, send)
+        chunks, size = [], 0
+        while True:
+            item = await receive()
+            if item["type"] != "http.request":
+                return  # the client went away
+            chunks.append(item.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.max_bytes:
+                return await too_large(scope, receive, send)
+            if not item.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        await self.app(scope, replay, send)
+
+
+def create_app(model: str | Path | LoadedModel, limits: Limits = Limits()) -> FastAPI:
+    """The service for `model` (a path, loaded in this process, or an already loaded model)."""
+    loaded = model if isinstance(model, LoadedModel) else open_model(model)
+    info = {
+        "class_names": loaded.class_names,
+        "image_size": list(loaded.image_size),
+        "recipe": loaded.metadata.get("recipe") or loaded.metadata.get("model_name"),
+        "format": loaded.format,
+        "model_file": loaded.path.name if loaded.path else None,
+        "sha256": file_hash(loaded.path) if loaded.path else None,
+        "limits": {"max_body_mb": limits.max_body_mb, "max_images": limits.max_images},
+    }
+    batcher = Batcher(loaded.predict)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        batcher.start()
+        yield
+        await batcher.stop()
+
+    app = FastAPI(title="imgclf", summary=f"Image classifier: {', '.join(loaded.class_names[:10])}"
+                  + (" ..." if len(loaded.class_names) > 10 else ""), lifespan=lifespan,
+                  form_limits={"max_files": limits.max_images, "max_fields": 8})
+    app.state.batcher = batcher
+    app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)
+    page = resources.files(__package__).joinpath("page.html").read_text(encoding="utf-8")
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def index() -> str:
+        return page
+
+    @app.get("/health")
+    async def health() -> dict:
+        return {"status": "ok"}
+
+    @app.get("/metadata")
+    async def metadata() -> dict:
+        return info
+
+    @app.post("/predict", response_model=PredictResponse,
+              responses={400: {"description": "empty file, too many files"}, 413: {"description": "too large"},
+                         415: {"description": "not an image"}, 422: {"description": "damaged image or bad field"}})
+    async def predict(files: Annotated[list[UploadFile], File(description="one or more images")],
+                      top_k: Annotated[int, Form(ge=1, le=1000, description="classes per image")] = 1):
+        pixels = []
+        for upload in files:
+            content = await upload.read()
+            pixels.append(await run_in_threadpool(_decode, content, upload.filename, loaded.image_size))
+        probs = await batcher.predict(np.stack(pixels))
+        k = min(top_k, len(loaded.class_names))
+        order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+        return PredictResponse(predictions=[
+            ImagePrediction(file=upload.filename or f"image {i}",
+                            top=[ClassScore(label=loaded.class_names[j], probability=float(row[j])) for j in idx])
+            for i, (upload, row, idx) in enumerate(zip(files, probs, order))])
+
+    return app
+
+
+def _decode(content: bytes, name: str | None, size: tuple[int, int]) -> np.ndarray:
+    name = name or "upload"
+    if not content:
+        raise HTTPException(400, f"{name}: empty file")
+    try:
+        return decode_image(io.BytesIO(content), size).astype(np.float32)
+    except BadImage as exc:
+        reason = str(exc)
+        if reason == "not an image":
+            raise HTTPException(415, f"{name}: not an image (the content is no image format we decode)") from None
+        if reason.startswith("too large"):
+            raise HTTPException(413, f"{name}: {reason}") from None
+        raise HTTPException(422, f"{name}: {reason}") from None
+
+
+def app_from_environment() -> FastAPI:
+    """uvicorn's factory for each worker process of `imgclf serve --workers N`."""
+    limits = Limits(**{k: float(v) if k == "max_body_mb" else int(v) for k, v in
+                       (item.split("=") for item in os.environ.get(LIMITS_ENV, "").split(",") if item)})
+    return create_app(os.environ[MODEL_ENV], limits)
+
+
+def serve(model: str | Path, host: str = "127.0.0.1", port: int = 8000, workers: int = 1,
+          limits: Limits = Limits(), log_level: str = "info") -> None:
+    import uvicorn
+
+    if workers == 1:
+        uvicorn.run(create_app(model, limits), host=host, port=port, log_level=log_level)
+        return
+    open_model(model)  # fail here, once, with a clear error, rather than in every worker
+    os.environ[MODEL_ENV] = str(Path(model).resolve())
+    os.environ[LIMITS_ENV] = f"max_body_mb={limits.max_body_mb},max_images={limits.max_images}"
+    uvicorn.run(f"{__name__}:app_from_environment", factory=True, host=host, port=port, workers=workers,
+                log_level=log_level)

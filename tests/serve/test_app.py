@@ -1,0 +1,188 @@
+"""The prediction service through FastAPI's test client: good requests, 15+ kinds of bad ones
+(each a clear 4xx JSON answer), batching, and the service still answering afterwards."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import zlib
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from imgclf.runtimes import open_model
+from imgclf.serve.app import Batcher, Limits, create_app
+
+
+def image_bytes(color=(200, 40, 40), size=(16, 16), fmt="PNG", mode="RGB") -> bytes:
+    rng = np.random.default_rng(0)
+    pixels = np.clip(np.array(color) + rng.normal(0, 20, (*size[::-1], 3)), 0, 255).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).convert(mode).save(buffer, fmt)
+    return buffer.getvalue()
+
+
+def png_bomb(side: int = 20000) -> bytes:
+    """A valid PNG header claiming side x side pixels (400 Mpx), a few hundred bytes long."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return len(data).to_bytes(4, "big") + kind + data + zlib.crc32(kind + data).to_bytes(4, "big")
+    header = side.to_bytes(4, "big") * 2 + bytes([8, 2, 0, 0, 0])
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 1000)) \
+        + chunk(b"IEND", b"")
+
+
+@pytest.fixture(scope="module")
+def client(export_runs):
+    app = create_app(export_runs["seed"] / "best_model.keras", Limits(max_body_mb=1, max_images=4))
+    with TestClient(app) as client:
+        yield client
+
+
+def test_health_metadata_page_and_docs(client, export_runs):
+    assert client.get("/health").json() == {"status": "ok"}
+    info = client.get("/metadata").json()
+    assert info["class_names"] == ["blue", "green", "red"] and info["image_size"] == [16, 16]
+    assert info["recipe"] == "seed" and info["format"] == "keras" and len(info["sha256"]) == 64
+    page = client.get("/")
+    assert page.status_code == 200 and 'type="file"' in page.text and "http" not in page.text.split("<script>")[1]
+    assert client.get("/docs").status_code == 200
+    assert "/predict" in client.get("/openapi.json").json()["paths"]
+
+
+def test_predicts_one_and_several_images(client):
+    answer = client.post("/predict", files={"files": ("red.png", image_bytes((200, 40, 40)), "image/png")})
+    assert answer.status_code == 200
+    (prediction,) = answer.json()["predictions"]
+    assert prediction["file"] == "red.png" and prediction["top"][0]["label"] == "red"
+    assert len(prediction["top"]) == 1
+    files = [("files", ("g.jpg", image_bytes((40, 190, 40), fmt="JPEG"), "image/jpeg")),
+             ("files", ("b.png", image_bytes((40, 40, 200)), "image/png")),
+             ("files", ("gray.png", image_bytes((200, 200, 200), mode="L"), "image/png")),
+             ("files", ("rgba.png", image_bytes((200, 40, 40), mode="RGBA", size=(40, 30)), "image/png"))]
+    answer = client.post("/predict", files=files, data={"top_k": "3"})
+    assert answer.status_code == 200
+    predictions = answer.json()["predictions"]
+    assert [p["top"][0]["label"] for p in predictions[:2]] == ["green", "blue"]
+    assert all(len(p["top"]) == 3 for p in predictions)
+    assert all(abs(sum(s["probability"] for s in p["top"]) - 1) < 1e-4 for p in predictions)
+    # more classes asked for than the model has: all of them
+    answer = client.post("/predict", files={"files": ("r.png", image_bytes(), "image/png")}, data={"top_k": "50"})
+    assert len(answer.json()["predictions"][0]["top"]) == 3
+
+
+def test_probabilities_are_the_models(client, export_runs):
+    loaded = open_model(export_runs["seed"] / "best_model.keras")
+    content = image_bytes((120, 90, 60), fmt="PNG")
+    expected = loaded.predict(np.asarray(Image.open(io.BytesIO(content)).convert("RGB"), np.float32)[None])[0]
+    top = client.post("/predict", files={"files": ("x.png", content, "image/png")},
+                      data={"top_k": "3"}).json()["predictions"][0]["top"]
+    got = {score["label"]: score["probability"] for score in top}
+    np.testing.assert_allclose([got[name] for name in loaded.class_names], expected, atol=1e-6)
+
+
+def _text_named_jpg():
+    return {"files": ("photo.jpg", b"this is not a picture at all", "image/jpeg")}
+
+
+BAD_REQUESTS = {
+    "no files field": (dict(data={"top_k": "1"}), 422),
+    "json body": (dict(json={"files": []}), 422),
+    "url-encoded body": (dict(data={"files": "abc"}), 422),
+    "empty file": (dict(files={"files": ("e.png", b"", "image/png")}), 400),
+    "text named .jpg": (dict(files=_text_named_jpg()), 415),
+    "html file": (dict(files={"files": ("a.html", b"<html><body>x</body></html>", "text/html")}), 415),
+    "svg image": (dict(files={"files": ("a.svg", b'<svg xmlns="http://www.w3.org/2000/svg"/>', "image/svg+xml")}),
+                  415),
+    "truncated jpeg": (dict(files={"files": ("t.jpg", image_bytes(fmt="JPEG")[:200], "image/jpeg")}), 422),
+    "png cut inside its header": (dict(files={"files": ("h.png", image_bytes()[:40], "image/png")}), 415),
+    "decompression bomb": (dict(files={"files": ("bomb.png", png_bomb(), "image/png")}), 413),
+    "too many images": (dict(files=[("files", (f"{i}.png", image_bytes(), "image/png")) for i in range(5)]), 400),
+    "body too large": (dict(files={"files": ("big.png", b"\x89PNG" + bytes(2 * 1024 * 1024), "image/png")}), 413),
+    "top_k zero": (dict(files={"files": ("r.png", image_bytes(), "image/png")}, data={"top_k": "0"}), 422),
+    "top_k negative": (dict(files={"files": ("r.png", image_bytes(), "image/png")}, data={"top_k": "-2"}), 422),
+    "top_k not a number": (dict(files={"files": ("r.png", image_bytes(), "image/png")}, data={"top_k": "abc"}), 422),
+    "one good one bad": (dict(files=[("files", ("r.png", image_bytes(), "image/png")),
+                                     ("files", ("x.png", b"GIF89a-broken", "image/png"))]), 415),
+}
+
+
+@pytest.mark.parametrize("kind", BAD_REQUESTS)
+def test_bad_requests_get_clear_4xx_json(client, kind):
+    kwargs, status = BAD_REQUESTS[kind]
+    answer = client.post("/predict", **kwargs)
+    assert answer.status_code == status, answer.text
+    assert answer.headers["content-type"].startswith("application/json")
+    assert answer.json()["detail"]
+    assert client.get("/health").status_code == 200  # still answering
+
+
+def test_streamed_body_over_the_limit(client):
+    def chunks():  # a well-formed multipart upload of 2.5 MB, without a Content-Length header
+        yield b'--b\r\nContent-Disposition: form-data; name="files"; filename="big.png"\r\n' \
+              b"Content-Type: image/png\r\n\r\n"
+        for _ in range(40):
+            yield b"x" * 65536
+        yield b"\r\n--b--\r\n"
+
+    answer = client.post("/predict", content=chunks(), headers={"content-type": "multipart/form-data; boundary=b"})
+    assert answer.status_code == 413 and "limit" in answer.json()["detail"]
+    assert client.get("/health").status_code == 200
+
+
+def test_wrong_methods_and_paths(client):
+    assert client.get("/predict").status_code == 405
+    assert client.post("/health").status_code == 405
+    assert client.get("/nowhere").status_code == 404
+    broken = client.post("/predict", content=b"--xyz\r\nnot multipart", headers={
+        "content-type": "multipart/form-data; boundary=xyz"})
+    assert 400 <= broken.status_code < 500
+
+
+def test_requests_that_arrive_together_share_a_model_call():
+    calls = []
+
+    def model(batch):
+        calls.append(len(batch))
+        return np.tile(np.linspace(0, 1, 3), (len(batch), 1))
+
+    async def scenario():
+        batcher = Batcher(model)
+        batcher.start()
+        results = await asyncio.gather(*[batcher.predict(np.zeros((1, 2, 2, 3))) for _ in range(10)])
+        await batcher.stop()
+        return results
+
+    results = asyncio.run(scenario())
+    assert len(results) == 10 and all(r.shape == (1, 3) for r in results)
+    assert sum(calls) == 10 and len(calls) < 10  # stacked while the first call ran
+
+
+def test_a_failing_model_answers_every_waiting_request():
+    def model(batch):
+        raise RuntimeError("boom")
+
+    async def scenario():
+        batcher = Batcher(model)
+        batcher.start()
+        outcome = await asyncio.gather(*[batcher.predict(np.zeros((1, 2, 2, 3))) for _ in range(3)],
+                                       return_exceptions=True)
+        await batcher.stop()
+        return outcome
+
+    assert all(isinstance(result, RuntimeError) for result in asyncio.run(scenario()))
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "litert"])
+def test_serves_exports(export_runs, fmt):
+    from imgclf.export import default_path, export_model
+
+    model_path = export_runs["fast-tiny"] / "best_model.keras"
+    artifact = default_path(model_path, fmt)
+    if not artifact.exists():
+        export_model(model_path, fmt, verbose=False)
+    with TestClient(create_app(artifact)) as client:
+        assert client.get("/metadata").json()["format"] == fmt
+        answer = client.post("/predict", files={"files": ("b.png", image_bytes((40, 40, 200)), "image/png")})
+        assert answer.status_code == 200 and answer.json()["predictions"][0]["top"][0]["label"] == "blue"
