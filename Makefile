@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 DATA   ?=
 ARGS   ?=
 
-.PHONY: install train test test-fast lint bench clean
+.PHONY: install browser train test test-fast lint bench bench-serve clean
 
 install: $(STAMP)
 
@@ -26,7 +26,15 @@ else
 	$(BIN)/imgclf train --data-dir $(DATA) $(ARGS)
 endif
 
-test: install
+# Debian's chromium and its driver, for the browser test of `imgclf serve`'s page (nothing can
+# download a browser here, so the test drives the distribution's). Needs root or sudo once.
+browser:
+	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -q && $$SUDO apt-get install -y -q --no-install-recommends chromium chromium-driver; \
+	fi
+
+test: install browser
 	$(BIN)/python -m pytest $(ARGS)
 
 # Everything but the tests marked slow (trainings in subprocesses, notebooks, real CIFAR-10).
@@ -38,6 +46,9 @@ lint: install
 
 bench: install
 	$(BIN)/imgclf bench $(ARGS)
+
+bench-serve: install
+	$(BIN)/imgclf bench-serve $(ARGS)
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache

@@ -1,0 +1,155 @@
+"""The service as users run it: `imgclf serve` in its own process on 127.0.0.1, called over
+real HTTP, and its page driven in a real browser (Debian's chromium, headless, via Selenium)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx2
+import pytest
+
+from .conftest import BAD_REQUESTS, LIMITS, image_bytes
+
+pytestmark = pytest.mark.slow
+CHROMIUM = "/usr/bin/chromium"  # Debian's packages chromium and chromium-driver (`make browser` installs them)
+CHROMEDRIVER = "/usr/bin/chromedriver"
+START_TIMEOUT = 120  # seconds for the service to load TensorFlow and the model
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_service(model: Path, *extra: str) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "imgclf.cli", "serve", str(model), "--port", str(port),
+         "--max-upload-mb", str(LIMITS.max_body_mb), "--max-images", str(LIMITS.max_images), *extra],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"imgclf serve exited with {process.returncode}: {process.stdout.read()}")
+        try:
+            if httpx2.get(f"{url}/health", timeout=1).status_code == 200:
+                return process, url
+        except httpx2.TransportError:
+            time.sleep(0.25)
+    process.kill()
+    raise AssertionError(f"imgclf serve did not answer within {START_TIMEOUT}s")
+
+
+def stop_service(process: subprocess.Popen) -> str:
+    process.terminate()
+    try:
+        output, _ = process.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        output, _ = process.communicate()
+    return output
+
+
+@pytest.fixture(scope="module")
+def service(export_runs):
+    process, url = start_service(export_runs["seed"] / "best_model.keras")
+    yield url
+    output = stop_service(process)
+    assert "Traceback" not in output, output
+
+
+def test_real_http_good_and_bad_requests(service):
+    with httpx2.Client(base_url=service, timeout=30) as client:
+        answer = client.post("/predict", files={"files": ("r.png", image_bytes((200, 40, 40)), "image/png")},
+                             data={"top_k": "2"})
+        assert answer.status_code == 200
+        assert answer.json()["predictions"][0]["top"][0]["label"] == "red"
+        for kind, (kwargs, status) in BAD_REQUESTS.items():
+            answer = client.post("/predict", **kwargs)
+            assert answer.status_code == status, (kind, answer.text)
+            assert answer.json()["detail"], kind
+        assert client.get("/health").json() == {"status": "ok"}
+
+
+def test_concurrent_clients_all_answered(service):
+    colors = {"red": (200, 40, 40), "green": (40, 190, 40), "blue": (40, 40, 200)}
+
+    def one(name):
+        with httpx2.Client(base_url=service, timeout=60) as client:
+            return [client.post("/predict", files={"files": (f"{name}.png", image_bytes(colors[name]), "image/png")})
+                    .json()["predictions"][0]["top"][0]["label"] for _ in range(5)]
+
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(one, list(colors) * 3 + ["red"] * 2))
+    assert answers == [[name] * 5 for name in list(colors) * 3 + ["red"] * 2]
+
+
+def test_several_workers(export_runs):
+    process, url = start_service(export_runs["seed"] / "best_model.keras", "--workers", "2")
+    try:
+        answer = httpx2.post(f"{url}/predict", files={"files": ("b.png", image_bytes((40, 40, 200)), "image/png")},
+                             timeout=60)
+        assert answer.status_code == 200 and answer.json()["predictions"][0]["top"][0]["label"] == "blue"
+    finally:
+        stop_service(process)
+
+
+def test_bad_model_file_fails_with_one_line(tmp_path):
+    from conftest import run_cli
+
+    (tmp_path / "model.onnx").write_bytes(b"junk")
+    done = run_cli("serve", tmp_path / "model.onnx", "--port", str(free_port()))
+    assert done.returncode == 1 and done.stderr.count("\n") == 1 and "cannot load onnx model" in done.stderr
+
+
+def test_page_in_headless_chromium(service, tmp_path):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    assert shutil.which(CHROMIUM) and shutil.which(CHROMEDRIVER), \
+        "Debian's chromium and chromium-driver are needed: run `make browser` (apt-get install chromium-driver)"
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 f"--user-data-dir={tmp_path / 'profile'}"):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
+    try:
+        driver.get(service + "/")
+        wait = WebDriverWait(driver, 30)
+        wait.until(lambda d: "classes: blue, green, red" in d.find_element(By.ID, "model").text)
+        green, junk = tmp_path / "green.png", tmp_path / "notes.jpg"
+        green.write_bytes(image_bytes((40, 190, 40), size=(48, 40)))
+        junk.write_bytes(b"not an image")
+        driver.find_element(By.ID, "files").send_keys(str(green))
+        card = wait.until(expected_conditions.presence_of_element_located((By.CSS_SELECTOR, ".card[data-state]")))
+        assert card.get_attribute("data-state") == "done"
+        bars = card.find_elements(By.CSS_SELECTOR, ".prediction")
+        assert len(bars) == 3
+        assert bars[0].find_element(By.CLASS_NAME, "label").text == "green"
+        assert float(bars[0].find_element(By.CLASS_NAME, "value").text.rstrip("%")) > 50
+        assert card.find_element(By.TAG_NAME, "img").get_attribute("naturalWidth") == "48"  # the image is shown
+        assert driver.get_log("browser") == []  # no console message of any level so far
+        # a bad file shows the service's message on its card, and the page goes on working
+        driver.find_element(By.ID, "files").send_keys(str(junk))
+        wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, ".card[data-state]")) == 2)
+        assert "not an image" in driver.find_element(By.CSS_SELECTOR, ".card .error").text
+        # the only console line: Chromium's note of the 415 answer, which the page has shown
+        assert [entry["message"].split(" - ")[-1] for entry in driver.get_log("browser")] == [
+            "Failed to load resource: the server responded with a status of 415 (Unsupported Media Type)"]
+    finally:
+        driver.quit()
