@@ -220,3 +220,50 @@ def test_export_command_then_predict_with_the_export(export_runs, tmp_path):
     assert done.returncode == 1 and done.stderr.count("\n") == 1 and "one --format" in done.stderr
     done = run_cli("export", run / "best_model.keras", "--format", "coreml")
     assert done.returncode == 2 and "invalid choice" in done.stderr
+
+
+def test_batch_norm_folding_is_exact_up_to_rounding(export_runs):
+    from imgclf.export import batch_norm_folds
+
+    model = load_model(export_runs["fast-tiny"] / "best_model.keras").model
+    folds = batch_norm_folds(model)
+    norms = [layer.name for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    assert sorted(folds) == sorted(norms) and len(norms) == 6  # every conv -> [pool ->] BatchNorm of the recipe
+    folded, plain = inference_copy(model), inference_copy(model, fold_batch_norm=False)
+    assert not [layer for layer in folded.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    pixels = np.random.default_rng(1).integers(0, 256, (16, 16, 16, 3)).astype(np.float32)
+    np.testing.assert_allclose(folded(pixels).numpy(), plain(pixels).numpy(), atol=1e-5)
+
+
+def test_no_fold_through_a_pool_with_a_negative_scale():
+    from imgclf.export import batch_norm_folds
+
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(4, 3, use_bias=False)(inputs)
+    x = keras.layers.MaxPooling2D()(x)
+    norm = keras.layers.BatchNormalization()
+    outputs = norm(x)
+    model = keras.Model(inputs, outputs)
+    assert list(batch_norm_folds(model)) == [norm.name]
+    norm.gamma.assign(np.array([1.0, -1.0, 1.0, 1.0], np.float32))  # max(-x) != -max(x)
+    assert batch_norm_folds(model) == {}
+    pixels = np.random.default_rng(2).normal(size=(4, 8, 8, 3)).astype(np.float32)
+    np.testing.assert_allclose(inference_copy(model)(pixels).numpy(), model(pixels).numpy(), atol=1e-5)
+
+
+def test_int8_keeps_the_recipes_float_layers(exported):
+    from ai_edge_litert import schema_py_generated as schema
+
+    from imgclf.export import _op_outputs
+
+    for recipe, float_layers in (("fast-tiny", ["whiten"]), ("seed", None)):
+        path = Path(exported[recipe, "litert-int8"].path)
+        content = path.read_bytes()
+        assert read_litert_metadata(content).get("float_layers") == float_layers
+        subgraph = schema.Model.GetRootAs(content, 0).Subgraphs(0)
+        types = {subgraph.Tensors(i).Name().decode(): subgraph.Tensors(i).Type()
+                 for i in range(subgraph.TensorsLength())}
+        if float_layers:
+            (whiten,) = _op_outputs(content, tuple(float_layers))
+            assert types[whiten] == schema.TensorType.FLOAT32
+        assert sum(t == schema.TensorType.INT8 for t in types.values()) > len(types) // 2  # mostly int8

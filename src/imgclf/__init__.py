@@ -29,6 +29,9 @@ def __getattr__(name: str):
         "evaluate_images": ("evaluation", "evaluate_images"),
         "load_data": ("data.sources", "load_data"),
         "create_model": ("models.registry", "create_model"),
+        "export_model": ("export", "export_model"),
+        "open_model": ("runtimes", "open_model"),
+        "create_app": ("serve.app", "create_app"),
     }
     if name in lazy:
         import importlib
@@ -40,4 +43,4 @@ def __getattr__(name: str):
 
 __all__ = ["TrainConfig", "ImgclfError", "DataError", "ModelFileError", "train", "resume", "load_model",
            "save_model", "predict_files", "predict_probabilities", "evaluate", "evaluate_images",
-           "load_data", "create_model"]
+           "load_data", "create_model", "export_model", "open_model", "create_app"]

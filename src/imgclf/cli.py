@@ -120,6 +120,17 @@ def build_parser() -> Parser:
                    help="largest request body in MB (default: %(default)s)")
     p.add_argument("--max-images", type=int, default=32, help="most images per request (default: %(default)s)")
 
+    p = commands.add_parser("bench-serve", help="benchmark prediction: every runtime in-process, and over HTTP",
+                            description="Latency of one image in Keras predict, a compiled function, SavedModel, "
+                                        "ONNX Runtime and LiteRT (float, int8); HTTP latency and throughput with "
+                                        "1 and 8 clients; 1,000 mixed good and bad requests; file sizes.")
+    p.add_argument("models", nargs="+", help="saved models (.keras) in their run folders")
+    p.add_argument("--calls", type=int, default=1000, help="timed calls per runtime (default: %(default)s)")
+    p.add_argument("--http-requests", type=int, default=400, help="timed HTTP requests per setting "
+                                                                   "(default: %(default)s)")
+    p.add_argument("--mixed", type=int, default=1000, help="good and bad requests (default: %(default)s)")
+    p.add_argument("--out", default="bench_serve_out", help="folder for bench_serve.json (default: %(default)s)")
+
     p = commands.add_parser("bench", help="benchmark training: notebook vs imgclf reference vs fast recipe",
                             description="Train (a) the seed model as a notebook would, (b) imgclf's reference "
                                         "recipe, (c) the fast recipe, side by side on the same data and split.")
@@ -326,8 +337,23 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_serve(args: argparse.Namespace) -> int:
+    from .serve.bench import run_bench_serve
+
+    if min(args.calls, args.http_requests, args.mixed) < 8:
+        raise ImgclfError("--calls, --http-requests and --mixed must be at least 8")
+    with quiet_native_stderr():
+        report = run_bench_serve(args.models, args.out, calls=args.calls, http_requests=args.http_requests,
+                                 mixed=args.mixed)
+    failed = [m for m, entry in report["models"].items() if entry["mixed_requests"]["server_errors"]
+              or not entry["mixed_requests"]["still_answering"]]
+    if failed:
+        raise ImgclfError(f"the service failed the mixed requests for {', '.join(failed)}")
+    return 0
+
+
 COMMANDS = {"train": cmd_train, "predict": cmd_predict, "evaluate": cmd_evaluate, "export": cmd_export,
-            "serve": cmd_serve, "bench": cmd_bench}
+            "serve": cmd_serve, "bench": cmd_bench, "bench-serve": cmd_bench_serve}
 
 
 def _model_defaults(key: str) -> str:

@@ -3,67 +3,31 @@ real HTTP, and its page driven in a real browser (Debian's chromium, headless, v
 
 from __future__ import annotations
 
-import os
 import shutil
-import socket
-import subprocess
-import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx2
 import pytest
 
+from imgclf.serve.bench import Service, free_port
+
 from .conftest import BAD_REQUESTS, LIMITS, image_bytes
 
 pytestmark = pytest.mark.slow
 CHROMIUM = "/usr/bin/chromium"  # Debian's packages chromium and chromium-driver (`make browser` installs them)
 CHROMEDRIVER = "/usr/bin/chromedriver"
-START_TIMEOUT = 120  # seconds for the service to load TensorFlow and the model
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def start_service(model: Path, *extra: str) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "imgclf.cli", "serve", str(model), "--port", str(port),
-         "--max-upload-mb", str(LIMITS.max_body_mb), "--max-images", str(LIMITS.max_images), *extra],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"imgclf serve exited with {process.returncode}: {process.stdout.read()}")
-        try:
-            if httpx2.get(f"{url}/health", timeout=1).status_code == 200:
-                return process, url
-        except httpx2.TransportError:
-            time.sleep(0.25)
-    process.kill()
-    raise AssertionError(f"imgclf serve did not answer within {START_TIMEOUT}s")
-
-
-def stop_service(process: subprocess.Popen) -> str:
-    process.terminate()
-    try:
-        output, _ = process.communicate(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        output, _ = process.communicate()
-    return output
+def start_service(model: Path, *extra: str) -> Service:
+    return Service(model, *extra, limits=LIMITS)
 
 
 @pytest.fixture(scope="module")
 def service(export_runs):
-    process, url = start_service(export_runs["seed"] / "best_model.keras")
-    yield url
-    output = stop_service(process)
+    running = start_service(export_runs["seed"] / "best_model.keras")
+    yield running.url
+    output = running.stop()
     assert "Traceback" not in output, output
 
 
@@ -94,13 +58,13 @@ def test_concurrent_clients_all_answered(service):
 
 
 def test_several_workers(export_runs):
-    process, url = start_service(export_runs["seed"] / "best_model.keras", "--workers", "2")
+    running = start_service(export_runs["seed"] / "best_model.keras", "--workers", "2")
     try:
-        answer = httpx2.post(f"{url}/predict", files={"files": ("b.png", image_bytes((40, 40, 200)), "image/png")},
-                             timeout=60)
+        blue = {"files": ("b.png", image_bytes((40, 40, 200)), "image/png")}
+        answer = httpx2.post(f"{running.url}/predict", files=blue, timeout=60)
         assert answer.status_code == 200 and answer.json()["predictions"][0]["top"][0]["label"] == "blue"
     finally:
-        stop_service(process)
+        running.stop()
 
 
 def test_bad_model_file_fails_with_one_line(tmp_path):
@@ -109,6 +73,24 @@ def test_bad_model_file_fails_with_one_line(tmp_path):
     (tmp_path / "model.onnx").write_bytes(b"junk")
     done = run_cli("serve", tmp_path / "model.onnx", "--port", str(free_port()))
     assert done.returncode == 1 and done.stderr.count("\n") == 1 and "cannot load onnx model" in done.stderr
+
+
+def test_bench_serve_small(export_runs, tmp_path):
+    """The benchmark's machinery end to end, with few calls (its figures are not asserted)."""
+    from imgclf.serve.bench import run_bench_serve
+
+    run = tmp_path / "run"
+    shutil.copytree(export_runs["fast-tiny"], run, ignore=shutil.ignore_patterns("*.onnx", "*.tflite", "*_savedmodel"))
+    report = run_bench_serve([run / "best_model.keras"], tmp_path / "out", calls=30, http_requests=16, mixed=40)
+    entry = report["models"][str(run / "best_model.keras")]
+    assert set(entry["in_process"]) == {"keras predict", "compiled function", "savedmodel", "onnxruntime", "litert",
+                                        "litert-int8"}
+    assert all(f["p50_ms"] > 0 and f["p99_ms"] >= f["p50_ms"] for f in entry["in_process"].values())
+    assert set(entry["http"]) == {"keras", "onnx"} and entry["http"]["keras"]["8_clients"]["requests_per_s"] > 0
+    mixed = entry["mixed_requests"]
+    assert mixed["server_errors"] == 0 and mixed["unexpected_count"] == 0 and mixed["still_answering"]
+    assert mixed["statuses"][200] == 20 and (tmp_path / "out" / "bench_serve.json").exists()
+    assert set(entry["sizes_bytes"]) == {"keras", "savedmodel", "onnx", "litert", "litert-int8"}
 
 
 def test_page_in_headless_chromium(service, tmp_path):

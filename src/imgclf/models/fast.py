@@ -188,6 +188,9 @@ def fast_recipe(widths: tuple[int, int, int]) -> Recipe:
         augment=flip_translate,
         make_callbacks=make_callbacks,
         needs_data=True,
+        # 8-bit whitening outputs cost 1-2% of top-1 agreement with the float model (97.8% on
+        # CIFAR-10; 99.2% with the whitening in float32, for 0.1% of the FLOPs and 2 kB).
+        float_layers=("whiten",),
     )
 
 

@@ -22,6 +22,8 @@ class Recipe:
     make_callbacks: Callable[..., list] | None = None  # (steps/epoch, epochs, pixels) -> training-only callbacks
     needs_data: bool = False  # build() takes training pixels (data-dependent initialisation)
     steps_per_execution: int = 1  # at most this many training steps per call into the compiled graph
+    # layers that keep float32 in int8 exports (`imgclf export --format litert-int8`), by name
+    float_layers: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -53,6 +53,9 @@ class Limits:
         return int(self.max_body_mb * 1024 * 1024)
 
 
+DEFAULT_LIMITS = Limits()
+
+
 class ClassScore(BaseModel):
     label: str
     probability: float
@@ -164,7 +167,7 @@ class BodyLimit:
         await self.app(scope, replay, send)
 
 
-def create_app(model: str | Path | LoadedModel, limits: Limits = Limits()) -> FastAPI:
+def create_app(model: str | Path | LoadedModel, limits: Limits = DEFAULT_LIMITS) -> FastAPI:
     """The service for `model` (a path, loaded in this process, or an already loaded model)."""
     loaded = model if isinstance(model, LoadedModel) else open_model(model)
     info = {
@@ -246,7 +249,7 @@ def app_from_environment() -> FastAPI:
 
 
 def serve(model: str | Path, host: str = "127.0.0.1", port: int = 8000, workers: int = 1,
-          limits: Limits = Limits(), log_level: str = "info") -> None:
+          limits: Limits = DEFAULT_LIMITS, log_level: str = "info") -> None:
     import uvicorn
 
     if workers == 1:
