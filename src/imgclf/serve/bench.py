@@ -23,6 +23,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import zlib
 from collections import Counter
@@ -108,15 +109,16 @@ class Service:
 
         port = free_port()
         self.url = f"http://127.0.0.1:{port}"
+        # The log goes to a file: a pipe nobody reads fills up (a line per request) and blocks the service.
+        self.log = tempfile.TemporaryFile(mode="w+")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "imgclf.cli", "serve", str(model), "--port", str(port),
              "--max-upload-mb", str(limits.max_body_mb), "--max-images", str(limits.max_images), *extra],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+            stdout=self.log, stderr=subprocess.STDOUT, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise ImgclfError(f"imgclf serve exited with {self.process.returncode}: {self.process.stdout.read()}")
+                raise ImgclfError(f"imgclf serve exited with {self.process.returncode}: {self.stop()}")
             try:
                 if httpx2.get(f"{self.url}/health", timeout=1).status_code == 200:
                     return
@@ -132,10 +134,13 @@ class Service:
         """Stop the service; its output."""
         self.process.terminate()
         try:
-            output, _ = self.process.communicate(timeout=30)
+            self.process.wait(timeout=30)
         except subprocess.TimeoutExpired:
             self.process.kill()
-            output, _ = self.process.communicate()
+            self.process.wait()
+        self.log.seek(0)
+        output = self.log.read()
+        self.log.close()
         return output
 
 
