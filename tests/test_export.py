@@ -267,3 +267,24 @@ def test_int8_keeps_the_recipes_float_layers(exported):
             (whiten,) = _op_outputs(content, tuple(float_layers))
             assert types[whiten] == schema.TensorType.FLOAT32
         assert sum(t == schema.TensorType.INT8 for t in types.values()) > len(types) // 2  # mostly int8
+
+
+def test_run_on_a_built_in_dataset_checks_on_its_arrays(tmp_path, monkeypatch):
+    """A run on CIFAR-10 through Keras lists array indices in split.csv: the check loads the
+    dataset again (here a stand-in LoadedData, since Keras cannot download in tests)."""
+    import imgclf.export
+    from imgclf import TrainConfig, train
+    from imgclf.data.labelled import Images, LoadedData
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(3), 340).astype(np.int32)
+    colors = np.array([(200, 40, 40), (40, 190, 40), (40, 40, 200)])
+    pixels = np.clip(colors[labels][:, None, None, :] + rng.normal(0, 30, (len(labels), 16, 16, 3)), 0, 255)
+    data = LoadedData(Images(labels, ["red", "green", "blue"], array=pixels.astype(np.uint8), size=(16, 16)),
+                      None, "arrays")
+    run = train(TrainConfig(epochs=1, image_size=16, out=str(tmp_path / "run"), verbose=0), data=data)
+    asked = []
+    monkeypatch.setattr(imgclf.export, "load_data", lambda config: asked.append(config) or data)
+    report = export_model(run / "best_model.keras", "onnx", verbose=False)
+    assert asked and asked[0].dataset == "cifar10" and report.images == 204
+    assert report.keras_accuracy is not None and report.agreement == 1.0

@@ -40,6 +40,7 @@ import numpy as np
 
 from .atomic import write_json
 from .data.decode import decode_paths
+from .data.sources import load_data
 from .data.split import stratified_sample
 from .errors import DataError, ImgclfError
 from .modelio import LoadedModel, keras_function, load_model
@@ -420,27 +421,35 @@ def folder_images(folder: str | Path, loaded: LoadedModel, limit: int) -> CheckI
 
 
 def run_images(model_path: Path, loaded: LoadedModel, subset: str, limit: int) -> CheckImages:
-    """A stratified sample of the run's `subset` ("train" or "val") images, as split.csv lists them."""
+    """A stratified sample of the run's `subset` ("train" or "val") images, as split.csv lists
+    them: image files read again, or a built-in dataset (CIFAR-10 through Keras) loaded again."""
     from .runfolder import RunFolder
 
     run = RunFolder(model_path.parent)
     option = "--check-data" if subset == "val" else "--calibration-data"
     rows = run.read_split() if (run.path / "split.csv").exists() else None
-    if not rows:
-        raise DataError(f"{model_path} is not in a run folder with split.csv; pass {option} DIR")
-    rows = [row for row in rows if row[3] == subset]
-    if not rows:
+    if not rows or not (run.path / "config.json").exists():
+        raise DataError(f"{model_path} is not in a run folder with split.csv and config.json; pass {option} DIR")
+    positions = np.array([i for i, row in enumerate(rows) if row[3] == subset])
+    if not len(positions):
         raise DataError(f"the run {run.path} has no {subset} images; pass {option} DIR")
-    labels = np.array([int(row[1]) for row in rows])
-    index = stratified_sample(labels, limit, SAMPLE_SEED) if len(rows) > limit else np.arange(len(rows))
-    paths = [rows[i][0] for i in index]
+    labels = np.array([int(rows[i][1]) for i in positions])
+    chosen = stratified_sample(labels, limit, SAMPLE_SEED) if len(positions) > limit else np.arange(len(positions))
+    name = f"the run's {'validation' if subset == 'val' else 'training'} split"
+    config = run.read_config()
+    if not (config.data_dir or config.labels):  # a built-in dataset: split.csv rows are its indices
+        data = load_data(config.replace(image_size=loaded.image_size[0], verbose=0))
+        images = data.labelled.subset(positions[chosen])
+        if images.array is None or len(data.labelled) != len(rows):
+            raise DataError(f"the run's data ({data.source}) is not what it trained on; pass {option} DIR")
+        return CheckImages(images.array, labels[chosen], name)
+    paths = [rows[i][0] for i in positions[chosen]]
     missing = [p for p in paths if not Path(p).is_file()]
     if missing:
         raise DataError(f"the run's {subset} images are not found from here (first: {missing[0]}); "
                         f"pass {option} DIR")
     decoded = decode_paths(paths, loaded.image_size)
-    name = "validation split" if subset == "val" else "training split"
-    return CheckImages(decoded.pixels, labels[index][decoded.kept], f"the run's {name}")
+    return CheckImages(decoded.pixels, labels[chosen][decoded.kept], name)
 
 
 # --- files -----------------------------------------------------------------------------------
