@@ -30,3 +30,11 @@ def test_leftovers_of_a_killed_process_are_removed(tmp_path):
     (tmp_path / "keep.csv").write_text("x")
     assert [p.name for p in remove_partial_files(tmp_path)] == [".checkpoint.npz.partial-abc.npz"]
     assert [p.name for p in tmp_path.iterdir()] == ["keep.csv"]
+
+
+def test_partial_folders_of_a_killed_export_are_removed_too(tmp_path):
+    (tmp_path / ".best_model_savedmodel.partial-1a2b3c4d" / "variables").mkdir(parents=True)
+    (tmp_path / ".best_model.onnx.partial-99").write_bytes(b"x")
+    (tmp_path / "best_model.keras").write_bytes(b"kept")
+    removed = remove_partial_files(tmp_path)
+    assert len(removed) == 2 and [p.name for p in tmp_path.iterdir()] == ["best_model.keras"]

@@ -288,3 +288,47 @@ def test_run_on_a_built_in_dataset_checks_on_its_arrays(tmp_path, monkeypatch):
     report = export_model(run / "best_model.keras", "onnx", verbose=False)
     assert asked and asked[0].dataset == "cifar10" and report.images == 204
     assert report.keras_accuracy is not None and report.agreement == 1.0
+
+
+def test_labels_json_of_another_model_is_not_overwritten(export_runs, tmp_path):
+    model_path = export_runs["seed"] / "best_model.keras"
+    data = Path(json.loads((export_runs["seed"] / "config.json").read_text())["data_dir"])
+    (tmp_path / LABELS_FILE).write_text(json.dumps({"class_names": ["cat", "dog"], "image_size": [16, 16]}))
+    with pytest.raises(ExportError, match="belongs to another model"):
+        export_model(model_path, "onnx", tmp_path / "m.onnx", check_data=data, verbose=False)
+    assert not (tmp_path / "m.onnx").exists()
+    assert json.loads((tmp_path / LABELS_FILE).read_text())["class_names"] == ["cat", "dog"]
+
+
+def test_converter_failure_is_one_export_error(export_runs, monkeypatch, tmp_path):
+    def broken(graph, path, metadata, calibration):
+        Path(path).write_bytes(b"half")
+        raise RuntimeError("converter exploded\nwith details")
+
+    monkeypatch.setitem(WRITERS, "onnx", broken)
+    data = Path(json.loads((export_runs["seed"] / "config.json").read_text())["data_dir"])
+    with pytest.raises(ExportError, match="the onnx converter failed: RuntimeError: converter exploded$"):
+        export_model(export_runs["seed"] / "best_model.keras", "onnx", tmp_path / "m.onnx", check_data=data,
+                     verbose=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_check_images_found_from_another_folder(export_runs, monkeypatch, tmp_path):
+    """split.csv paths are relative to where training ran (data.json's cwd); export works from anywhere."""
+    import csv
+    import os
+
+    run = tmp_path / "run"
+    shutil.copytree(export_runs["seed"], run, ignore=shutil.ignore_patterns("*.onnx", "*.tflite", "*_savedmodel"))
+    data = Path(json.loads((run / "config.json").read_text())["data_dir"])
+    with open(run / "split.csv", newline="") as handle:
+        rows = list(csv.reader(handle))
+    with open(run / "split.csv", "w", newline="") as handle:
+        csv.writer(handle).writerows([rows[0]] + [[os.path.relpath(r[0], data.parent)] + r[1:] for r in rows[1:]])
+    summary = json.loads((run / "data.json").read_text())
+    (run / "data.json").write_text(json.dumps({**summary, "cwd": str(data.parent)}))
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert not Path(os.path.relpath(rows[1][0], data.parent)).exists()  # not found from here as written
+    report = export_model(run / "best_model.keras", "onnx", verbose=False)
+    assert report.images == 204 and report.agreement == 1.0

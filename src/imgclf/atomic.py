@@ -11,6 +11,7 @@ import functools
 import io
 import json
 import os
+import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -48,10 +49,14 @@ def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
 
 
 def remove_partial_files(folder: str | Path) -> list[Path]:
-    """Delete temporary files that a killed process left in `folder`; return them."""
+    """Delete temporary files (and an export's temporary folders) that a killed process left
+    in `folder`; return them."""
     leftovers = sorted(Path(folder).glob(f".*{PARTIAL_MARK}*"))
     for leftover in leftovers:
-        leftover.unlink(missing_ok=True)
+        if leftover.is_dir() and not leftover.is_symlink():
+            shutil.rmtree(leftover, ignore_errors=True)
+        else:
+            leftover.unlink(missing_ok=True)
     return leftovers
 
 

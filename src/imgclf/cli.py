@@ -114,11 +114,13 @@ def build_parser() -> Parser:
                                         "a web page at / and the API docs at /docs.")
     p.add_argument("model", help=MODEL_HELP)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
-    p.add_argument("--port", type=int, default=8000, help="port (default: %(default)s)")
+    p.add_argument("--port", type=int, default=8000, help="port, 0 for any free one (default: %(default)s)")
     p.add_argument("--workers", type=int, default=1, help="worker processes, each with the model (default: 1)")
     p.add_argument("--max-upload-mb", type=float, default=20.0,
                    help="largest request body in MB (default: %(default)s)")
     p.add_argument("--max-images", type=int, default=32, help="most images per request (default: %(default)s)")
+    p.add_argument("--max-megapixels", type=float, default=16.0,
+                   help="largest image accepted, in millions of pixels (default: %(default)s)")
 
     p = commands.add_parser("bench-serve", help="benchmark prediction: every runtime in-process, and over HTTP",
                             description="Latency of one image in Keras predict, a compiled function, SavedModel, "
@@ -154,7 +156,8 @@ def build_parser() -> Parser:
 # Lines TensorFlow's and LiteRT's C++ code print, before or regardless of any log level.
 NATIVE_NOISE = re.compile(
     r"^(WARNING: All log messages before absl::InitializeLog|[IWE]\d{4} .*(port\.cc|cudart_stub|cpu_feature_guard"
-    r"|cuda_platform|cuda_executor|cuda_diagnostics)|To enable the following instructions"
+    r"|cuda_platform|cuda_executor|cuda_diagnostics|cuda_dnn|cuda_blas|cuda_fft|computation_placer)"
+    r"|To enable the following instructions|Unable to register cu(DNN|BLAS|FFT) factory"
     r"|INFO: Created TensorFlow Lite XNNPACK delegate|fully_quantize: \d|\s*$)"
 )
 
@@ -325,15 +328,18 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from .serve.app import Limits, serve
 
-    if not 0 < args.port < 65536:
-        raise ImgclfError(f"--port must be 1-65535 (got {args.port})")
-    if args.workers < 1 or args.max_images < 1 or args.max_upload_mb <= 0:
-        raise ImgclfError("--workers and --max-images must be at least 1, --max-upload-mb above 0")
+    if not 0 <= args.port < 65536:
+        raise ImgclfError(f"--port must be 0-65535, 0 for any free port (got {args.port})")
+    if args.workers < 1 or args.max_images < 1 or not 0 < args.max_upload_mb < 1e6 \
+            or not 0 < args.max_megapixels < 1e4:
+        raise ImgclfError("--workers and --max-images must be at least 1, --max-upload-mb and --max-megapixels "
+                          "positive numbers")
     with quiet_native_stderr():
         from .runtimes import open_model
 
-        open_model(args.model)  # a bad model file fails here, with one line
-    serve(args.model, args.host, args.port, args.workers, Limits(args.max_upload_mb, args.max_images))
+        loaded = open_model(args.model)  # a bad model file fails here, with one line
+    limits = Limits(args.max_upload_mb, args.max_images, int(args.max_megapixels * 1_000_000))
+    serve(loaded if args.workers == 1 else args.model, args.host, args.port, args.workers, limits)
     return 0
 
 

@@ -38,18 +38,19 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import write_json
+from .atomic import PARTIAL_MARK, write_json
 from .data.decode import decode_paths
 from .data.sources import load_data
 from .data.split import stratified_sample
 from .errors import DataError, ImgclfError
-from .modelio import LoadedModel, keras_function, load_model
+from .modelio import LoadedModel, _first_line, keras_function, load_model
 from .runtimes import INPUT_NAME, LABELS_FILE, METADATA_KEY, SAVEDMODEL_METADATA, file_hash, open_model
 
 FORMATS = ("savedmodel", "onnx", "litert", "litert-int8")
 SUFFIXES = {"onnx": ".onnx", "litert": ".tflite", "litert-int8": ".tflite"}  # a SavedModel is a folder
 FLOAT_TOLERANCE = 1e-3  # max |probability difference| allowed between a float export and Keras
 INT8_MIN_AGREEMENT = 0.98  # share of images on which an int8 export must pick Keras' class
+TIE = 1e-6  # Keras' top two probabilities this close: either class is Keras' answer
 MIN_CHECK_IMAGES = 200
 MAX_CHECK_IMAGES = 1000  # a stratified sample of the validation split, when it is larger
 CALIBRATION_IMAGES = 500  # representative images for int8 quantization
@@ -105,6 +106,8 @@ def export_model(model_path: str | Path, fmt: str, out: str | Path | None = None
     loaded = load_model(model_path, unsafe=unsafe)
     out = Path(out) if out else default_path(model_path, fmt)
     _check_out_path(out, fmt)
+    labels_file = out / LABELS_FILE if fmt == "savedmodel" else out.parent / LABELS_FILE
+    _check_labels_file(labels_file, loaded)
     check = check_images(model_path, loaded, check_data)
     calibration = None
     if fmt == "litert-int8":
@@ -113,16 +116,19 @@ def export_model(model_path: str | Path, fmt: str, out: str | Path | None = None
     expected = keras_probabilities(inference_copy(loaded.model, fold_batch_norm=False), check)
     graph = inference_copy(loaded.model)
     metadata = artifact_metadata(loaded, model_path, fmt)
-    tmp = out.parent / f".{out.stem}.partial-{uuid.uuid4().hex[:8]}{SUFFIXES.get(fmt, '')}"
+    tmp = out.parent / f".{out.stem}{PARTIAL_MARK}{uuid.uuid4().hex[:8]}{SUFFIXES.get(fmt, '')}"
     try:
-        WRITERS[fmt](graph, tmp, metadata, calibration)
+        try:
+            WRITERS[fmt](graph, tmp, metadata, calibration)
+        except Exception as exc:  # converters raise their own types: one line for the user
+            raise ExportError(f"the {fmt} converter failed: {type(exc).__name__}: {_first_line(exc)}") from None
         report = verify_artifact(tmp, fmt, expected, check)
         _replace(tmp, out)
     finally:
         _remove(tmp)
     # labels.json is shared by the exports beside it: no per-format keys
     labels = {key: value for key, value in metadata.items() if key not in ("format", "float_layers")}
-    write_json(out / LABELS_FILE if out.is_dir() else out.parent / LABELS_FILE, labels)
+    write_json(labels_file, labels)
     report.path = str(out)
     report.bytes = _size(out)
     report.seconds = round(time.perf_counter() - started, 2)
@@ -145,7 +151,7 @@ def inference_copy(model, fold_batch_norm: bool = True):
 
     def clone(layer):
         if type(layer).__name__ in AUGMENTATION_LAYERS or layer.name in folds:
-            return PassThrough(name=layer.name)
+            return PassThrough(name=layer.name, dtype="float32")
         config = layer.get_config()
         if "dtype" in config:
             config["dtype"] = "float32"
@@ -346,11 +352,19 @@ def verify_artifact(path: str | Path, fmt: str, expected: np.ndarray, check: Che
         artifact = open_model(path)
     except ImgclfError as exc:
         raise ExportError(f"the {fmt} export does not load in its runtime: {exc}") from None
-    got = _batched(artifact.predict, check.pixels)
+    try:
+        got = _batched(artifact.predict, check.pixels)
+    except Exception as exc:
+        raise ExportError(f"the {fmt} export fails in its runtime: {type(exc).__name__}: {_first_line(exc)}") \
+            from None
     if got.shape != expected.shape or not np.all(np.isfinite(got)):
         raise ExportError(f"the {fmt} export gives outputs of shape {got.shape} "
                           f"(finite: {bool(np.all(np.isfinite(got)))}), Keras {expected.shape}")
-    same = expected.argmax(1) == got.argmax(1)
+    # A top-1 "disagreement" on a near-exact tie in Keras' own output is float rounding, not a
+    # different model: classes within TIE of each other count as the same answer.
+    top = np.sort(expected, axis=1)
+    tie = top[:, -1] - top[:, -2] <= TIE if expected.shape[1] > 1 else np.zeros(len(expected), bool)
+    same = (expected.argmax(1) == got.argmax(1)) | tie
     diff = float(np.abs(expected - got).max())
     accuracy = (lambda p: float((p.argmax(1) == check.labels).mean())) if check.labels is not None else None
     report = ExportReport(fmt, str(path), 0, len(check.pixels), check.source, float(same.mean()), diff,
@@ -443,13 +457,22 @@ def run_images(model_path: Path, loaded: LoadedModel, subset: str, limit: int) -
         if images.array is None or len(data.labelled) != len(rows):
             raise DataError(f"the run's data ({data.source}) is not what it trained on; pass {option} DIR")
         return CheckImages(images.array, labels[chosen], name)
-    paths = [rows[i][0] for i in positions[chosen]]
+    summary = run.path / "data.json"
+    cwd = json.loads(summary.read_text(encoding="utf-8")).get("cwd") if summary.exists() else None
+    paths = [_resolve(rows[i][0], cwd) for i in positions[chosen]]
     missing = [p for p in paths if not Path(p).is_file()]
     if missing:
         raise DataError(f"the run's {subset} images are not found from here (first: {missing[0]}); "
                         f"pass {option} DIR")
     decoded = decode_paths(paths, loaded.image_size)
     return CheckImages(decoded.pixels, labels[chosen][decoded.kept], name)
+
+
+def _resolve(path: str, cwd: str | None) -> str:
+    """A split.csv path as training saw it: relative paths are relative to the training's folder."""
+    if Path(path).is_absolute() or not cwd:
+        return path
+    return str(Path(cwd) / path)
 
 
 # --- files -----------------------------------------------------------------------------------
@@ -468,12 +491,30 @@ def _check_out_path(out: Path, fmt: str) -> None:
 
 def _replace(tmp: Path, out: Path) -> None:
     if out.is_dir():
-        old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
+        old = out.parent / f".{out.name}{PARTIAL_MARK}old-{uuid.uuid4().hex[:8]}"
         out.rename(old)
-        tmp.rename(out)
-        shutil.rmtree(old)
+        try:
+            tmp.rename(out)
+        except OSError:
+            old.rename(out)  # the previous export stays
+            raise
+        shutil.rmtree(old, ignore_errors=True)
     else:
         tmp.replace(out)
+
+
+def _check_labels_file(path: Path, loaded: LoadedModel) -> None:
+    """labels.json is shared by the exports in a folder: refuse to overwrite another model's."""
+    if not path.exists():
+        return
+    try:
+        existing = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        existing = None
+    if not isinstance(existing, dict) or existing.get("class_names") != list(loaded.class_names) \
+            or existing.get("image_size") != list(loaded.image_size):
+        raise ExportError(f"{path} belongs to another model (other classes or input size); "
+                          "export into another folder (--out)")
 
 
 def _remove(path: Path) -> None:

@@ -63,20 +63,28 @@ def open_model(path: str | Path, *, unsafe: bool = False) -> LoadedModel:
         raise
     except Exception as exc:  # each runtime raises its own types for a damaged file
         raise ModelFileError(f"cannot load {fmt} model {path}: {type(exc).__name__}: {_first_line(exc)}") from None
-    metadata = embedded or _labels_beside(path)
-    if not metadata.get("class_names"):
-        raise ModelFileError(f"{path}: no class names inside the file and no {LABELS_FILE} beside it")
-    image_size = tuple(int(v) for v in metadata.get("image_size") or input_size)
+    metadata = embedded if isinstance(embedded, dict) and embedded else _labels_beside(path)
+    names, size = metadata.get("class_names"), metadata.get("image_size") or input_size
+    if not (isinstance(names, list) and names and all(isinstance(n, str) for n in names)):
+        raise ModelFileError(f"{path}: no class names (a list of strings) inside the file or in {LABELS_FILE} "
+                             "beside it")
+    if not (isinstance(size, (list, tuple)) and len(size) == 2 and all(isinstance(v, int) and v > 0 for v in size)):
+        raise ModelFileError(f"{path}: no input size (height, width) inside the file or in {LABELS_FILE} beside it")
+    image_size = (int(size[0]), int(size[1]))
     if input_size and tuple(input_size) != image_size:
         raise ModelFileError(f"{path}: metadata says {image_size} pixels, the model takes {tuple(input_size)}")
-    try:  # one call now: a file that loads but cannot run fails here, and the first request is not slow
+    try:  # calls now: a file that loads but cannot run fails here, and the first request is not slow
         probs = runtime(np.zeros((1, *image_size, 3), np.float32))
     except Exception as exc:
         raise ModelFileError(f"cannot run {fmt} model {path}: {type(exc).__name__}: {_first_line(exc)}") from None
-    if probs.shape != (1, len(metadata["class_names"])):
-        raise ModelFileError(f"{path}: outputs {probs.shape[-1]} values, its metadata names "
-                             f"{len(metadata['class_names'])} classes")
-    return LoadedModel(None, list(metadata["class_names"]), image_size, metadata, path, runtime=runtime, format=fmt)
+    if probs.shape != (1, len(names)):
+        raise ModelFileError(f"{path}: outputs {probs.shape[-1]} values, its metadata names {len(names)} classes")
+    try:
+        runtime(np.zeros((2, *image_size, 3), np.float32))
+    except Exception:  # a model exported with a fixed batch of one: one image per call
+        runtime = _one_at_a_time(runtime)
+    metadata = {**metadata, "class_names": names}
+    return LoadedModel(None, list(names), image_size, metadata, path, runtime=runtime, format=fmt)
 
 
 def _open_savedmodel(path: Path):
@@ -145,14 +153,25 @@ def read_litert_metadata(content: bytes) -> dict:
     return {}
 
 
+def _one_at_a_time(runtime):
+    def run(pixels: np.ndarray) -> np.ndarray:
+        return np.concatenate([runtime(pixels[i:i + 1]) for i in range(len(pixels))])
+    return run
+
+
 def _labels_beside(path: Path) -> dict:
     labels = (path if path.is_dir() else path.parent) / LABELS_FILE
     if not labels.exists():
         return {}
     try:
-        return json.loads(labels.read_text(encoding="utf-8"))
+        content = json.loads(labels.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise ModelFileError(f"cannot read {labels}: {_first_line(exc)}") from None
+    if isinstance(content, list):  # a bare list of class names
+        return {"class_names": content}
+    if not isinstance(content, dict):
+        raise ModelFileError(f"{labels}: expected an object with class_names and image_size, or a list of names")
+    return content
 
 
 def _spatial(shape) -> tuple[int, int] | None:

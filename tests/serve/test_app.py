@@ -25,7 +25,7 @@ def client(export_runs):
 
 
 def test_health_metadata_page_and_docs(client, export_runs):
-    assert client.get("/health").json() == {"status": "ok"}
+    assert client.get("/health").json()["status"] == "ok"
     info = client.get("/metadata").json()
     assert info["class_names"] == ["blue", "green", "red"] and info["image_size"] == [16, 16]
     assert info["recipe"] == "seed" and info["format"] == "keras" and len(info["sha256"]) == 64
@@ -87,6 +87,33 @@ def test_streamed_body_over_the_limit(client):
     answer = client.post("/predict", content=chunks(), headers={"content-type": "multipart/form-data; boundary=b"})
     assert answer.status_code == 413 and "limit" in answer.json()["detail"]
     assert client.get("/health").status_code == 200
+
+
+def test_an_unexpected_decoder_error_is_a_422(client, monkeypatch):
+    import struct
+
+    import imgclf.serve.app
+
+    def crafted(*args):
+        raise struct.error("unpack requires a buffer of 4 bytes")  # what a Pillow plugin may raise
+
+    monkeypatch.setattr(imgclf.serve.app, "decode_image", crafted)
+    answer = client.post("/predict", files={"files": ("odd.tga", image_bytes(), "image/x-tga")})
+    assert answer.status_code == 422 and "cannot decode (error)" in answer.json()["detail"]
+
+
+def test_works_without_the_lifespan(export_runs):
+    """Mounted in another app, or in a client that skips startup: the batcher starts on first use."""
+    app = create_app(open_model(export_runs["seed"] / "best_model.keras"))
+    answer = TestClient(app).post("/predict", files={"files": ("r.png", image_bytes(), "image/png")})
+    assert answer.status_code == 200 and answer.json()["predictions"][0]["top"][0]["label"] == "red"
+
+
+def test_health_counts_model_calls(client):
+    before = client.get("/health").json()
+    client.post("/predict", files=[("files", (f"{i}.png", image_bytes(), "image/png")) for i in range(3)])
+    after = client.get("/health").json()
+    assert after["model_calls"] == before["model_calls"] + 1 and after["images"] == before["images"] + 3
 
 
 def test_wrong_methods_and_paths(client):

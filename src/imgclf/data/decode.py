@@ -34,9 +34,9 @@ class BadImage(Exception):
     """The file is not a usable image (the message says why)."""
 
 
-def decode_image(path: str | BinaryIO, size: tuple[int, int]) -> np.ndarray:
+def decode_image(path: str | BinaryIO, size: tuple[int, int], max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
     """Return the image at `path` (or in a binary file object) as a (height, width, 3) uint8
-    array of the given size."""
+    array of the given size. Images of more than `max_pixels` pixels are refused unread."""
     height, width = size
     try:
         with warnings.catch_warnings():
@@ -44,9 +44,9 @@ def decode_image(path: str | BinaryIO, size: tuple[int, int]) -> np.ndarray:
             # Palette images with transparency and similar oddities warn; they still decode fine.
             warnings.simplefilter("ignore", UserWarning)
             with Image.open(path) as img:
-                if img.width * img.height > MAX_IMAGE_PIXELS:  # checked before any pixel is decoded
+                if img.width * img.height > max_pixels:  # checked before any pixel is decoded
                     raise Image.DecompressionBombError(
-                        f"{img.width} x {img.height} pixels is more than the limit of {MAX_IMAGE_PIXELS}")
+                        f"{img.width} x {img.height} pixels is more than the limit of {max_pixels}")
                 img.seek(0)  # first frame of animated GIF/PNG/WebP
                 if img.format == "JPEG":
                     img.draft("RGB", (width, height))  # cheap DCT downscale for large JPEGs

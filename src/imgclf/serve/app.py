@@ -13,17 +13,19 @@ arrive while the model is busy are stacked into one batch (`Batcher`).
 Bad input gets a 4xx JSON answer ({"detail": ...}) and never stops the service: body size
 (413), images per request (400, from FastAPI's form limits), empty files (400), content that
 is not an image whatever its name says (415), damaged images (422), images over the pixel
-limit (413), bad `top_k` (422).
+limit (413, `Limits.max_pixels`), bad `top_k` (422). Decodes run a few at a time
+(DECODERS), so many large images at once queue rather than exhaust memory.
 """
 
 from __future__ import annotations
 
 import asyncio
 import io
+import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Annotated
@@ -39,18 +41,22 @@ from ..modelio import LoadedModel
 from ..runtimes import file_hash, open_model
 
 MAX_BATCH = 64  # images per model call when requests are stacked
+DECODERS = max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 MODEL_ENV = "IMGCLF_SERVE_MODEL"  # how `--workers N` hands the settings to each worker process
 LIMITS_ENV = "IMGCLF_SERVE_LIMITS"
 
 
 @dataclass(frozen=True)
 class Limits:
-    max_body_mb: float = 20.0  # whole request, files and multipart overhead
+    max_body_mb: float = 20.0  # whole request, files and multipart overhead (1 MB = 10^6 bytes)
     max_images: int = 32  # files per request
+    # Decoding an image takes several bytes per pixel before it is shrunk: 16 Mpx (~200 MB at
+    # most in flight per decode, DECODERS at a time) keeps a worker's memory bounded.
+    max_pixels: int = 16_000_000
 
     @property
     def max_body_bytes(self) -> int:
-        return int(self.max_body_mb * 1024 * 1024)
+        return int(self.max_body_mb * 1_000_000)
 
 
 DEFAULT_LIMITS = Limits()
@@ -72,30 +78,41 @@ class PredictResponse(BaseModel):
 
 class Batcher:
     """Runs the model on stacked requests: whatever has queued up while the model was busy
-    (up to MAX_BATCH images) goes through in one call, on one thread."""
+    (up to MAX_BATCH images) goes through in one call, on one thread. Starts on first use."""
 
     def __init__(self, predict, max_batch: int = MAX_BATCH):
         self._predict = predict
         self._max_batch = max_batch
         self._queue: asyncio.Queue | None = None
         self._task: asyncio.Task | None = None
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="imgclf-model")
-        self.calls = 0  # model calls so far (the tests read it)
+        self._executor: ThreadPoolExecutor | None = None
+        self.calls = 0  # model calls so far
+        self.images = 0  # images through the model so far
 
     def start(self) -> None:
         self._queue = asyncio.Queue()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="imgclf-model")
         self._task = asyncio.create_task(self._run())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        task, executor, queue = self._task, self._executor, self._queue
+        self._task = self._executor = self._queue = None
+        if task is not None:
+            task.cancel()
             try:
-                await self._task
+                await task
             except asyncio.CancelledError:
                 pass
-        self._executor.shutdown(wait=True)
+        while queue is not None and not queue.empty():
+            _, future = queue.get_nowait()
+            if not future.done():
+                future.set_exception(RuntimeError("the service is stopping"))
+        if executor is not None:
+            executor.shutdown(wait=False)
 
     async def predict(self, pixels: np.ndarray) -> np.ndarray:
+        if self._task is None or self._task.done():
+            self.start()
         future = asyncio.get_running_loop().create_future()
         await self._queue.put((pixels, future))
         return await future
@@ -108,10 +125,16 @@ class Batcher:
             while count < self._max_batch and not self._queue.empty():
                 items.append(self._queue.get_nowait())
                 count += len(items[-1][0])
-            batch = np.concatenate([pixels for pixels, _ in items])
             try:
+                batch = np.concatenate([pixels for pixels, _ in items])
                 probs = await loop.run_in_executor(self._executor, self._predict, batch)
                 self.calls += 1
+                self.images += len(batch)
+            except asyncio.CancelledError:
+                for _, future in items:
+                    if not future.done():
+                        future.set_exception(RuntimeError("the service is stopping"))
+                raise
             except Exception as exc:  # the model failed: every waiting request learns it
                 for _, future in items:
                     if not future.done():
@@ -174,12 +197,14 @@ def create_app(model: str | Path | LoadedModel, limits: Limits = DEFAULT_LIMITS)
         "class_names": loaded.class_names,
         "image_size": list(loaded.image_size),
         "recipe": loaded.metadata.get("recipe") or loaded.metadata.get("model_name"),
-        "format": loaded.format,
+        "format": loaded.metadata.get("format") or loaded.format,
         "model_file": loaded.path.name if loaded.path else None,
         "sha256": file_hash(loaded.path) if loaded.path else None,
-        "limits": {"max_body_mb": limits.max_body_mb, "max_images": limits.max_images},
+        "limits": {"max_body_mb": limits.max_body_mb, "max_images": limits.max_images,
+                   "max_pixels": limits.max_pixels},
     }
     batcher = Batcher(loaded.predict)
+    decoders = asyncio.Semaphore(DECODERS)  # decodes at a time: bounds memory as well as CPU
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -200,7 +225,7 @@ def create_app(model: str | Path | LoadedModel, limits: Limits = DEFAULT_LIMITS)
 
     @app.get("/health")
     async def health() -> dict:
-        return {"status": "ok"}
+        return {"status": "ok", "model_calls": batcher.calls, "images": batcher.images}
 
     @app.get("/metadata")
     async def metadata() -> dict:
@@ -214,7 +239,9 @@ def create_app(model: str | Path | LoadedModel, limits: Limits = DEFAULT_LIMITS)
         pixels = []
         for upload in files:
             content = await upload.read()
-            pixels.append(await run_in_threadpool(_decode, content, upload.filename, loaded.image_size))
+            async with decoders:
+                pixels.append(await run_in_threadpool(_decode, content, upload.filename, loaded.image_size,
+                                                      limits.max_pixels))
         probs = await batcher.predict(np.stack(pixels))
         k = min(top_k, len(loaded.class_names))
         order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
@@ -226,13 +253,15 @@ def create_app(model: str | Path | LoadedModel, limits: Limits = DEFAULT_LIMITS)
     return app
 
 
-def _decode(content: bytes, name: str | None, size: tuple[int, int]) -> np.ndarray:
+def _decode(content: bytes, name: str | None, size: tuple[int, int], max_pixels: int) -> np.ndarray:
     name = name or "upload"
     if not content:
         raise HTTPException(400, f"{name}: empty file")
     try:
-        return decode_image(io.BytesIO(content), size).astype(np.float32)
-    except BadImage as exc:
+        return decode_image(io.BytesIO(content), size, max_pixels).astype(np.float32)
+    except Exception as exc:  # a decoder plugin may raise anything on a crafted file
+        if not isinstance(exc, BadImage):
+            raise HTTPException(422, f"{name}: cannot decode ({type(exc).__name__})") from None
         reason = str(exc)
         if reason == "not an image":
             raise HTTPException(415, f"{name}: not an image (the content is no image format we decode)") from None
@@ -243,20 +272,20 @@ def _decode(content: bytes, name: str | None, size: tuple[int, int]) -> np.ndarr
 
 def app_from_environment() -> FastAPI:
     """uvicorn's factory for each worker process of `imgclf serve --workers N`."""
-    limits = Limits(**{k: float(v) if k == "max_body_mb" else int(v) for k, v in
-                       (item.split("=") for item in os.environ.get(LIMITS_ENV, "").split(",") if item)})
+    limits = Limits(**json.loads(os.environ.get(LIMITS_ENV, "{}")))
     return create_app(os.environ[MODEL_ENV], limits)
 
 
-def serve(model: str | Path, host: str = "127.0.0.1", port: int = 8000, workers: int = 1,
+def serve(model: str | Path | LoadedModel, host: str = "127.0.0.1", port: int = 8000, workers: int = 1,
           limits: Limits = DEFAULT_LIMITS, log_level: str = "info") -> None:
+    """Run the service until interrupted. `model`: a path, or (one worker) a loaded model."""
     import uvicorn
 
     if workers == 1:
         uvicorn.run(create_app(model, limits), host=host, port=port, log_level=log_level)
         return
-    open_model(model)  # fail here, once, with a clear error, rather than in every worker
-    os.environ[MODEL_ENV] = str(Path(model).resolve())
-    os.environ[LIMITS_ENV] = f"max_body_mb={limits.max_body_mb},max_images={limits.max_images}"
+    path = model.path if isinstance(model, LoadedModel) else model  # each worker loads its own
+    os.environ[MODEL_ENV] = str(Path(path).resolve())
+    os.environ[LIMITS_ENV] = json.dumps(asdict(limits))
     uvicorn.run(f"{__name__}:app_from_environment", factory=True, host=host, port=port, workers=workers,
                 log_level=log_level)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -101,31 +102,45 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def client(url: str, timeout: float = 60):
+    """An HTTP client for the service on loopback: proxy settings from the environment ignored."""
+    import httpx2
+
+    return httpx2.Client(base_url=url, timeout=timeout, trust_env=False)
+
+
 class Service:
-    """`imgclf serve MODEL` in a subprocess on a free port of 127.0.0.1, until `stop`."""
+    """`imgclf serve MODEL` in a subprocess on 127.0.0.1, on a port the service picks itself
+    (`--port 0`, read back from its log: no race for a port chosen beforehand), until `stop`."""
 
     def __init__(self, model: str | Path, *extra: str, limits: Limits = DEFAULT_LIMITS):
         import httpx2
 
-        port = free_port()
-        self.url = f"http://127.0.0.1:{port}"
         # The log goes to a file: a pipe nobody reads fills up (a line per request) and blocks the service.
-        self.log = tempfile.TemporaryFile(mode="w+")
+        self.log = tempfile.NamedTemporaryFile(mode="w+", suffix=".log")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "imgclf.cli", "serve", str(model), "--port", str(port),
-             "--max-upload-mb", str(limits.max_body_mb), "--max-images", str(limits.max_images), *extra],
+            [sys.executable, "-m", "imgclf.cli", "serve", str(model), "--port", "0",
+             "--max-upload-mb", str(limits.max_body_mb), "--max-images", str(limits.max_images),
+             "--max-megapixels", str(limits.max_pixels / 1e6), *extra],
             stdout=self.log, stderr=subprocess.STDOUT, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+        self.url = None
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise ImgclfError(f"imgclf serve exited with {self.process.returncode}: {self.stop()}")
-            try:
-                if httpx2.get(f"{self.url}/health", timeout=1).status_code == 200:
-                    return
-            except httpx2.TransportError:
-                time.sleep(0.25)
-        self.stop()
-        raise ImgclfError(f"imgclf serve did not answer within {START_TIMEOUT}s")
+            if self.url is None:
+                found = re.search(r"Uvicorn running on (http://127\.0\.0\.1:\d+)", Path(self.log.name).read_text())
+                self.url = found.group(1) if found else None
+            if self.url is not None:
+                try:
+                    with client(self.url, timeout=5) as http:
+                        if http.get("/health").status_code == 200:
+                            return
+                except httpx2.TransportError:
+                    pass
+            time.sleep(0.25)
+        output = self.stop()
+        raise ImgclfError(f"imgclf serve did not answer within {START_TIMEOUT}s: {output[-500:]}")
 
     def alive(self) -> bool:
         return self.process.poll() is None
@@ -183,48 +198,49 @@ def in_process_latency(model_path: Path, artifacts: dict[str, Path], images: np.
 
 def http_latency(url: str, image: bytes, requests: int, clients: int) -> dict:
     """`requests` one-image requests in all, split among `clients` concurrent clients."""
-    import httpx2
-
     def client_run(count: int) -> list[float]:
         seconds = []
-        with httpx2.Client(base_url=url, timeout=60) as client:
+        with client(url) as http:
             for _ in range(count):
                 start = time.perf_counter()
-                answer = client.post("/predict", files={"files": ("image.png", image, "image/png")})
+                answer = http.post("/predict", files={"files": ("image.png", image, "image/png")})
                 seconds.append(time.perf_counter() - start)
                 if answer.status_code != 200:
                     raise ImgclfError(f"the service answered {answer.status_code}: {answer.text[:200]}")
         return seconds
 
-    with httpx2.Client(base_url=url, timeout=60) as client:  # warm up the service
+    with client(url) as http:  # warm up the service
         for _ in range(WARMUP_CALLS):
-            client.post("/predict", files={"files": ("image.png", image, "image/png")})
+            http.post("/predict", files={"files": ("image.png", image, "image/png")})
+        before = http.get("/health").json()
     start = time.perf_counter()
     with ThreadPoolExecutor(clients) as pool:
         per_client = list(pool.map(client_run, [requests // clients] * clients))
     wall = time.perf_counter() - start
-    seconds = [s for client in per_client for s in client]
-    return {**percentiles(seconds), "clients": clients, "requests_per_s": round(len(seconds) / wall, 1)}
+    with client(url) as http:
+        after = http.get("/health").json()
+    seconds = [s for one in per_client for s in one]
+    calls = after["model_calls"] - before["model_calls"]
+    return {**percentiles(seconds), "clients": clients, "requests_per_s": round(len(seconds) / wall, 1),
+            "images_per_model_call": round((after["images"] - before["images"]) / max(calls, 1), 2)}
 
 
 def mixed_requests(url: str, good: list[bytes], count: int, limits: Limits) -> dict:
     """`count` requests cycling through good images and the zoo of bad requests."""
-    import httpx2
-
     zoo = list(request_zoo(limits).items())
     statuses: Counter = Counter()
     wrong = []
-    with httpx2.Client(base_url=url, timeout=60) as client:
+    with client(url) as http:
         for i in range(count):
             if i % 2 == 0:
                 kwargs, expected, kind = {"files": {"files": ("g.png", good[i % len(good)], "image/png")}}, 200, "good"
             else:
                 kind, (kwargs, expected) = zoo[(i // 2) % len(zoo)][0], zoo[(i // 2) % len(zoo)][1]
-            answer = client.post("/predict", **kwargs)
+            answer = http.post("/predict", **kwargs)
             statuses[answer.status_code] += 1
             if answer.status_code != expected:
                 wrong.append({"request": kind, "status": answer.status_code, "expected": expected})
-        healthy = client.get("/health").status_code == 200
+        healthy = http.get("/health").status_code == 200
     return {"requests": count, "statuses": dict(sorted(statuses.items())),
             "server_errors": sum(n for status, n in statuses.items() if status >= 500),
             "unexpected": wrong[:20], "unexpected_count": len(wrong), "still_answering": healthy}
@@ -253,7 +269,7 @@ def run_bench_serve(models: list[str | Path], out: str | Path, *, calls: int = 1
         artifacts, export_errors = {}, {}
         for fmt in FORMATS:
             path = default_path(model_path, fmt)
-            if not path.exists():
+            if not path.exists() or not _exported_from(path, model_path):
                 try:
                     export_model(model_path, fmt, verbose=True)
                 except ImgclfError as exc:
@@ -290,6 +306,16 @@ def run_bench_serve(models: list[str | Path], out: str | Path, *, calls: int = 1
     return report
 
 
+def _exported_from(artifact: Path, model_path: Path) -> bool:
+    """Whether the export at `artifact` was made from this very model file."""
+    from ..runtimes import file_hash, open_model
+
+    try:
+        return open_model(artifact).metadata.get("source_sha256") == file_hash(model_path)
+    except ImgclfError:
+        return False
+
+
 def _png(pixels: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, "PNG")
@@ -303,7 +329,7 @@ def print_entry(entry: dict) -> None:
     for label, runs in entry["http"].items():
         for key, figures in runs.items():
             print(f"HTTP {label:<6} {key:<10} p50 {figures['p50_ms']:.2f} ms  p99 {figures['p99_ms']:.2f} ms  "
-                  f"{figures['requests_per_s']} requests/s")
+                  f"{figures['requests_per_s']} requests/s  {figures['images_per_model_call']} images per model call")
     mixed = entry["mixed_requests"]
     print(f"mixed requests: {mixed['requests']}, statuses {mixed['statuses']}, server errors "
           f"{mixed['server_errors']}, unexpected {mixed['unexpected_count']}, still answering "

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -147,6 +148,7 @@ def _data_summary(data: LoadedData, split: Split) -> dict:
         "val_is": split.val_name,
         "test_images": len(data.test) if data.test is not None else 0,
         "in_memory": labelled.in_memory,
+        "cwd": os.getcwd(),  # relative paths in split.csv are relative to this folder
         "skipped_files": len(labelled.skipped) + (len(data.test.skipped) if data.test is not None else 0),
         "skipped": [{"path": p, "reason": r} for p, r in labelled.skipped],
     }
