@@ -34,10 +34,12 @@ class BadImage(Exception):
     """The file is not a usable image (the message says why)."""
 
 
-def decode_image(path: str | BinaryIO, size: tuple[int, int], max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
+def decode_image(path: str | BinaryIO, size: tuple[int, int], max_pixels: int | None = None) -> np.ndarray:
     """Return the image at `path` (or in a binary file object) as a (height, width, 3) uint8
-    array of the given size. Images of more than `max_pixels` pixels are refused unread."""
+    array of the given size. Images of more than `max_pixels` (default MAX_IMAGE_PIXELS)
+    pixels are refused unread."""
     height, width = size
+    max_pixels = MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
