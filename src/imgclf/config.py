@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ImgclfError
-from .models.recipes import RECIPE_DEFAULTS, recipe_defaults
+from .models.recipes import RECIPE_DEFAULTS, fitted_batch_size, recipe_defaults
 
 PRECISIONS = ("auto", "float32", "bfloat16", "float16")
 
@@ -69,10 +69,13 @@ class TrainConfig:
     def replace(self, **changes: Any) -> "TrainConfig":
         return self.from_dict({**self.to_dict(), **changes})
 
-    def resolved(self) -> "TrainConfig":
-        """This config with the model recipe's defaults filled in where a value is None."""
+    def resolved(self, train_images: int | None = None) -> "TrainConfig":
+        """This config with the model recipe's defaults filled in where a value is None; with
+        `train_images`, a batch size fitted to a training set that small (`fitted_batch_size`)."""
         recipe = recipe_defaults(self.model)
-        batch_size = self.batch_size if self.batch_size is not None else recipe.batch_size
+        batch_size = self.batch_size
+        if batch_size is None:
+            batch_size = recipe.batch_size if train_images is None else fitted_batch_size(recipe, train_images)
         learning_rate = self.learning_rate
         if learning_rate is None:
             scale = batch_size / recipe.batch_size if recipe.scale_lr_with_batch else 1.0

@@ -25,7 +25,7 @@ from ..evaluation import REPORT_KEYS, evaluate_images
 from ..hardware import environment
 from ..metrics import ConfusionMatrix
 from ..modelio import load_model
-from ..models.recipes import Recipe, recipe_defaults
+from ..models.recipes import Recipe, outside_tuning, recipe_defaults
 from ..models.registry import create_model, get_recipe
 from ..precision import compute_precision, resolve_precision
 from ..runfolder import RunFolder
@@ -41,7 +41,7 @@ def train(config: TrainConfig, data: LoadedData | None = None, extra_callbacks: 
 
     `data` skips loading (already loaded data); `extra_callbacks` run after imgclf's own.
     """
-    return _run(config.resolved(), None, data, extra_callbacks)
+    return _run(config, None, data, extra_callbacks)
 
 
 def resume(run_dir: str | Path, data: LoadedData | None = None, extra_callbacks: list | None = None,
@@ -79,6 +79,8 @@ def _run(config: TrainConfig, resumed: RunFolder | None, data: LoadedData | None
     _seed_everything(config)
     data = data if data is not None else load_data(config)
     split = _split(data, config)
+    config = config.resolved(len(split.train))  # the recipe's defaults, the batch fitted to the data
+    _warn_outside_tuning(config, len(split.train), resumed)
     run, checkpoint = _open_run_folder(config.replace(precision=precision), split, resumed)
     run.write_environment(environment(config.seed))
     run.write_data_summary(_data_summary(data, split))
@@ -112,6 +114,13 @@ def _split(data: LoadedData, config: TrainConfig) -> Split:
         return Split(labelled, np.arange(len(labelled)), np.array([], dtype=np.int64), labelled, data.test, "test")
     train_idx, val_idx = split_indices(labelled.labels, config.val_split, config.seed)
     return Split(labelled, train_idx, val_idx, labelled.subset(train_idx), labelled.subset(val_idx), "validation")
+
+
+def _warn_outside_tuning(config: TrainConfig, train_images: int, resumed: RunFolder | None) -> None:
+    notes = outside_tuning(recipe_defaults(config.model), train_images, config.image_size)
+    if notes and resumed is None:
+        print(f"warning: the {config.model} recipe was tuned for other data than this run's: {'; '.join(notes)}; "
+              "its defaults may not suit it", file=sys.stderr)
 
 
 def _split_rows(split: Split) -> list[list[str]]:
