@@ -71,6 +71,8 @@ def build_parser() -> Parser:
                    help=f"fixes split, initialisation, augmentation (default: {defaults.seed})")
     p.add_argument("--deterministic", action="store_const", const=True, default=UNSET,
                    help="deterministic ops: two runs on the same machine give identical histories (slower)")
+    p.add_argument("--init", metavar="RUN_DIR|MODEL.keras", default=UNSET,
+                   help="start from a model trained earlier (its recipe and weights) with a new head for these classes")
     p.add_argument("--resume", metavar="RUN_DIR",
                    help="continue an interrupted run from its last completed epoch, with its own configuration")
     p.add_argument("--out", default=UNSET, help="run folder (default: runs/<model>-<time>)")
@@ -221,7 +223,7 @@ def _config_from_args(args: argparse.Namespace, keys: list[str]) -> TrainConfig:
 DATA_KEYS = ["dataset", "data_dir", "labels", "limit"]
 
 
-TRAIN_KEYS = DATA_KEYS + ["image_size", "val_split", "model", "epochs", "batch_size", "learning_rate",
+TRAIN_KEYS = DATA_KEYS + ["image_size", "val_split", "model", "init", "epochs", "batch_size", "learning_rate",
                           "precision", "tta", "train_on_all", "seed", "deterministic", "out", "name"]
 
 

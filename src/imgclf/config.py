@@ -32,6 +32,7 @@ class TrainConfig:
     memory_limit_mb: int = 4096  # decoded images are held in memory (uint8) up to this size, else streamed
     # --- model and optimisation ---
     model: str = "seed"  # recipe name (`imgclf.models.recipes.RECIPE_DEFAULTS`): architecture + training
+    init: str | None = None  # start from this model (.keras, or a run folder) with a new head; its recipe is used
     epochs: int | None = None  # full passes over the training split; None: the model's default (seed: 50)
     batch_size: int | None = None  # images per optimisation step; None: the model's default (seed: 32)
     learning_rate: float | None = None  # peak step size; None: the model's default (seed: Adam 0.001)

@@ -27,6 +27,7 @@ from ..metrics import ConfusionMatrix
 from ..modelio import load_model
 from ..models.recipes import Recipe, outside_tuning, recipe_defaults
 from ..models.registry import create_model, get_recipe
+from ..models.transfer import init_recipe, load_init, transfer_model
 from ..precision import compute_precision, resolve_precision
 from ..runfolder import RunFolder
 from .callbacks import BestModelCheckpoint, EpochMetrics
@@ -77,6 +78,8 @@ def _run(config: TrainConfig, resumed: RunFolder | None, data: LoadedData | None
     precision = resolve_precision(config.precision)
     started = time.perf_counter()
     _seed_everything(config)
+    if config.init and resumed is None:
+        config = config.replace(model=init_recipe(config.init))  # the source's recipe
     data = data if data is not None else load_data(config)
     split = _split(data, config)
     config = config.resolved(len(split.train))  # the recipe's defaults, the batch fitted to the data
@@ -182,8 +185,11 @@ def _fit(config: TrainConfig, recipe: Recipe, run: RunFolder, split: Split, chec
     class_names = split.labelled.class_names
     steps_per_epoch = train_steps(len(split.train), config.batch_size)
     pixels = sample_pixels(split.train, DATA_INIT_IMAGES, seed=config.seed) if recipe.needs_data else None
-    model = create_model(config.model, (config.image_size, config.image_size, 3), len(class_names),
-                         train_pixels=pixels)
+    input_shape = (config.image_size, config.image_size, 3)
+    if config.init:
+        model = transfer_model(load_init(config.init).model, input_shape, len(class_names))
+    else:
+        model = create_model(config.model, input_shape, len(class_names), train_pixels=pixels)
     matrix = ConfusionMatrix(len(class_names))
     model.compile(
         optimizer=recipe.make_optimizer(config.learning_rate, steps_per_epoch, config.epochs),

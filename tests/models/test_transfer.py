@@ -1,0 +1,67 @@
+"""--init: a model trained earlier, any recipe, becomes the start of a run on new classes."""
+
+from __future__ import annotations
+
+import json
+
+import keras
+import numpy as np
+import pytest
+
+from imgclf import TrainConfig, train
+from imgclf.errors import DataError
+from imgclf.modelio import load_model
+from imgclf.models.transfer import init_recipe, transfer_model
+
+from conftest import make_image_folder
+
+NEW_CLASSES = {"yellow": (210, 200, 40), "purple": (130, 40, 160)}
+
+
+@pytest.mark.parametrize("recipe", ["fast-tiny", "seed"])
+def test_backbone_weights_are_the_source_models_before_the_first_step(export_runs, recipe):
+    source = load_model(export_runs[recipe] / "best_model.keras").model
+    model = transfer_model(source, (16, 16, 3), 2)
+    head = [layer for layer in source.layers if isinstance(layer, keras.layers.Dense)][-1]
+    assert model.output_shape == (None, 2)
+    compared = 0
+    for old, new in zip(source.layers, model.layers):
+        if old is head:
+            assert new.get_weights()[0].shape[-1] == 2
+            continue
+        for a, b in zip(old.get_weights(), new.get_weights()):
+            np.testing.assert_array_equal(a, b)
+            compared += 1
+    assert compared >= 4
+
+
+def test_a_convolutional_source_takes_another_image_size(export_runs):
+    source = load_model(export_runs["fast-tiny"] / "best_model.keras").model
+    model = transfer_model(source, (40, 40, 3), 5)
+    assert model.input_shape == (None, 40, 40, 3) and model(np.zeros((1, 40, 40, 3), np.float32)).shape == (1, 5)
+
+
+def test_a_source_with_a_fixed_size_says_which_size(export_runs):
+    source = load_model(export_runs["seed"] / "best_model.keras").model
+    with pytest.raises(DataError, match="use --image-size 16"):
+        transfer_model(source, (24, 24, 3), 2)
+
+
+def test_training_from_init_on_new_classes(export_runs, tmp_path):
+    data = make_image_folder(tmp_path / "new", per_class=100, size=(16, 16), classes=NEW_CLASSES)
+    run = train(TrainConfig(data_dir=str(data), init=str(export_runs["fast-tiny"]), epochs=4, image_size=16,
+                            out=str(tmp_path / "run"), verbose=0))
+    config = json.loads((run / "config.json").read_text())
+    assert config["model"] == "fast-tiny" and config["init"] == str(export_runs["fast-tiny"])
+    loaded = load_model(run / "best_model.keras")
+    assert loaded.class_names == ["purple", "yellow"] and loaded.metadata["model_name"] == "fast-tiny"
+    assert json.loads((run / "metrics.json").read_text())["accuracy"] > 0.8
+
+
+def test_init_errors(tmp_path):
+    with pytest.raises(DataError, match="no model at"):
+        init_recipe(tmp_path)
+    keras_file = tmp_path / "plain.keras"
+    keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Flatten(), keras.layers.Dense(2)]).save(keras_file)
+    with pytest.raises(DataError, match="not a model saved by imgclf"):
+        init_recipe(keras_file)
