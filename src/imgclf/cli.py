@@ -73,6 +73,9 @@ def build_parser() -> Parser:
                    help="deterministic ops: two runs on the same machine give identical histories (slower)")
     p.add_argument("--init", metavar="RUN_DIR|MODEL.keras", default=UNSET,
                    help="start from a model trained earlier (its recipe and weights) with a new head for these classes")
+    p.add_argument("--backbone-lr", type=float, default=UNSET,
+                   help="step sizes of all but the new classifier, as a fraction of the recipe's "
+                        "(default: 0.3 with --init, else 1)")
     p.add_argument("--resume", metavar="RUN_DIR",
                    help="continue an interrupted run from its last completed epoch, with its own configuration")
     p.add_argument("--out", default=UNSET, help="run folder (default: runs/<model>-<time>)")
@@ -223,8 +226,8 @@ def _config_from_args(args: argparse.Namespace, keys: list[str]) -> TrainConfig:
 DATA_KEYS = ["dataset", "data_dir", "labels", "limit"]
 
 
-TRAIN_KEYS = DATA_KEYS + ["image_size", "val_split", "model", "init", "epochs", "batch_size", "learning_rate",
-                          "precision", "tta", "train_on_all", "seed", "deterministic", "out", "name"]
+TRAIN_KEYS = DATA_KEYS + ["image_size", "val_split", "model", "init", "backbone_lr", "epochs", "batch_size",
+                          "learning_rate", "precision", "tta", "train_on_all", "seed", "deterministic", "out", "name"]
 
 
 def cmd_train(args: argparse.Namespace) -> int:

@@ -53,6 +53,7 @@ def test_training_from_init_on_new_classes(export_runs, tmp_path):
                             out=str(tmp_path / "run"), verbose=0))
     config = json.loads((run / "config.json").read_text())
     assert config["model"] == "fast-tiny" and config["init"] == str(export_runs["fast-tiny"])
+    assert config["backbone_lr"] == 0.3  # fine-tuning's default
     loaded = load_model(run / "best_model.keras")
     assert loaded.class_names == ["purple", "yellow"] and loaded.metadata["model_name"] == "fast-tiny"
     assert json.loads((run / "metrics.json").read_text())["accuracy"] > 0.8
@@ -65,3 +66,15 @@ def test_init_errors(tmp_path):
     keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Flatten(), keras.layers.Dense(2)]).save(keras_file)
     with pytest.raises(DataError, match="not a model saved by imgclf"):
         init_recipe(keras_file)
+
+
+def test_backbone_lr_scales_all_but_the_classifier():
+    from imgclf.models.fast import MUON_LR, make_optimizer
+
+    full, tuned = make_optimizer(53.0, 10, 8), make_optimizer(53.0, 10, 8, backbone_lr=0.1)
+    assert tuned.muon_lr == pytest.approx(0.1 * MUON_LR) and full.muon_lr == MUON_LR
+    assert tuned.lr_multipliers["kernel"] == full.lr_multipliers["kernel"]  # the classifier's
+    assert tuned.lr_multipliers["beta"] == pytest.approx(0.1 * full.lr_multipliers["beta"])
+    with pytest.raises(Exception, match="backbone_lr must be in"):
+        TrainConfig(backbone_lr=0.0).validate()
+    assert TrainConfig().resolved().backbone_lr == 1.0 and TrainConfig(init="run").resolved().backbone_lr == 0.3

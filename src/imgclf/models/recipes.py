@@ -15,7 +15,9 @@ from ..errors import ImgclfError
 @dataclass(frozen=True)
 class Recipe:
     build: Callable[..., Any]  # (input_shape, num_classes[, train_pixels]) -> keras.Model
-    make_optimizer: Callable[[float, int, int], Any]  # (peak step size, steps/epoch, epochs) -> keras optimizer
+    # (peak step size, steps/epoch, epochs, backbone_lr=1.0) -> keras optimizer; backbone_lr scales
+    # the step sizes of everything but the classifier where the optimizer can (fast), else all
+    make_optimizer: Callable[..., Any]
     loss: Any = "sparse_categorical_crossentropy"  # Keras loss (labels are class indices)
     # batch augmentation in tf.data, stateless: (uint8 images, seed[2], index, epoch) -> images
     augment: Callable | None = None

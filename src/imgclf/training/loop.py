@@ -192,7 +192,8 @@ def _fit(config: TrainConfig, recipe: Recipe, run: RunFolder, split: Split, chec
         model = create_model(config.model, input_shape, len(class_names), train_pixels=pixels)
     matrix = ConfusionMatrix(len(class_names))
     model.compile(
-        optimizer=recipe.make_optimizer(config.learning_rate, steps_per_epoch, config.epochs),
+        optimizer=recipe.make_optimizer(config.learning_rate, steps_per_epoch, config.epochs,
+                                        backbone_lr=config.backbone_lr),
         loss=recipe.loss,
         metrics=["accuracy", matrix],
         steps_per_execution=steps_per_call(steps_per_epoch, recipe.steps_per_execution),
