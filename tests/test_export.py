@@ -332,3 +332,9 @@ def test_check_images_found_from_another_folder(export_runs, monkeypatch, tmp_pa
     assert not Path(os.path.relpath(rows[1][0], data.parent)).exists()  # not found from here as written
     report = export_model(run / "best_model.keras", "onnx", verbose=False)
     assert report.images == 204 and report.agreement == 1.0
+
+
+def test_the_cli_lists_the_export_formats():
+    from imgclf.cli import EXPORT_FORMATS  # kept apart so that `imgclf --help` imports no TensorFlow
+
+    assert EXPORT_FORMATS == FORMATS
