@@ -72,3 +72,22 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300) -> subpro
 def read_csv(path: Path) -> list[dict]:
     with open(path, newline="", encoding="utf-8") as handle:
         return list(csv.DictReader(handle))
+
+
+def write_backbone_weights(path: Path, name: str = "mobilenetv3small", size: int = 32, seed: int = 5) -> Path:
+    """A weights file for a backbone, as `--weights PATH` takes it: random weights with
+    BatchNorm statistics estimated on random images (like a trained network's, its features
+    neither vanish nor explode in inference mode)."""
+    import keras
+
+    from imgclf.models.backbones import base_model
+    from imgclf.models.registry import create_model
+
+    keras.utils.set_random_seed(seed)
+    base = base_model(create_model(name, (size, size, 3), 3, weights="none"))
+    for layer in base.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = 0.0  # the next batch's statistics become the moving ones
+    base(np.random.default_rng(seed).integers(0, 256, (64, size, size, 3)).astype("float32"), training=True)
+    base.save_weights(path)
+    return path

@@ -12,7 +12,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from .config import PRECISIONS, TrainConfig, read_config_file
+from .config import PRECISIONS, TrainConfig, parse_image_size, read_config_file
+from .data.decode import RESIZE_MODES
 from .errors import ImgclfError
 from .models.recipes import RECIPE_DEFAULTS
 
@@ -40,8 +41,11 @@ def add_data_options(parser: argparse.ArgumentParser, *, image_size: bool = True
     group.add_argument("--labels", default=UNSET, help="CSV file with columns path,label")
     group.add_argument("--limit", type=int, default=UNSET, help="use at most N images (stratified sample)")
     if image_size:
-        group.add_argument("--image-size", type=int, default=UNSET,
-                           help=f"square side in pixels the images are resized to (default: {defaults.image_size})")
+        group.add_argument("--image-size", type=_image_size, default=UNSET, metavar="N|HxW",
+                           help=f"pixels the images are resized to: a side N, or HxW (default: {defaults.image_size})")
+        group.add_argument("--resize", default=UNSET, choices=RESIZE_MODES,
+                           help="images of another shape: squash (stretch), crop (centre) or pad (black borders); "
+                                "predict, evaluate, export and serve resize the same way (default: squash)")
 
 
 def build_parser() -> Parser:
@@ -55,7 +59,8 @@ def build_parser() -> Parser:
     add_data_options(p)
     p.add_argument("--val-split", type=float, default=UNSET,
                    help=f"validation fraction (default: {defaults.val_split})")
-    p.add_argument("--model", default=UNSET, help=f"model recipe from the registry: {', '.join(RECIPE_DEFAULTS)} "
+    p.add_argument("--model", default=UNSET, help=f"model recipe from the registry: {', '.join(RECIPE_DEFAULTS)}, "
+                                                  "or auto (picked from the data and the weights at hand) "
                                                   f"(default: {defaults.model})")
     p.add_argument("--epochs", type=int, default=UNSET, help=f"default: the model's ({_model_defaults('epochs')})")
     p.add_argument("--batch-size", type=int, default=UNSET,
@@ -76,6 +81,15 @@ def build_parser() -> Parser:
     p.add_argument("--backbone-lr", type=float, default=UNSET,
                    help="step sizes of all but the new classifier, as a fraction of the recipe's "
                         "(default: 0.3 with --init, else 1)")
+    p.add_argument("--weights", default=UNSET, metavar="imagenet|none|PATH",
+                   help="pretrained backbones: Keras' ImageNet download (cached in ~/.keras/models), none "
+                        "(from scratch) or a weights file of the backbone without its classifier (default: imagenet)")
+    p.add_argument("--freeze-epochs", type=int, default=UNSET,
+                   help="pretrained backbones: epochs training only the new head on the frozen backbone "
+                        f"(default: {RECIPE_DEFAULTS['mobilenetv3small'].freeze_epochs})")
+    p.add_argument("--unfreeze", default=UNSET, metavar="all|N",
+                   help="pretrained backbones, after --freeze-epochs: train all layers, or only the top N blocks "
+                        "(default: all)")
     p.add_argument("--resume", metavar="RUN_DIR",
                    help="continue an interrupted run from its last completed epoch, with its own configuration")
     p.add_argument("--out", default=UNSET, help="run folder (default: runs/<model>-<time>)")
@@ -226,8 +240,18 @@ def _config_from_args(args: argparse.Namespace, keys: list[str]) -> TrainConfig:
 DATA_KEYS = ["dataset", "data_dir", "labels", "limit"]
 
 
-TRAIN_KEYS = DATA_KEYS + ["image_size", "val_split", "model", "init", "backbone_lr", "epochs", "batch_size",
+TRAIN_KEYS = DATA_KEYS + ["image_size", "resize", "val_split", "model", "weights", "freeze_epochs", "unfreeze",
+                          "init", "backbone_lr", "epochs", "batch_size",
                           "learning_rate", "precision", "tta", "train_on_all", "seed", "deterministic", "out", "name"]
+
+
+def _image_size(text: str) -> int | str:
+    """--image-size: N (kept an int) or HxW."""
+    try:
+        parse_image_size(text)
+    except ImgclfError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return int(text) if text.strip().isdigit() else text.strip()
 
 
 def cmd_train(args: argparse.Namespace) -> int:

@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import types
 import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .data.decode import RESIZE_MODES
 from .errors import ImgclfError
-from .models.recipes import RECIPE_DEFAULTS, fitted_batch_size, recipe_defaults
+from .models.recipes import AUTO, RECIPE_DEFAULTS, WEIGHT_CHOICES, fitted_batch_size, recipe_defaults
 
 PRECISIONS = ("auto", "float32", "bfloat16", "float16")
 # Fine-tuning from --init: the pretrained layers at 0.3x the recipe's step sizes. On five new
@@ -29,14 +31,21 @@ class TrainConfig:
     dataset: str = "cifar10"  # built-in dataset used when neither data_dir nor labels is given
     data_dir: str | None = None  # folder with one subfolder per class; train/ and test/ inside are splits
     labels: str | None = None  # CSV file with columns path,label (paths relative to the CSV's folder)
-    image_size: int = 32  # side of the square images the model takes, in pixels
+    image_size: int | str = 32  # the images the model takes, in pixels: a side N (square) or "HxW"
+    resize: str = "squash"  # images of another shape: squash (stretch), crop (centre) or pad (black borders)
     val_split: float = 0.2  # fraction of the labelled training data held out for validation
     limit: int | None = None  # use at most this many training images (stratified sample), for quick tries
     memory_limit_mb: int = 4096  # decoded images are held in memory (uint8) up to this size, else streamed
     # --- model and optimisation ---
-    model: str = "seed"  # recipe name (`imgclf.models.recipes.RECIPE_DEFAULTS`): architecture + training
+    model: str = "seed"  # recipe name (`imgclf.models.recipes.RECIPE_DEFAULTS`), or "auto" (picked from the data)
+    # pretrained backbones: "imagenet" (Keras' download and cache), "none" (random) or a weights file;
+    # None: imagenet
+    weights: str | None = None
+    freeze_epochs: int | None = None  # backbones: epochs training only the head on the frozen base; None: recipe's
+    unfreeze: str = "all"  # backbones after freeze_epochs: train "all" layers, or only the top N blocks ("0": none)
     init: str | None = None  # start from this model (.keras, or a run folder) with a new head; its recipe is used
-    # step sizes of all but the new classifier, as a fraction of the recipe's; None: 0.3 with init, else 1
+    # step sizes of all but the new classifier, as a fraction of the recipe's; None: 0.3 with init,
+    # the recipe's for pretrained backbones (their step size after the unfreeze), else 1
     backbone_lr: float | None = None
     epochs: int | None = None  # full passes over the training split; None: the model's default (seed: 50)
     batch_size: int | None = None  # images per optimisation step; None: the model's default (seed: 32)
@@ -75,6 +84,16 @@ class TrainConfig:
     def replace(self, **changes: Any) -> "TrainConfig":
         return self.from_dict({**self.to_dict(), **changes})
 
+    @property
+    def size(self) -> tuple[int, int]:
+        """(height, width) of the images the model takes."""
+        return parse_image_size(self.image_size)
+
+    @property
+    def pretrained(self) -> bool:
+        """A backbone recipe starting from pretrained weights (imagenet or a file)."""
+        return self.model in RECIPE_DEFAULTS and recipe_defaults(self.model).backbone and self.weights != "none"
+
     def resolved(self, train_images: int | None = None) -> "TrainConfig":
         """This config with the model recipe's defaults filled in where a value is None; with
         `train_images`, a batch size fitted to a training set that small (`fitted_batch_size`)."""
@@ -88,9 +107,14 @@ class TrainConfig:
             learning_rate = recipe.learning_rate * scale
         backbone_lr = self.backbone_lr
         if backbone_lr is None:
-            backbone_lr = INIT_BACKBONE_LR if self.init else 1.0
+            backbone_lr = INIT_BACKBONE_LR if self.init else recipe.backbone_lr if self.pretrained else 1.0
+        freeze_epochs = self.freeze_epochs
+        if freeze_epochs is None:
+            freeze_epochs = recipe.freeze_epochs if self.pretrained else 0
         return self.replace(
             backbone_lr=backbone_lr,
+            weights=(self.weights or "imagenet") if recipe.backbone else None,
+            freeze_epochs=freeze_epochs,
             epochs=self.epochs if self.epochs is not None else recipe.epochs,
             batch_size=batch_size,
             learning_rate=learning_rate,
@@ -105,8 +129,29 @@ class TrainConfig:
             problems.append(f"batch_size must be at least 1 (got {self.batch_size})")
         if not 0.0 < self.val_split < 1.0:
             problems.append(f"val_split must be between 0 and 1, exclusive (got {self.val_split})")
-        if self.image_size < 8:
-            problems.append(f"image_size must be at least 8 pixels (got {self.image_size})")
+        try:
+            if min(self.size) < 8:
+                problems.append(f"image_size must be at least 8 pixels a side (got {self.image_size})")
+        except ImgclfError as exc:
+            problems.append(str(exc))
+        if self.resize not in RESIZE_MODES:
+            problems.append(f"resize must be one of {', '.join(RESIZE_MODES)} (got {self.resize!r})")
+        if self.freeze_epochs is not None and self.freeze_epochs < 0:
+            problems.append(f"freeze_epochs must not be negative (got {self.freeze_epochs})")
+        if not (self.unfreeze == "all" or self.unfreeze.isdigit()):
+            problems.append(f"unfreeze must be 'all' or a number of blocks (got {self.unfreeze!r})")
+        if self.weights is not None and self.weights not in WEIGHT_CHOICES and not Path(self.weights).is_file():
+            problems.append(f"weights must be {' or '.join(WEIGHT_CHOICES)} or a weights file (no file {self.weights})")
+        smallest = recipe_defaults(self.model).min_image_size if self.model in RECIPE_DEFAULTS else 8
+        try:
+            if min(self.size) < smallest:
+                problems.append(f"the {self.model} recipe takes images of at least {smallest}x{smallest} pixels "
+                                f"(got image_size {self.image_size})")
+        except ImgclfError:
+            pass  # said above
+        backbone = self.model in RECIPE_DEFAULTS and recipe_defaults(self.model).backbone
+        if self.weights is not None and self.model != AUTO and not backbone:
+            problems.append(f"weights is for the pretrained backbones, not the {self.model} recipe")
         if self.learning_rate is not None and not self.learning_rate > 0:
             problems.append(f"learning_rate must be positive (got {self.learning_rate})")
         if self.backbone_lr is not None and not 0 < self.backbone_lr <= 1:
@@ -119,12 +164,29 @@ class TrainConfig:
             problems.append(f"verbose must be 0 or 1 (got {self.verbose})")
         if self.precision not in PRECISIONS:
             problems.append(f"precision must be one of {', '.join(PRECISIONS)} (got {self.precision!r})")
-        if self.model not in RECIPE_DEFAULTS:
-            problems.append(f"unknown model '{self.model}' (available: {', '.join(sorted(RECIPE_DEFAULTS))})")
+        if self.model not in RECIPE_DEFAULTS and self.model != AUTO:
+            problems.append(f"unknown model '{self.model}' (available: {AUTO}, {', '.join(sorted(RECIPE_DEFAULTS))})")
         if self.data_dir is not None and self.labels is not None:
             problems.append("give either data_dir or labels, not both")
         if problems:
             raise ImgclfError("; ".join(problems))
+
+
+def model_data_config(config: TrainConfig, loaded) -> TrainConfig:
+    """`config` reading data the way the model `loaded` (a modelio.LoadedModel) takes it: its
+    image size and resize mode."""
+    height, width = loaded.image_size
+    return config.replace(image_size=height if height == width else f"{height}x{width}", resize=loaded.resize)
+
+
+def parse_image_size(value: int | str) -> tuple[int, int]:
+    """(height, width) from a side N (int or "N") or "HxW"."""
+    if isinstance(value, int):
+        return value, value
+    match = re.fullmatch(r"\s*(\d+)\s*(?:[xX]\s*(\d+)\s*)?", str(value))
+    if not match:
+        raise ImgclfError(f"image_size must be a side N or HxW in pixels, e.g. 96 or 120x160 (got {value!r})")
+    return int(match[1]), int(match[2] or match[1])
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import TrainConfig
+from .config import TrainConfig, model_data_config
 from .data.labelled import Images
 from .data.sources import load_data
 from .errors import DataError
@@ -51,7 +51,7 @@ def evaluate(model: str | Path | LoadedModel, config: TrainConfig, *, out: str |
              tta: bool = False, unsafe: bool = False) -> dict:
     """Evaluate `model` on the data `config` points at; write a report folder when `out` is given."""
     loaded = model if isinstance(model, LoadedModel) else open_model(model, unsafe=unsafe)
-    config = config.replace(image_size=loaded.image_size[0])  # imgclf models take square images
+    config = model_data_config(config, loaded)
     images, source = evaluation_images(config)
     report = evaluate_images(loaded, images, tta=tta)
     report["source"] = source

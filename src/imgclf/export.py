@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from .atomic import PARTIAL_MARK, write_json
+from .config import model_data_config
 from .data.decode import decode_paths
 from .data.sources import load_data
 from .data.split import stratified_sample
@@ -214,6 +215,7 @@ def artifact_metadata(loaded: LoadedModel, model_path: Path, fmt: str) -> dict:
     return {
         "class_names": list(loaded.class_names),
         "image_size": list(loaded.image_size),
+        "resize": loaded.resize,
         "input": f"{INPUT_NAME}: float32 (N, height, width, 3), raw RGB 0-255",
         "output": "float32 (N, classes) probabilities",
         "recipe": loaded.metadata.get("model_name"),
@@ -425,7 +427,7 @@ def folder_images(folder: str | Path, loaded: LoadedModel, limit: int) -> CheckI
     if len(paths) > limit:
         index = np.sort(np.random.default_rng(SAMPLE_SEED).choice(len(paths), limit, replace=False))
         paths = [paths[i] for i in index]
-    decoded = decode_paths(paths, loaded.image_size)
+    decoded = decode_paths(paths, loaded.image_size, resize=loaded.resize)
     kept = [paths[i] for i in decoded.kept]
     parents = [Path(p).parent.name for p in kept]
     labels = None
@@ -452,7 +454,7 @@ def run_images(model_path: Path, loaded: LoadedModel, subset: str, limit: int) -
     name = f"the run's {'validation' if subset == 'val' else 'training'} split"
     config = run.read_config()
     if not (config.data_dir or config.labels):  # a built-in dataset: split.csv rows are its indices
-        data = load_data(config.replace(image_size=loaded.image_size[0], verbose=0))
+        data = load_data(model_data_config(config, loaded).replace(verbose=0))
         images = data.labelled.subset(positions[chosen])
         if images.array is None or len(data.labelled) != len(rows):
             raise DataError(f"the run's data ({data.source}) is not what it trained on; pass {option} DIR")
@@ -464,7 +466,7 @@ def run_images(model_path: Path, loaded: LoadedModel, subset: str, limit: int) -
     if missing:
         raise DataError(f"the run's {subset} images are not found from here (first: {missing[0]}); "
                         f"pass {option} DIR")
-    decoded = decode_paths(paths, loaded.image_size)
+    decoded = decode_paths(paths, loaded.image_size, resize=loaded.resize)
     return CheckImages(decoded.pixels, labels[chosen][decoded.kept], name)
 
 

@@ -36,6 +36,11 @@ class LoadedModel:
     runtime: Callable[[np.ndarray], np.ndarray] | None = None
     format: str = "keras"  # or savedmodel, onnx, litert (runtimes.FORMATS)
 
+    @property
+    def resize(self) -> str:
+        """How images of another shape are resized for this model (`data.decode.RESIZE_MODES`)."""
+        return self.metadata.get("resize", "squash")
+
     def predict(self, pixels: np.ndarray) -> np.ndarray:
         """(N, classes) float32 probabilities of raw 0-255 RGB pixels (N, H, W, 3)."""
         if self.runtime is None:

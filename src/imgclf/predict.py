@@ -110,7 +110,7 @@ def predict_files(loaded: LoadedModel, inputs: list[str], *, top_k: int = 1, tta
                   verbose: int = 0) -> tuple[list[Prediction], list[tuple[str, str]]]:
     """Predict every image among `inputs` (files, folders, globs). Returns (predictions, skipped)."""
     paths = expand_paths(inputs)
-    decoded = decode_paths(paths, loaded.image_size, verbose=verbose)
+    decoded = decode_paths(paths, loaded.image_size, verbose=verbose, resize=loaded.resize)
     probs = predict_probabilities(loaded, decoded.pixels, tta=tta)
     return top_predictions(probs, loaded.class_names, [paths[i] for i in decoded.kept], top_k), decoded.skipped
 

@@ -2,12 +2,17 @@ import numpy as np
 import pytest
 
 from imgclf import ImgclfError
+from imgclf.models.recipes import RECIPE_DEFAULTS
 from imgclf.models.registry import RECIPES, create_model, get_recipe
 
 
 @pytest.mark.parametrize("name", sorted(RECIPES))
 @pytest.mark.parametrize("size", [16, 32])
 def test_every_registered_model_builds_and_outputs_probabilities(name, size):
+    if size < RECIPE_DEFAULTS[name].min_image_size:  # the ImageNet backbones take 32 pixels and more
+        with pytest.raises(ImgclfError, match=f"at least {RECIPE_DEFAULTS[name].min_image_size}x"):
+            create_model(name, (size, size, 3), 4)
+        return
     model = create_model(name, (size, size, 3), 4)
     probs = model.predict(np.random.default_rng(0).integers(0, 256, (2, size, size, 3)).astype("float32"), verbose=0)
     assert probs.shape == (2, 4) and probs.dtype == np.float32

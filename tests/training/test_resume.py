@@ -13,7 +13,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from conftest import make_image_folder, read_csv, run_cli
+from conftest import make_image_folder, read_csv, run_cli, write_backbone_weights
 
 pytestmark = pytest.mark.slow  # trainings in subprocesses, killed and resumed
 
@@ -171,3 +171,33 @@ def test_fast_recipe_resumes_exactly(tmp_path):
     result = run_cli("train", "--resume", run)
     assert result.returncode == 0, result.stderr[-3000:]
     assert history(run) == history(whole)
+
+
+def test_fine_tuning_resumes_across_the_phase_change_and_mid_phase_two(tmp_path):
+    """A pretrained backbone trains in two phases (frozen, then unfrozen with a new optimizer).
+    Killed while writing the checkpoint of epoch 2 (so resumed at the phase change) or of
+    epoch 3 (resumed in the middle of phase 2), --resume gives the uninterrupted history.
+    (The top 2 blocks unfrozen: a smaller training step to trace than all of them.)"""
+    from imgclf.runfolder import RunFolder
+
+    weights = write_backbone_weights(tmp_path / "backbone.weights.h5")
+    data = make_image_folder(tmp_path / "images", per_class=16)
+    args = ["--model", "mobilenetv3small", "--weights", weights, "--epochs", "4", "--freeze-epochs", "1",
+            "--unfreeze", "2", "--image-size", "32", "--batch-size", "8", "--deterministic"]
+    whole = tmp_path / "whole"
+    result = run_cli("train", "--data-dir", data, *args, "--out", whole)
+    assert result.returncode == 0, result.stderr[-3000:]
+    expected = history(whole)
+    assert len(expected) == 4 and len({row[8] for row in expected}) > 2  # two phases of step sizes
+    assert float(expected[-1][1]) < float(expected[1][1])  # phase 2 learns: not a frozen model
+    for nth in (2, 3):
+        run = tmp_path / f"killed{nth}"
+        process = start(["train", "--data-dir", data, *args, "--out", run])
+        assert kill_during_checkpoint_write(process, run, nth), "no checkpoint write seen"
+        assert process.returncode == -signal.SIGKILL, "the run ended before the kill"
+        done = RunFolder(run).read_checkpoint()[0]["epoch"]
+        assert done in (nth - 1, nth)  # the kill landed in the write of epoch nth's checkpoint, or just after
+        result = run_cli("train", "--resume", run)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert f"resuming after epoch {done}" in result.stdout
+        assert history(run) == expected, f"resumed after epoch {done}: history differs"

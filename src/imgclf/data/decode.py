@@ -4,7 +4,7 @@ Training, evaluation and prediction all go through `decode_paths` (many files: d
 parallel, skip the unusable ones and name them in one warning) and `decode_image` (one
 file), so an image is converted the same way everywhere: first frame of animations, any
 mode (grayscale, RGBA, palette, CMYK, 16-bit) to 8-bit RGB, resized to the model's input
-size. Files that are not decodable images raise `BadImage`.
+size by one of RESIZE_MODES. Files that are not decodable images raise `BadImage`.
 
 Pillow's global settings are left as they are: the size limit is checked here, per image,
 and truncated files fail as Pillow's default (`LOAD_TRUNCATED_IMAGES = False`) makes them.
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from ..errors import DataError
 
@@ -28,16 +28,21 @@ MAX_IMAGE_PIXELS = 64_000_000  # refuse decompression bombs: a tiny file that ex
 RESAMPLE = Image.Resampling.BILINEAR
 DECODE_BATCH = 256  # images per chunk when decoding many files
 PROGRESS_FROM = 5000  # files: show a progress bar and the decoding time from this many
+# How an image of another shape becomes the model's (height, width): stretched to it
+# ("squash", every pixel kept, shapes distorted), its centre cut to the model's aspect ratio
+# ("crop", shapes kept, edges lost) or fitted inside with black borders ("pad", all kept).
+RESIZE_MODES = ("squash", "crop", "pad")
 
 
 class BadImage(Exception):
     """The file is not a usable image (the message says why)."""
 
 
-def decode_image(path: str | BinaryIO, size: tuple[int, int], max_pixels: int | None = None) -> np.ndarray:
+def decode_image(path: str | BinaryIO, size: tuple[int, int], max_pixels: int | None = None,
+                 resize: str = "squash") -> np.ndarray:
     """Return the image at `path` (or in a binary file object) as a (height, width, 3) uint8
-    array of the given size. Images of more than `max_pixels` (default MAX_IMAGE_PIXELS)
-    pixels are refused unread."""
+    array of the given size, resized by `resize` (RESIZE_MODES). Images of more than
+    `max_pixels` (default MAX_IMAGE_PIXELS) pixels are refused unread."""
     height, width = size
     max_pixels = MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
     try:
@@ -53,9 +58,7 @@ def decode_image(path: str | BinaryIO, size: tuple[int, int], max_pixels: int | 
                 if img.format == "JPEG":
                     img.draft("RGB", (width, height))  # cheap DCT downscale for large JPEGs
                 img.load()
-                rgb = _to_rgb(img)
-                if rgb.size != (width, height):
-                    rgb = rgb.resize((width, height), RESAMPLE)
+                rgb = resize_image(_to_rgb(img), (height, width), resize)
                 array = np.asarray(rgb, dtype=np.uint8)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise BadImage(f"too large (decompression bomb guard): {exc}") from None
@@ -70,6 +73,32 @@ def decode_image(path: str | BinaryIO, size: tuple[int, int], max_pixels: int | 
     if array.shape != (height, width, 3):
         raise BadImage(f"unexpected decoded shape {array.shape}")
     return array
+
+
+def resize_image(rgb: Image.Image, size: tuple[int, int], resize: str = "squash") -> Image.Image:
+    """`rgb` at (height, width) `size` by the RESIZE_MODES `resize`, with Pillow."""
+    height, width = size
+    if rgb.size == (width, height):
+        return rgb
+    if resize == "crop":
+        return ImageOps.fit(rgb, (width, height), RESAMPLE)
+    if resize == "pad":
+        return ImageOps.pad(rgb, (width, height), RESAMPLE, color=(0, 0, 0))
+    if resize != "squash":
+        raise ValueError(f"unknown resize mode {resize!r} (one of {', '.join(RESIZE_MODES)})")
+    return rgb.resize((width, height), RESAMPLE)
+
+
+def resize_array(array: np.ndarray, size: tuple[int, int], resize: str = "squash") -> np.ndarray:
+    """uint8 images (N, H, W, 3) at (height, width) `size` by the RESIZE_MODES `resize`,
+    with Keras' image resize (which crops or pads to the aspect ratio the same way)."""
+    if array.shape[1:3] == tuple(size):
+        return array
+    import keras
+
+    resized = keras.ops.image.resize(array, size, crop_to_aspect_ratio=resize == "crop",
+                                     pad_to_aspect_ratio=resize == "pad", fill_value=0.0)
+    return np.clip(np.round(keras.ops.convert_to_numpy(resized)), 0, 255).astype(np.uint8)
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -102,10 +131,10 @@ class Decoded:
 
 
 def decode_paths(paths: list[str], size: tuple[int, int], *, keep_pixels: bool = True,
-                 verbose: int = 0) -> Decoded:
+                 verbose: int = 0, resize: str = "squash") -> Decoded:
     """Decode every file, skip the unusable ones and name them in one warning; an error when
     none is usable."""
-    pixels, ok, reasons = _decode_files(paths, size, keep_pixels=keep_pixels, verbose=verbose)
+    pixels, ok, reasons = _decode_files(paths, size, keep_pixels=keep_pixels, verbose=verbose, resize=resize)
     skipped = [(p, r) for p, good, r in zip(paths, ok, reasons) if not good]
     report_skipped(skipped)
     kept = np.flatnonzero(ok)
@@ -115,7 +144,7 @@ def decode_paths(paths: list[str], size: tuple[int, int], *, keep_pixels: bool =
 
 
 def _decode_files(
-    paths: list[str], size: tuple[int, int], *, keep_pixels: bool = True, verbose: int = 0
+    paths: list[str], size: tuple[int, int], *, keep_pixels: bool = True, verbose: int = 0, resize: str = "squash"
 ) -> tuple[np.ndarray | None, np.ndarray, list[str]]:
     """Decode files in parallel with tf.data. Returns (pixels or None, ok flags, reasons)."""
     import tensorflow as tf
@@ -130,7 +159,7 @@ def _decode_files(
 
     def decode_one(raw: bytes) -> tuple[np.ndarray, bool, bytes]:
         try:
-            return decode_image(os.fsdecode(raw), size), True, b""
+            return decode_image(os.fsdecode(raw), size, resize=resize), True, b""
         except BadImage as exc:
             return np.zeros((height, width, 3), np.uint8), False, str(exc).encode()
 
@@ -162,11 +191,11 @@ def _decode_files(
     return pixels, ok, reasons
 
 
-def decode_or_black(raw: bytes, size: tuple[int, int]) -> np.ndarray:
+def decode_or_black(raw: bytes, size: tuple[int, int], resize: str = "squash") -> np.ndarray:
     """Streaming decode; files were checked when loading, so a failure here means the file
     changed on disk mid-training: train on black rather than crash hours in."""
     try:
-        return decode_image(os.fsdecode(raw), size)
+        return decode_image(os.fsdecode(raw), size, resize=resize)
     except BadImage:
         return np.zeros((*size, 3), np.uint8)
 

@@ -20,6 +20,7 @@ class Images:
     paths: list[str] | None = None  # file of each image (None for built-in arrays)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason) not usable
     size: tuple[int, int] = (32, 32)  # (height, width) of every image
+    resize: str = "squash"  # how files of another shape were or will be resized (decode.RESIZE_MODES)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -35,6 +36,7 @@ class Images:
             array=None if self.array is None else self.array[index],
             paths=None if self.paths is None else [self.paths[i] for i in index],
             size=self.size,
+            resize=self.resize,
         )
 
     def names(self) -> list[str]:
@@ -47,7 +49,8 @@ class Images:
             return self
         labels, _ = encode_labels([self.class_names[i] for i in self.labels], class_names,
                                   known_as="the model's classes")
-        return Images(labels, list(class_names), self.array, self.paths, self.skipped, self.size)
+        return Images(labels, list(class_names), self.array, self.paths, self.skipped, self.size,
+                      self.resize)
 
 
 @dataclass

@@ -77,7 +77,7 @@ def sample_pixels(images: Images, count: int, seed: int = 0) -> np.ndarray:
     chosen = np.random.default_rng(seed).permutation(len(images))[:count]
     if images.in_memory:
         return images.array[chosen]
-    return decode_paths([images.paths[i] for i in chosen], images.size).pixels
+    return decode_paths([images.paths[i] for i in chosen], images.size, resize=images.resize).pixels
 
 
 def _batch_loader(images: Images):
@@ -94,9 +94,10 @@ def _batch_loader(images: Images):
         return load
     paths = tf.constant(np.array([os.fsencode(p) for p in images.paths], dtype=object))
     height, width = images.size
+    resize = images.resize
 
     def decode(raw_paths):  # batches are never empty
-        return np.stack([decode_or_black(raw, (height, width)) for raw in raw_paths])
+        return np.stack([decode_or_black(raw, (height, width), resize) for raw in raw_paths])
 
     def load(index):
         batch = tf.numpy_function(decode, [tf.gather(paths, index)], tf.uint8)

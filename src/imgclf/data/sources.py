@@ -13,7 +13,7 @@ import numpy as np
 
 from ..config import TrainConfig
 from ..errors import DataError
-from .decode import decode_paths
+from .decode import decode_paths, resize_array
 from .labelled import Images, LoadedData, encode_labels
 from .split import stratified_sample
 
@@ -28,7 +28,7 @@ NETWORK_PROBE_TIMEOUT = 8.0  # seconds to decide that the download host is unrea
 
 def load_data(config: TrainConfig) -> LoadedData:
     """Load what `config` points at: a CSV file list, a folder, or CIFAR-10."""
-    size = (config.image_size, config.image_size)
+    size = config.size
     if config.labels:
         paths, names = read_labels_csv(config.labels)
         return LoadedData(load_files(paths, names, size, config), None, f"labels file {config.labels}")
@@ -60,10 +60,11 @@ def load_cifar10(config: TrainConfig) -> LoadedData:
             f"cannot load CIFAR-10 from Keras ({type(exc).__name__}: {exc}); "
             "train on local images with --data-dir DIR or --labels FILE.csv"
         ) from None
-    size = (config.image_size, config.image_size)
-    labelled = Images(y_train.reshape(-1).astype(np.int32), list(CIFAR10_CLASSES), _resize_array(x_train, size),
-                      size=size)
-    test = Images(y_test.reshape(-1).astype(np.int32), list(CIFAR10_CLASSES), _resize_array(x_test, size), size=size)
+    size, resize = config.size, config.resize
+    labelled = Images(y_train.reshape(-1).astype(np.int32), list(CIFAR10_CLASSES),
+                      resize_array(x_train, size, resize), size=size, resize=resize)
+    test = Images(y_test.reshape(-1).astype(np.int32), list(CIFAR10_CLASSES), resize_array(x_test, size, resize),
+                  size=size, resize=resize)
     if config.limit:
         labelled = labelled.subset(stratified_sample(labelled.labels, config.limit, config.seed))
     return LoadedData(labelled, test, "keras.datasets.cifar10")
@@ -168,7 +169,7 @@ def load_files(
         keep = stratified_sample(labels, config.limit, config.seed)
         paths, labels = [paths[i] for i in keep], labels[keep]
     fits = len(paths) * size[0] * size[1] * 3 <= config.memory_limit_mb * 2**20
-    decoded = decode_paths(paths, size, keep_pixels=fits, verbose=config.verbose)
+    decoded = decode_paths(paths, size, keep_pixels=fits, verbose=config.verbose, resize=config.resize)
     return Images(
         labels=labels[decoded.kept],
         class_names=class_names,
@@ -176,12 +177,5 @@ def load_files(
         paths=[paths[i] for i in decoded.kept],
         skipped=decoded.skipped,
         size=size,
+        resize=config.resize,
     )
-
-
-def _resize_array(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    if array.shape[1:3] == size:
-        return array
-    import tensorflow as tf
-
-    return tf.cast(tf.round(tf.image.resize(array, size)), tf.uint8).numpy()

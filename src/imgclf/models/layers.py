@@ -65,3 +65,13 @@ class QuickGELU(layers.Layer):
 
     def compute_output_shape(self, input_shape):
         return input_shape
+
+
+@keras.saving.register_keras_serializable(package="imgclf")
+class CaffePreprocess(layers.Layer):
+    """`keras.applications.resnet50.preprocess_input` as a layer ("caffe" mode: RGB -> BGR,
+    ImageNet channel means subtracted, no scaling), so a ResNet50 model takes raw 0-255 RGB
+    like every imgclf model, and saves and loads without a Lambda layer."""
+
+    def call(self, inputs):
+        return keras.applications.resnet50.preprocess_input(inputs)

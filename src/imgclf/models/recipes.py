@@ -6,7 +6,9 @@ of it can drift.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import ImgclfError
@@ -26,6 +28,9 @@ class Recipe:
     steps_per_execution: int = 1  # at most this many training steps per call into the compiled graph
     # layers that keep float32 in int8 exports (`imgclf export --format litert-int8`), by name
     float_layers: tuple[str, ...] = ()
+    # pretrained backbones: build() takes weights= ("imagenet", None or a file); training runs in
+    # two phases (`backbones.set_phase`): the head on the frozen base, then the unfrozen top
+    backbone: bool = False
 
 
 @dataclass(frozen=True)
@@ -41,6 +46,14 @@ class RecipeDefaults:
     # far outside them (FAR_OUTSIDE x) gets one warning.
     tuned_train_images: tuple[int, int] = (100, 1_000_000)
     tuned_image_sizes: tuple[int, int] = (16, 128)
+    # Pretrained backbones (keras.applications): the ImageNet weights file (no classifier) in
+    # Keras' cache, the epochs of phase 1 (head only) and phase 2's step size as a fraction of
+    # phase 1's.
+    backbone: bool = False
+    min_image_size: int = 8  # the smallest image side the architecture takes
+    weights_file: str = ""
+    freeze_epochs: int = 0
+    backbone_lr: float = 1.0
 
 
 MIN_STEPS_PER_EPOCH = 20  # a fitted batch leaves at least this many steps per epoch...
@@ -91,6 +104,70 @@ RECIPE_DEFAULTS: dict[str, RecipeDefaults] = {
     "fast-tiny": RecipeDefaults(3, FAST_BATCH_SIZE, _FAST_LR, True,
                                 "the fast recipe at widths 16/64/128: a usable model in about a minute", **_FAST_FIT),
 }
+
+
+# Pretrained backbones: 10 epochs, 3 of them on the frozen base (the head alone, Adam at 1e-3),
+# then the unfrozen layers at 0.1x that step size with cosine decay to 0 (the keras-io transfer
+# guide's two phases; fastai's fine_tune). Batches of 32, fewer for tiny sets.
+def _backbone(description: str, weights_file: str) -> RecipeDefaults:
+    return RecipeDefaults(10, 32, 1e-3, False, description, fit_batch_to_data=True,
+                          tuned_image_sizes=(96, 320), backbone=True, min_image_size=32, weights_file=weights_file,
+                          freeze_epochs=3, backbone_lr=0.1)
+
+
+RECIPE_DEFAULTS.update({
+    "mobilenetv3small": _backbone("keras.applications MobileNetV3Small (0.9M parameters), ImageNet weights",
+                                  "weights_mobilenet_v3_small_224_1.0_float_no_top_v2.h5"),
+    "mobilenetv3large": _backbone("keras.applications MobileNetV3Large (3.0M parameters), ImageNet weights",
+                                  "weights_mobilenet_v3_large_224_1.0_float_no_top_v2.h5"),
+    "efficientnetv2b0": _backbone("keras.applications EfficientNetV2B0 (5.9M parameters), ImageNet weights",
+                                  "efficientnetv2-b0_notop.h5"),
+    "resnet50": _backbone("keras.applications ResNet50 (23.6M parameters), ImageNet weights",
+                          "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+    "convnexttiny": _backbone("keras.applications ConvNeXtTiny (27.8M parameters), ImageNet weights",
+                              "convnext_tiny_notop.h5"),
+})
+BACKBONES = tuple(name for name, row in RECIPE_DEFAULTS.items() if row.backbone)
+WEIGHT_CHOICES = ("imagenet", "none")
+
+AUTO = "auto"
+# --model auto: the backbone it prefers, in order, when their ImageNet weights are at hand
+# (MobileNetV3Large first: the cheapest per image of those above 75% on ImageNet)
+AUTO_BACKBONES = ("mobilenetv3large", "efficientnetv2b0", "mobilenetv3small", "convnexttiny", "resnet50")
+AUTO_SMALL_SIDE = 48  # images this small (pixels a side)...
+AUTO_MANY_IMAGES = 5000  # ...and this many training images: the fast recipe beats ImageNet backbones
+
+
+def keras_weights_cache() -> Path:
+    """Where Keras keeps downloaded application weights ($KERAS_HOME/models, ~/.keras/models)."""
+    return Path(os.environ.get("KERAS_HOME") or Path.home() / ".keras").expanduser() / "models"
+
+
+def cached_weights(name: str) -> Path | None:
+    """The backbone's ImageNet weights file in Keras' cache, if it was downloaded before."""
+    path = keras_weights_cache() / RECIPE_DEFAULTS[name].weights_file
+    return path if path.is_file() else None
+
+
+def pick_recipe(train_images: int, image_size: tuple[int, int], weights: str | None) -> tuple[str, str]:
+    """--model auto: (recipe, why) from the training-set size, the image size and whether
+    pretrained weights are at hand (`weights`: the --weights given, None when not given)."""
+    side = max(image_size)
+    if side <= AUTO_SMALL_SIDE and train_images >= AUTO_MANY_IMAGES:
+        return "fast", (f"{train_images:,} training images of {side} pixels: CIFAR-like data, where the fast "
+                        "recipe trains from scratch to higher accuracy than an ImageNet backbone")
+    if weights == "none":
+        return "fast", "--weights none: no pretrained weights, and the fast recipe is the best from scratch"
+    if weights == "imagenet" or weights is None:
+        at_hand = [name for name in AUTO_BACKBONES if cached_weights(name)]
+        if at_hand:
+            return at_hand[0], (f"{train_images:,} training images: fine-tuning pretrained weights beats training "
+                                f"from scratch, and {at_hand[0]}'s ImageNet weights are in {keras_weights_cache()}")
+        if weights == "imagenet":
+            return AUTO_BACKBONES[0], "--weights imagenet asked for a pretrained backbone"
+        return "fast", (f"no ImageNet weights in {keras_weights_cache()} (--weights imagenet downloads them), "
+                        f"so training from scratch: the fast recipe, its batch fitted to {train_images:,} images")
+    return AUTO_BACKBONES[0], f"--weights {weights}: a weights file for the {AUTO_BACKBONES[0]} backbone"
 
 
 def recipe_defaults(name: str) -> RecipeDefaults:

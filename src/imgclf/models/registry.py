@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import fast, seed
+from . import backbones, fast, seed
 from .recipes import RECIPE_DEFAULTS, Recipe, recipe_defaults
 
-RECIPES: dict[str, Recipe] = {"seed": seed.RECIPE, **fast.RECIPES}
+RECIPES: dict[str, Recipe] = {"seed": seed.RECIPE, **fast.RECIPES, **backbones.RECIPES}
 if sorted(RECIPES) != sorted(RECIPE_DEFAULTS):
     raise RuntimeError("every recipe needs its row in recipes.RECIPE_DEFAULTS, and every row a recipe")
 
@@ -24,13 +24,16 @@ def get_recipe(name: str) -> Recipe:
 
 
 def create_model(name: str, input_shape: tuple[int, int, int], num_classes: int,
-                 train_pixels: np.ndarray | None = None):
+                 train_pixels: np.ndarray | None = None, weights: str | None = None):
     """Build the registered model `name` for images of `input_shape` and `num_classes` classes.
 
     `train_pixels` (uint8 training images) feeds data-dependent initialisation where a
-    model has it; without it such a model starts from a generic initialisation.
+    model has it; without it such a model starts from a generic initialisation. `weights`:
+    the pretrained backbones' starting point ("imagenet", "none" or a weights file).
     """
     recipe = get_recipe(name)
+    if recipe.backbone:
+        return recipe.build(input_shape, num_classes, weights=weights)
     if recipe.needs_data:
         return recipe.build(input_shape, num_classes, train_pixels)
     return recipe.build(input_shape, num_classes)

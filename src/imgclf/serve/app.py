@@ -196,6 +196,7 @@ def create_app(model: str | Path | LoadedModel, limits: Limits = DEFAULT_LIMITS)
     info = {
         "class_names": loaded.class_names,
         "image_size": list(loaded.image_size),
+        "resize": loaded.resize,
         "recipe": loaded.metadata.get("recipe") or loaded.metadata.get("model_name"),
         "format": loaded.metadata.get("format") or loaded.format,
         "model_file": loaded.path.name if loaded.path else None,
@@ -241,7 +242,7 @@ def create_app(model: str | Path | LoadedModel, limits: Limits = DEFAULT_LIMITS)
             content = await upload.read()
             async with decoders:
                 pixels.append(await run_in_threadpool(_decode, content, upload.filename, loaded.image_size,
-                                                      limits.max_pixels))
+                                                      limits.max_pixels, loaded.resize))
         probs = await batcher.predict(np.stack(pixels))
         k = min(top_k, len(loaded.class_names))
         order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
@@ -253,12 +254,13 @@ def create_app(model: str | Path | LoadedModel, limits: Limits = DEFAULT_LIMITS)
     return app
 
 
-def _decode(content: bytes, name: str | None, size: tuple[int, int], max_pixels: int) -> np.ndarray:
+def _decode(content: bytes, name: str | None, size: tuple[int, int], max_pixels: int,
+            resize: str = "squash") -> np.ndarray:
     name = name or "upload"
     if not content:
         raise HTTPException(400, f"{name}: empty file")
     try:
-        return decode_image(io.BytesIO(content), size, max_pixels).astype(np.float32)
+        return decode_image(io.BytesIO(content), size, max_pixels, resize).astype(np.float32)
     except Exception as exc:  # a decoder plugin may raise anything on a crafted file
         if not isinstance(exc, BadImage):
             raise HTTPException(422, f"{name}: cannot decode ({type(exc).__name__})") from None

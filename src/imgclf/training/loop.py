@@ -25,7 +25,8 @@ from ..evaluation import REPORT_KEYS, evaluate_images
 from ..hardware import environment
 from ..metrics import ConfusionMatrix
 from ..modelio import load_model
-from ..models.recipes import Recipe, outside_tuning, recipe_defaults
+from ..models.backbones import set_phase
+from ..models.recipes import AUTO, Recipe, outside_tuning, pick_recipe, recipe_defaults
 from ..models.registry import create_model, get_recipe
 from ..models.transfer import init_recipe, load_init, transfer_model
 from ..precision import compute_precision, resolve_precision
@@ -82,6 +83,8 @@ def _run(config: TrainConfig, resumed: RunFolder | None, data: LoadedData | None
         config = config.replace(model=init_recipe(config.init))  # the source's recipe
     data = data if data is not None else load_data(config)
     split = _split(data, config)
+    if config.model == AUTO:
+        config = _pick_recipe(config, len(split.train))
     config = config.resolved(len(split.train))  # the recipe's defaults, the batch fitted to the data
     _warn_outside_tuning(config, len(split.train), resumed)
     run, checkpoint = _open_run_folder(config.replace(precision=precision), split, resumed)
@@ -119,8 +122,15 @@ def _split(data: LoadedData, config: TrainConfig) -> Split:
     return Split(labelled, train_idx, val_idx, labelled.subset(train_idx), labelled.subset(val_idx), "validation")
 
 
+def _pick_recipe(config: TrainConfig, train_images: int) -> TrainConfig:
+    """--model auto: the recipe `pick_recipe` chooses for this data, said with its reason."""
+    name, why = pick_recipe(train_images, config.size, config.weights)
+    print(f"--model auto: {name}, because {why}", file=sys.stderr)
+    return config.replace(model=name, weights=config.weights if recipe_defaults(name).backbone else None)
+
+
 def _warn_outside_tuning(config: TrainConfig, train_images: int, resumed: RunFolder | None) -> None:
-    notes = outside_tuning(recipe_defaults(config.model), train_images, config.image_size)
+    notes = outside_tuning(recipe_defaults(config.model), train_images, max(config.size))
     if notes and resumed is None:
         print(f"warning: the {config.model} recipe was tuned for other data than this run's: {'; '.join(notes)}; "
               "its defaults may not suit it", file=sys.stderr)
@@ -176,52 +186,83 @@ def _announce(config: TrainConfig, precision: str, run: RunFolder, data: LoadedD
     print(f"model: {config.model} ({recipe_defaults(config.model).description}), {config.epochs} epochs, "
           f"batch {config.batch_size}, learning rate {config.learning_rate:g}, precision {precision}"
           + (", deterministic" if config.deterministic else ""))
+    if config.freeze_epochs:
+        print(f"fine-tuning: {min(config.freeze_epochs, config.epochs)} epoch(s) of the head on the frozen "
+              f"{config.weights} backbone, then {config.unfreeze} block(s) unfrozen at {config.backbone_lr:g}x "
+              "the step size")
+
+
+def _phases(config: TrainConfig, recipe: Recipe) -> list[tuple[int, int, int]]:
+    """(phase, first epoch, end epoch) of each part of the training: one phase 0 (everything
+    trains), or for pretrained backbones phase 1 (the head on the frozen backbone) for
+    `freeze_epochs`, then phase 2 (`unfreeze`) for the rest."""
+    freeze = min(config.freeze_epochs or 0, config.epochs) if recipe.backbone else 0
+    if not freeze:
+        return [(0, 0, config.epochs)]
+    return [(1, 0, freeze)] + ([(2, freeze, config.epochs)] if freeze < config.epochs else [])
 
 
 def _fit(config: TrainConfig, recipe: Recipe, run: RunFolder, split: Split, checkpoint,
          extra_callbacks: list | None) -> Fitted:
-    """Build and compile the model, restore a checkpoint if there is one, train the remaining
-    epochs and save the last model."""
+    """Build the model, restore a checkpoint if there is one, train the remaining epochs of
+    each phase (compiled for that phase) and save the last model."""
     class_names = split.labelled.class_names
     steps_per_epoch = train_steps(len(split.train), config.batch_size)
     pixels = sample_pixels(split.train, DATA_INIT_IMAGES, seed=config.seed) if recipe.needs_data else None
-    input_shape = (config.image_size, config.image_size, 3)
+    input_shape = (*config.size, 3)
     if config.init:
         model = transfer_model(load_init(config.init).model, input_shape, len(class_names))
     else:
-        model = create_model(config.model, input_shape, len(class_names), train_pixels=pixels)
+        model = create_model(config.model, input_shape, len(class_names), train_pixels=pixels,
+                             weights=config.weights)
     matrix = ConfusionMatrix(len(class_names))
-    model.compile(
-        optimizer=recipe.make_optimizer(config.learning_rate, steps_per_epoch, config.epochs,
-                                        backbone_lr=config.backbone_lr),
-        loss=recipe.loss,
-        metrics=["accuracy", matrix],
-        steps_per_execution=steps_per_call(steps_per_epoch, recipe.steps_per_execution),
-    )
-    best = BestModelCheckpoint(run, class_names, model_name=config.model)
+
+    def compile_phase(phase: int, start: int, stop: int) -> None:
+        if phase:
+            set_phase(model, phase, config.unfreeze)
+        model.compile(
+            optimizer=recipe.make_optimizer(config.learning_rate, steps_per_epoch, stop - start,
+                                            backbone_lr=1.0 if phase == 1 else config.backbone_lr),
+            loss=recipe.loss,
+            metrics=["accuracy", matrix],
+            steps_per_execution=steps_per_call(steps_per_epoch, recipe.steps_per_execution),
+        )
+
+    metadata = {"model_name": config.model, "resize": config.resize}
+    best = BestModelCheckpoint(run, class_names, **metadata)
     history = EpochMetrics(matrix, class_names, run, epochs=config.epochs, verbose=config.verbose)
     recipe_callbacks = recipe.make_callbacks(steps_per_epoch, config.epochs, pixels) if recipe.make_callbacks else []
     best.set_model(model)
     stateful: dict[str, Stateful] = {"history": history, "best": best}
     stateful.update({f"recipe{i}": cb for i, cb in enumerate(recipe_callbacks) if isinstance(cb, Stateful)})
+    phases = _phases(config, recipe)
+    done = int(checkpoint[0]["epoch"]) if checkpoint is not None else 0
+    # the checkpoint holds the optimizer of the phase its last epoch ran in
+    current = next(p for p in phases if p[1] <= max(done - 1, 0) < p[2])
+    compile_phase(*current)
     first_epoch = 0
     if checkpoint is not None:
         first_epoch = restore_state(*checkpoint, model, stateful)
         if config.verbose:
             print(f"resuming after epoch {first_epoch} of {config.epochs} (best so far: epoch {best.best_epoch})")
-    if first_epoch < config.epochs:
+    for phase in phases:
+        if phase[2] <= first_epoch:
+            continue
+        if phase != current:
+            compile_phase(*phase)
+            current = phase
         model.fit(
-            make_train_dataset(split.train, config.batch_size, seed=config.seed, epochs=config.epochs,
-                               first_epoch=first_epoch, augment=recipe.augment),
+            make_train_dataset(split.train, config.batch_size, seed=config.seed, epochs=phase[2],
+                               first_epoch=max(first_epoch, phase[1]), augment=recipe.augment),
             steps_per_epoch=steps_per_epoch,
             validation_data=make_dataset(split.val, max(config.batch_size, EVAL_BATCH)),
-            epochs=config.epochs,
-            initial_epoch=first_epoch,
+            epochs=phase[2],
+            initial_epoch=max(first_epoch, phase[1]),
             shuffle=False,  # the dataset is already in (seed, epoch) order; Keras cannot shuffle it
             callbacks=[history, *recipe_callbacks, best, *(extra_callbacks or []), TrainingCheckpoint(run, stateful)],
             verbose=1 if config.verbose and _interactive() else 0,
         )
-    run.save_model(run.last_model, model, class_names, model_name=config.model, epoch=config.epochs)
+    run.save_model(run.last_model, model, class_names, epoch=config.epochs, **metadata)
     return Fitted(best, first_epoch)
 
 
