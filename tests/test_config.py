@@ -30,6 +30,8 @@ def test_wrong_type_is_rejected(key, value):
 @pytest.mark.parametrize("key,value", [
     ("epochs", 0), ("batch_size", -4), ("val_split", 0.0), ("val_split", 1.0), ("image_size", 0),
     ("learning_rate", 0.0), ("limit", 1), ("precision", "float8"), ("model", "nope"),
+    ("image_size", "12x"), ("image_size", "big"), ("image_size", "4x64"), ("resize", "stretch"),
+    ("unfreeze", "two"), ("freeze_epochs", -1), ("weights", "no/such/file.h5"),
 ])
 def test_impossible_values_are_rejected(key, value):
     with pytest.raises(ImgclfError, match=key):
@@ -52,3 +54,25 @@ def test_config_file_must_be_a_json_object(tmp_path):
             TrainConfig.from_json(tmp_path / name)
     (tmp_path / "ok.json").write_text('{"epochs": 3}')
     assert read_config_file(tmp_path / "ok.json") == {"epochs": 3}
+
+
+@pytest.mark.parametrize("value,size", [(96, (96, 96)), ("96", (96, 96)), ("120x160", (120, 160)),
+                                        (" 120 X 160 ", (120, 160))])
+def test_image_size_is_a_side_or_height_x_width(value, size):
+    assert TrainConfig(image_size=value).size == size
+
+
+def test_backbone_options_belong_to_backbones():
+    with pytest.raises(ImgclfError, match="weights is for the pretrained backbones, not the seed recipe"):
+        TrainConfig.from_dict({"model": "seed", "weights": "imagenet"})
+    with pytest.raises(ImgclfError, match="at least 32x32 pixels"):
+        TrainConfig.from_dict({"model": "mobilenetv3small", "image_size": 24})
+    TrainConfig.from_dict({"model": "auto", "weights": "none"})  # auto may pick a backbone
+
+
+def test_backbone_defaults_fine_tune_only_from_pretrained_weights():
+    pretrained = TrainConfig(model="efficientnetv2b0", image_size=96).resolved(1000)
+    assert (pretrained.weights, pretrained.freeze_epochs, pretrained.backbone_lr) == ("imagenet", 3, 0.1)
+    scratch = TrainConfig(model="efficientnetv2b0", image_size=96, weights="none").resolved(1000)
+    assert (scratch.freeze_epochs, scratch.backbone_lr) == (0, 1.0)
+    assert TrainConfig(model="fast").resolved(1000).weights is None

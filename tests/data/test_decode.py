@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imgclf.data.decode import BadImage, decode_image, decode_paths
+from imgclf.data.decode import BadImage, decode_image, decode_paths, resize_array
 
 SIZE = (16, 16)
 
@@ -101,3 +101,35 @@ def test_decode_paths_with_nothing_usable_is_a_data_error(tmp_path):
     (tmp_path / "a.jpg").write_text("text")
     with pytest.raises(DataError, match="none of the 1 file"):
         decode_paths([str(tmp_path / "a.jpg")], SIZE)
+
+
+def stripes(tmp_path):
+    """60x20 (width x height): red | green | blue vertical stripes of 20 pixels."""
+    pixels = np.zeros((20, 60, 3), np.uint8)
+    pixels[:, :20, 0] = pixels[:, 20:40, 1] = pixels[:, 40:, 2] = 255
+    path = tmp_path / "stripes.png"
+    Image.fromarray(pixels).save(path)
+    return path, pixels
+
+
+def test_resize_modes_squash_crop_and_pad(tmp_path):
+    path, pixels = stripes(tmp_path)
+    squashed = decode_image(str(path), (30, 30), resize="squash")
+    assert squashed[:, 2, 0].min() > 200 and squashed[:, -3, 2].min() > 200  # every stripe, full height
+    cropped = decode_image(str(path), (10, 10), resize="crop")
+    assert cropped[..., 1].min() > 200 and cropped[..., [0, 2]].max() < 60  # the centre: green only
+    padded = decode_image(str(path), (30, 30), resize="pad")
+    assert padded[:9].max() == 0 and padded[-9:].max() == 0  # black borders above and below
+    assert padded[15, 2, 0] > 200 and padded[15, 15, 1] > 200 and padded[15, -3, 2] > 200
+    # arrays (built-in datasets) are resized the same way
+    for mode, size in (("squash", (30, 30)), ("crop", (10, 10)), ("pad", (30, 30))):
+        from_file = decode_image(str(path), size, resize=mode).astype(int)
+        from_array = resize_array(pixels[None], size, mode)[0].astype(int)
+        assert from_array.shape == (*size, 3)
+        assert np.mean(np.abs(from_file - from_array)) < 12, mode  # Pillow and Keras interpolate alike
+
+
+def test_unknown_resize_mode_is_refused(tmp_path):
+    path, _ = stripes(tmp_path)
+    with pytest.raises(ValueError, match="unknown resize mode"):
+        decode_image(str(path), (8, 8), resize="stretch")

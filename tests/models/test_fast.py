@@ -85,26 +85,56 @@ def test_fast_recipe_learns_a_cifar10_subset_quickly(tmp_path):
     assert metrics["accuracy"] >= 0.40, metrics
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(not CIFAR10_TRAIN.is_dir(), reason="needs ../shared/datasets/cifar10/train")
-def test_fast_recipe_trains_stably_on_a_few_hundred_photos(tmp_path, capsys):
-    """The case of a new user's folder: 450 photos of 3 classes at 160x120, trained at 96 px.
-    With CIFAR's batch of 1,000 (more than the 360 training images) the loss went 1.09 -> 5.87."""
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    """A new user's folder: 450 photos of 3 classes at 160x120 (CIFAR-10 images upscaled)."""
     from PIL import Image
 
+    if not CIFAR10_TRAIN.is_dir():
+        pytest.skip("needs ../shared/datasets/cifar10/train")
+    root = tmp_path_factory.mktemp("photos")
     for name in ("airplane", "cat", "ship"):
-        folder = tmp_path / "photos" / name
+        folder = root / name
         folder.mkdir(parents=True)
         for i, path in enumerate(sorted((CIFAR10_TRAIN / name).iterdir())[:150]):
             Image.open(path).convert("RGB").resize((160, 120), Image.BICUBIC).save(folder / f"{i}.png")
-    run = train(TrainConfig(model="fast", data_dir=str(tmp_path / "photos"), image_size=96, epochs=3,
-                            out=str(tmp_path / "run"), verbose=0))
-    assert "was tuned for other data than this run's" in capsys.readouterr().err
+    return root
+
+
+def assert_trained_stably(run):
     config = json.loads((run / "config.json").read_text())
     assert config["batch_size"] == 32  # fitted: 20 steps an epoch would need batches of 18
     loss = [float(row["loss"]) for row in read_csv(run / "history.csv")]
     assert loss[-1] < loss[0], loss
     assert json.loads((run / "metrics.json").read_text())["accuracy"] > 0.5, loss  # 3 classes: chance is 1/3
+
+
+@pytest.mark.slow
+def test_fast_recipe_trains_stably_on_a_few_hundred_photos(photos, tmp_path, capsys):
+    """Trained at 96 px. With CIFAR's batch of 1,000 (more than the 360 training images) the
+    loss went 1.09 -> 5.87."""
+    run = train(TrainConfig(model="fast", data_dir=str(photos), image_size=96, epochs=3,
+                            out=str(tmp_path / "run"), verbose=0))
+    assert "was tuned for other data than this run's" in capsys.readouterr().err
+    assert_trained_stably(run)
+
+
+@pytest.mark.slow
+def test_model_auto_trains_stably_on_a_few_hundred_photos(photos, tmp_path):
+    """`--model auto` on the same folder, on a machine without ImageNet weights (an empty Keras
+    cache): it says what it picked and why, and the run trains stably."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "KERAS_HOME": str(tmp_path / "keras")}
+    result = subprocess.run([sys.executable, "-m", "imgclf.cli", "train", "--data-dir", str(photos), "--model", "auto",
+                             "--image-size", "96", "--epochs", "3", "--out", str(tmp_path / "run")],
+                            capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "--model auto: fast, because no ImageNet weights in" in result.stderr
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["model"] == "fast"
+    assert_trained_stably(tmp_path / "run")
 
 
 def test_precise_batchnorm_refreshes_running_statistics():

@@ -45,6 +45,8 @@ def decode_image(path: str | BinaryIO, size: tuple[int, int], max_pixels: int | 
     `max_pixels` (default MAX_IMAGE_PIXELS) pixels are refused unread."""
     height, width = size
     max_pixels = MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
+    if resize not in RESIZE_MODES:  # a caller's mistake, not a bad file
+        raise ValueError(f"unknown resize mode {resize!r} (one of {', '.join(RESIZE_MODES)})")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -84,8 +86,6 @@ def resize_image(rgb: Image.Image, size: tuple[int, int], resize: str = "squash"
         return ImageOps.fit(rgb, (width, height), RESAMPLE)
     if resize == "pad":
         return ImageOps.pad(rgb, (width, height), RESAMPLE, color=(0, 0, 0))
-    if resize != "squash":
-        raise ValueError(f"unknown resize mode {resize!r} (one of {', '.join(RESIZE_MODES)})")
     return rgb.resize((width, height), RESAMPLE)
 
 
@@ -96,9 +96,13 @@ def resize_array(array: np.ndarray, size: tuple[int, int], resize: str = "squash
         return array
     import keras
 
-    resized = keras.ops.image.resize(array, size, crop_to_aspect_ratio=resize == "crop",
-                                     pad_to_aspect_ratio=resize == "pad", fill_value=0.0)
-    return np.clip(np.round(keras.ops.convert_to_numpy(resized)), 0, 255).astype(np.uint8)
+    out = np.empty((len(array), *size, 3), np.uint8)
+    for start in range(0, len(array), DECODE_BATCH):  # chunks: no float copy of the whole set
+        resized = keras.ops.image.resize(array[start:start + DECODE_BATCH].astype(np.float32), size,
+                                         crop_to_aspect_ratio=resize == "crop", pad_to_aspect_ratio=resize == "pad",
+                                         fill_value=0.0)
+        out[start:start + DECODE_BATCH] = np.clip(np.round(keras.ops.convert_to_numpy(resized)), 0, 255)
+    return out
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
