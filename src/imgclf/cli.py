@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from .config import PRECISIONS, TrainConfig, parse_image_size, read_config_file
+from .config import INIT_FREEZE_EPOCHS, PRECISIONS, TrainConfig, parse_image_size, read_config_file
 from .data.decode import RESIZE_MODES
 from .errors import ImgclfError
 from .models.recipes import RECIPE_DEFAULTS
@@ -80,13 +80,14 @@ def build_parser() -> Parser:
                    help="start from a model trained earlier (its recipe and weights) with a new head for these classes")
     p.add_argument("--backbone-lr", type=float, default=UNSET,
                    help="step sizes of all but the new classifier, as a fraction of the recipe's "
-                        "(default: 0.3 with --init, else 1)")
+                        "(default: 0.3 with --init, 0.1 for pretrained backbones after --freeze-epochs, else 1)")
     p.add_argument("--weights", default=UNSET, metavar="imagenet|none|PATH",
                    help="pretrained backbones: Keras' ImageNet download (cached in ~/.keras/models), none "
                         "(from scratch) or a weights file of the backbone without its classifier (default: imagenet)")
     p.add_argument("--freeze-epochs", type=int, default=UNSET,
-                   help="pretrained backbones: epochs training only the new head on the frozen backbone "
-                        f"(default: {RECIPE_DEFAULTS['mobilenetv3small'].freeze_epochs})")
+                   help="pretrained backbones and --init: epochs training only the new classifier on the frozen "
+                        f"rest (default: {RECIPE_DEFAULTS['mobilenetv3small'].freeze_epochs} for backbones, "
+                        f"{INIT_FREEZE_EPOCHS} with --init)")
     p.add_argument("--unfreeze", default=UNSET, metavar="all|N",
                    help="pretrained backbones, after --freeze-epochs: train all layers, or only the top N blocks "
                         "(default: all)")

@@ -78,3 +78,33 @@ def test_backbone_lr_scales_all_but_the_classifier():
     with pytest.raises(Exception, match="backbone_lr must be in"):
         TrainConfig(backbone_lr=0.0).validate()
     assert TrainConfig().resolved().backbone_lr == 1.0 and TrainConfig(init="run").resolved().backbone_lr == 0.3
+
+
+def test_a_backbone_model_becomes_a_backbone_at_another_size(tmp_path):
+    """A model of a keras.applications recipe nests the backbone as a model of its own, with
+    its own input: --init rebuilds it for the new size and keeps every weight but the head's."""
+    from imgclf.models.backbones import base_model
+    from imgclf.models.registry import create_model
+
+    source = create_model("mobilenetv3small", (32, 32, 3), 3, weights="none")
+    model = transfer_model(source, (48, 64, 3), 5)
+    assert model.input_shape == (None, 48, 64, 3) and model.output_shape == (None, 5)
+    for a, b in zip(base_model(source).get_weights(), base_model(model).get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_init_trains_the_classifier_alone_first(export_runs):
+    """--init's phase 1 (--freeze-epochs, 2 by default): only the new classifier trains; phase
+    2: everything, or the top N layers with weights."""
+    from imgclf.models.backbones import set_phase
+
+    model = transfer_model(load_model(export_runs["fast-tiny"] / "best_model.keras").model, (16, 16, 3), 2)
+    head = [layer for layer in model.layers if isinstance(layer, keras.layers.Dense)][-1]
+    set_phase(model, 1)
+    assert {id(v) for v in model.trainable_variables} == {id(v) for v in head.trainable_variables}
+    set_phase(model, 2, "all")
+    assert all(layer.trainable for layer in model.layers if layer.weights)
+    weighted = [layer for layer in model.layers if layer.trainable_weights and layer is not head]
+    set_phase(model, 2, "1")
+    assert [layer for layer in model.layers if layer.trainable and layer.weights] == [weighted[-1], head]
+    assert TrainConfig(init="x").resolved(100).freeze_epochs == 2

@@ -104,7 +104,12 @@ def base_model(model: keras.Model) -> keras.Model:
 
 def set_phase(model: keras.Model, phase: int, unfreeze: str = "all") -> None:
     """Phase 1: only the classifier trains (the backbone frozen). Phase 2: the backbone's top
-    `unfreeze` blocks ("all": every layer) train too. Compile the model again afterwards."""
+    `unfreeze` blocks ("all": every layer) train too. A model without a nested backbone (an
+    imgclf model given to --init) freezes all but its last Dense layer, and counts `unfreeze`
+    in layers with weights. Compile the model again afterwards."""
+    if not any(isinstance(layer, keras.Model) for layer in model.layers):
+        _set_phase_flat(model, phase, unfreeze)
+        return
     base = base_model(model)
     base.trainable = phase == 2 and unfreeze != "0"
     if not base.trainable or unfreeze == "all":
@@ -117,6 +122,15 @@ def set_phase(model: keras.Model, phase: int, unfreeze: str = "all") -> None:
     first = sorted(starts.values())[-int(unfreeze)] if int(unfreeze) <= len(starts) else 0
     for index, layer in enumerate(base.layers):
         layer.trainable = index >= first
+
+
+def _set_phase_flat(model: keras.Model, phase: int, unfreeze: str) -> None:
+    head = [layer for layer in model.layers if isinstance(layer, keras.layers.Dense)][-1]
+    weighted = [layer for layer in model.layers if layer.weights and layer is not head]
+    top = 0 if phase == 1 else len(weighted) if unfreeze == "all" else min(int(unfreeze), len(weighted))
+    unfrozen = {id(layer) for layer in weighted[len(weighted) - top:]}
+    for layer in model.layers:
+        layer.trainable = layer is head or id(layer) in unfrozen
 
 
 def blocks(model: keras.Model) -> list[str]:

@@ -54,6 +54,8 @@ def transfer_model(source: keras.Model, input_shape: tuple[int, int, int], num_c
     policy = keras.mixed_precision.global_policy().name
 
     def clone(layer):
+        if isinstance(layer, keras.Model):  # a nested backbone (keras.applications): its own input size
+            return keras.models.clone_model(layer, input_tensors=keras.Input(shape=input_shape), clone_function=clone)
         config = layer.get_config()
         dtype = config.get("dtype")
         name = dtype.get("config", {}).get("name") if isinstance(dtype, dict) else dtype

@@ -194,9 +194,9 @@ def _announce(config: TrainConfig, precision: str, run: RunFolder, data: LoadedD
 
 def _phases(config: TrainConfig, recipe: Recipe) -> list[tuple[int, int, int]]:
     """(phase, first epoch, end epoch) of each part of the training: one phase 0 (everything
-    trains), or for pretrained backbones phase 1 (the head on the frozen backbone) for
+    trains), or for pretrained backbones (and --init with freeze_epochs) phase 1 (the head on the frozen backbone) for
     `freeze_epochs`, then phase 2 (`unfreeze`) for the rest."""
-    freeze = min(config.freeze_epochs or 0, config.epochs) if recipe.backbone else 0
+    freeze = min(config.freeze_epochs or 0, config.epochs) if recipe.backbone or config.init else 0
     if not freeze:
         return [(0, 0, config.epochs)]
     return [(1, 0, freeze)] + ([(2, freeze, config.epochs)] if freeze < config.epochs else [])
