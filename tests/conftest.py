@@ -91,3 +91,26 @@ def write_backbone_weights(path: Path, name: str = "mobilenetv3small", size: int
     base(np.random.default_rng(seed).integers(0, 256, (64, size, size, 3)).astype("float32"), training=True)
     base.save_weights(path)
     return path
+
+
+CHROMIUM = "/usr/bin/chromium"  # Debian's packages chromium and chromium-driver (`make browser` installs them)
+CHROMEDRIVER = "/usr/bin/chromedriver"
+
+
+def headless_chromium(profile: Path):
+    """Selenium driving Debian's chromium, headless, its console log kept (quit it after use)."""
+    import shutil
+
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    assert shutil.which(CHROMIUM) and shutil.which(CHROMEDRIVER), \
+        "Debian's chromium and chromium-driver are needed: run `make browser` (apt-get install chromium-driver)"
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 f"--user-data-dir={profile}"):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    return webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))

@@ -272,7 +272,7 @@ def test_int8_keeps_the_recipes_float_layers(exported):
 def test_run_on_a_built_in_dataset_checks_on_its_arrays(tmp_path, monkeypatch):
     """A run on CIFAR-10 through Keras lists array indices in split.csv: the check loads the
     dataset again (here a stand-in LoadedData, since Keras cannot download in tests)."""
-    import imgclf.export
+    import imgclf.evaluation
     from imgclf import TrainConfig, train
     from imgclf.data.labelled import Images, LoadedData
 
@@ -284,7 +284,7 @@ def test_run_on_a_built_in_dataset_checks_on_its_arrays(tmp_path, monkeypatch):
                       None, "arrays")
     run = train(TrainConfig(epochs=1, image_size=16, out=str(tmp_path / "run"), verbose=0), data=data)
     asked = []
-    monkeypatch.setattr(imgclf.export, "load_data", lambda config: asked.append(config) or data)
+    monkeypatch.setattr(imgclf.evaluation, "load_data", lambda config: asked.append(config) or data)
     report = export_model(run / "best_model.keras", "onnx", verbose=False)
     assert asked and asked[0].dataset == "cifar10" and report.images == 204
     assert report.keras_accuracy is not None and report.agreement == 1.0

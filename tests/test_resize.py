@@ -4,7 +4,6 @@ every image the same way in prediction, evaluation, export and serving (its meta
 import numpy as np
 from fastapi.testclient import TestClient
 
-from conftest import make_image_folder
 from imgclf import TrainConfig, train
 from imgclf.data.decode import decode_image
 from imgclf.evaluation import evaluate
@@ -12,6 +11,8 @@ from imgclf.export import export_model
 from imgclf.predict import predict_files
 from imgclf.runtimes import open_model
 from imgclf.serve.app import create_app
+
+from conftest import make_image_folder
 
 
 def test_a_padded_non_square_model_resizes_the_same_way_everywhere(tmp_path):

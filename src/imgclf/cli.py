@@ -91,6 +91,9 @@ def build_parser() -> Parser:
     p.add_argument("--unfreeze", default=UNSET, metavar="all|N",
                    help="pretrained backbones, after --freeze-epochs: train all layers, or only the top N blocks "
                         "(default: all)")
+    p.add_argument("--class-weight", default=UNSET, metavar="balanced|none|JSON",
+                   help="weigh each class's loss: balanced (inverse to its images), none (default), or a JSON "
+                        "object such as '{\"cat\": 3}'; config.json keeps the weights used")
     p.add_argument("--resume", metavar="RUN_DIR",
                    help="continue an interrupted run from its last completed epoch, with its own configuration")
     p.add_argument("--out", default=UNSET, help="run folder (default: runs/<model>-<time>)")
@@ -111,9 +114,28 @@ def build_parser() -> Parser:
                             description="Accuracy, F1, precision, recall, per-class table and confusion matrix.")
     p.add_argument("model", help=MODEL_HELP)
     add_data_options(p, image_size=False)
-    p.add_argument("--out", help="folder for the report (metrics.json, per_class.csv, confusion matrix)")
+    p.add_argument("--out", help="folder for the report (report.html, metrics.json, per_class.csv, "
+                                 "misclassified.csv, figures)")
     p.add_argument("--tta", action="store_true", help=TTA_HELP)
     p.add_argument("--unsafe", action="store_true", help="allow model files that run code when loaded")
+
+    p = commands.add_parser("report", help="write a run's HTML report (report.html) again",
+                            description="Evaluate a run's best model on its validation split and write report.html: "
+                                        "learning curves, metrics, per-class table, confusion matrix, calibration, "
+                                        "misclassified images, configuration and environment. Training writes it too.")
+    p.add_argument("run", metavar="RUN_DIR", help="a run folder")
+    p.add_argument("--unsafe", action="store_true", help="allow model files that run code when loaded")
+
+    p = commands.add_parser("check-data", help="check a dataset: class balance, broken files, duplicates",
+                            description="Images per class and the imbalance ratio, undecodable files, identical "
+                                        "files (within a split, across train/test, with different labels), "
+                                        "near-duplicates (perceptual hash), sizes and colour modes. Exits non-zero "
+                                        "on problems that would stop training.")
+    p.add_argument("source", metavar="DIR|CSV", help="a folder with one subfolder per class, or a path,label CSV")
+    p.add_argument("--json", metavar="FILE", help="also write the findings as JSON")
+    p.add_argument("--near-bits", type=int, default=None,
+                   help="perceptual hashes at most this many bits apart (of 64) are near-duplicates (default: 4)")
+    p.add_argument("--no-near", action="store_true", help="skip the near-duplicate search (no perceptual hashes)")
 
     p = commands.add_parser("export", help="export a saved model to SavedModel, ONNX or LiteRT, checked against Keras",
                             description="Export a .keras model to another runtime, then load the export in that "
@@ -242,7 +264,7 @@ DATA_KEYS = ["dataset", "data_dir", "labels", "limit"]
 
 
 TRAIN_KEYS = DATA_KEYS + ["image_size", "resize", "val_split", "model", "weights", "freeze_epochs", "unfreeze",
-                          "init", "backbone_lr", "epochs", "batch_size",
+                          "init", "backbone_lr", "class_weight", "epochs", "batch_size",
                           "learning_rate", "precision", "tta", "train_on_all", "seed", "deterministic", "out", "name"]
 
 
@@ -316,6 +338,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     print(f"{report['source']}: {report['images']} images")
     print(f"accuracy {report['accuracy']:.4f}  f1 {report['f1']:.4f}  precision {report['precision']:.4f}  "
           f"recall {report['recall']:.4f}  loss {report['loss']:.4f}")
+    analysis = report["analysis"]
+    weighted = analysis["weighted"]
+    top = [f"{key.replace('_', ' ')} {value:.4f}" for key, value in analysis.items() if key.startswith("top")]
+    print("  ".join([*top, f"weighted f1 {weighted['f1']:.4f}  precision {weighted['precision']:.4f}  "
+                     f"recall {weighted['recall']:.4f}", f"ECE {analysis['calibration']['ece']:.4f}"]))
     width = max(5, max(len(c["class"]) for c in report["per_class"]))
     print(f"{'class':<{width}}  precision  recall      f1  support")
     for c in report["per_class"]:
@@ -327,9 +354,36 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     print(" " * width + "".join(f"{n[:cell - 1]:>{cell}}" for n in names))
     for name, row in zip(names, report["confusion_matrix"]):
         print(f"{name:<{width}}" + "".join(f"{v:>{cell}}" for v in row))
+    if analysis["most_confused"]:
+        print("most confused: " + ", ".join(f"{p['true']} as {p['predicted']} ({p['images']})"
+                                            for p in analysis["most_confused"][:5]))
     if args.out:
-        print(f"wrote {args.out}")
+        print(f"wrote {args.out} (report.html, misclassified.csv: {len(analysis['misclassified'])} images)")
     return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .evaluation import write_run_report
+
+    with quiet_native_stderr():
+        path = write_run_report(args.run, unsafe=args.unsafe)
+    print(f"wrote {path}")
+    return 0
+
+
+def cmd_check_data(args: argparse.Namespace) -> int:
+    from .atomic import write_json
+    from .checkdata import NEAR_BITS, check_data, format_check
+
+    near = NEAR_BITS if args.near_bits is None else args.near_bits
+    if not 0 <= near <= 32:
+        raise ImgclfError(f"--near-bits must be between 0 and 32 (got {near})")
+    check = check_data(args.source, near=near, perceptual=not args.no_near)
+    print(format_check(check))
+    if args.json:
+        write_json(args.json, check.to_dict())
+        print(f"wrote {args.json}")
+    return EXIT_ERROR if check.problems else 0
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -389,7 +443,8 @@ def cmd_bench_serve(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"train": cmd_train, "predict": cmd_predict, "evaluate": cmd_evaluate, "export": cmd_export,
-            "serve": cmd_serve, "bench": cmd_bench, "bench-serve": cmd_bench_serve}
+            "serve": cmd_serve, "bench": cmd_bench, "bench-serve": cmd_bench_serve, "report": cmd_report,
+            "check-data": cmd_check_data}
 
 
 def _model_defaults(key: str) -> str:

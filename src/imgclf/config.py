@@ -57,6 +57,10 @@ class TrainConfig:
     precision: str = "auto"  # auto (bfloat16 where the CPU/GPU has it), float32, bfloat16 or float16
     seed: int = 42  # fixes the split, the initialisation and the augmentation
     deterministic: bool = False  # deterministic TensorFlow ops: two runs on one machine give identical histories
+    # loss weight per class: "balanced" (n_images / (n_classes * images of the class), on the
+    # training split), "none", or {class name: weight} (a JSON object; missing classes weigh 1).
+    # config.json keeps the weights used.
+    class_weight: str | dict | None = None
     tta: bool = False  # final evaluation with test-time augmentation (mirror image and 1-pixel shifts)
     train_on_all: bool = False  # no validation split: train on all labelled data, monitor on the test split
     # --- output ---
@@ -87,6 +91,20 @@ class TrainConfig:
 
     def replace(self, **changes: Any) -> "TrainConfig":
         return self.from_dict({**self.to_dict(), **changes})
+
+    def class_weights(self) -> dict[str, float]:
+        """The {class name: weight} given (a dict, or a JSON object in a string)."""
+        value = self.class_weight
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except ValueError:
+                raise ImgclfError(f"class_weight must be balanced, none or a JSON object of class weights "
+                                  f"(got {self.class_weight!r})") from None
+        if not isinstance(value, dict) or not all(
+                isinstance(w, (int, float)) and not isinstance(w, bool) and w > 0 for w in value.values()):
+            raise ImgclfError("class_weight must map class names to positive numbers, e.g. {\"cat\": 3}")
+        return {str(k): float(w) for k, w in value.items()}
 
     @property
     def size(self) -> tuple[int, int]:
@@ -142,6 +160,11 @@ class TrainConfig:
             problems.append(f"resize must be one of {', '.join(RESIZE_MODES)} (got {self.resize!r})")
         if self.freeze_epochs is not None and self.freeze_epochs < 0:
             problems.append(f"freeze_epochs must not be negative (got {self.freeze_epochs})")
+        if self.class_weight not in (None, "balanced", "none"):
+            try:
+                self.class_weights()
+            except ImgclfError as exc:
+                problems.append(str(exc))
         if self.freeze_epochs and not (self.init or backbone_recipe(self.model)):
             problems.append("freeze_epochs needs a model to fine-tune: a pretrained backbone or --init")
         if not (self.unfreeze == "all" or self.unfreeze.isdigit()):

@@ -39,11 +39,9 @@ from pathlib import Path
 import numpy as np
 
 from .atomic import PARTIAL_MARK, write_json
-from .config import model_data_config
 from .data.decode import decode_paths
-from .data.sources import load_data
-from .data.split import stratified_sample
 from .errors import DataError, ImgclfError
+from .evaluation import split_images
 from .modelio import LoadedModel, _first_line, keras_function, load_model
 from .runtimes import INPUT_NAME, LABELS_FILE, METADATA_KEY, SAVEDMODEL_METADATA, file_hash, open_model
 
@@ -437,44 +435,11 @@ def folder_images(folder: str | Path, loaded: LoadedModel, limit: int) -> CheckI
 
 
 def run_images(model_path: Path, loaded: LoadedModel, subset: str, limit: int) -> CheckImages:
-    """A stratified sample of the run's `subset` ("train" or "val") images, as split.csv lists
-    them: image files read again, or a built-in dataset (CIFAR-10 through Keras) loaded again."""
-    from .runfolder import RunFolder
-
-    run = RunFolder(model_path.parent)
+    """A stratified sample of the run's `subset` ("train" or "val") images (`split_images`)."""
     option = "--check-data" if subset == "val" else "--calibration-data"
-    rows = run.read_split() if (run.path / "split.csv").exists() else None
-    if not rows or not (run.path / "config.json").exists():
-        raise DataError(f"{model_path} is not in a run folder with split.csv and config.json; pass {option} DIR")
-    positions = np.array([i for i, row in enumerate(rows) if row[3] == subset])
-    if not len(positions):
-        raise DataError(f"the run {run.path} has no {subset} images; pass {option} DIR")
-    labels = np.array([int(rows[i][1]) for i in positions])
-    chosen = stratified_sample(labels, limit, SAMPLE_SEED) if len(positions) > limit else np.arange(len(positions))
-    name = f"the run's {'validation' if subset == 'val' else 'training'} split"
-    config = run.read_config()
-    if not (config.data_dir or config.labels):  # a built-in dataset: split.csv rows are its indices
-        data = load_data(model_data_config(config, loaded).replace(verbose=0))
-        images = data.labelled.subset(positions[chosen])
-        if images.array is None or len(data.labelled) != len(rows):
-            raise DataError(f"the run's data ({data.source}) is not what it trained on; pass {option} DIR")
-        return CheckImages(images.array, labels[chosen], name)
-    summary = run.path / "data.json"
-    cwd = json.loads(summary.read_text(encoding="utf-8")).get("cwd") if summary.exists() else None
-    paths = [_resolve(rows[i][0], cwd) for i in positions[chosen]]
-    missing = [p for p in paths if not Path(p).is_file()]
-    if missing:
-        raise DataError(f"the run's {subset} images are not found from here (first: {missing[0]}); "
-                        f"pass {option} DIR")
-    decoded = decode_paths(paths, loaded.image_size, resize=loaded.resize)
-    return CheckImages(decoded.pixels, labels[chosen][decoded.kept], name)
-
-
-def _resolve(path: str, cwd: str | None) -> str:
-    """A split.csv path as training saw it: relative paths are relative to the training's folder."""
-    if Path(path).is_absolute() or not cwd:
-        return path
-    return str(Path(cwd) / path)
+    images = split_images(model_path.parent, loaded, subset, limit, seed=SAMPLE_SEED, hint=f"; pass {option} DIR")
+    which = "validation" if subset == "val" else "training"
+    return CheckImages(images.array, images.labels, f"the run's {which} split")
 
 
 # --- files -----------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ HISTORY_FIGURES = [  # file name, title, (history column, legend label)...
      [("val_precision", "precision"), ("val_recall", "recall")]),
 ]
 ANNOTATE_CELLS_UP_TO = 20  # classes: above this, the confusion matrix cells carry no numbers
+MAX_CONFUSION_SIDE = 14.0  # inches per panel: 100 classes stay one readable (zoomable) picture
 
 
 def history_figures(history: dict[str, np.ndarray]) -> dict[str, Figure]:
@@ -32,7 +33,7 @@ def history_figures(history: dict[str, np.ndarray]) -> dict[str, Figure]:
         for key, label in series:
             if key in history:
                 ax.plot(epochs, history[key], marker="o", markersize=3, label=label)
-        if "loss" not in filename and best is not None:
+        if best is not None:
             ax.axvline(epochs[best], color="grey", linestyle=":", label=f"best val loss (epoch {int(epochs[best])})")
         ax.set(title=title, xlabel="epoch")
         ax.grid(alpha=0.3)
@@ -47,7 +48,8 @@ def confusion_figure(matrix: np.ndarray, class_names: list[str], title: str = ""
     rows = matrix.sum(axis=1, keepdims=True)
     normalised = np.divide(matrix, rows, out=np.zeros(matrix.shape), where=rows > 0)
     n = len(class_names)
-    side = max(4.5, 0.55 * n + 2)
+    side = min(max(4.5, 0.55 * n + 2), MAX_CONFUSION_SIDE)
+    font = 8 if n <= ANNOTATE_CELLS_UP_TO else max(3.0, min(8.0, 300 / n))  # class names still fit
     fig = Figure(figsize=(2 * side + 1, side), layout="tight")
     axes = fig.subplots(1, 2)
     panels = ((axes[0], matrix, "counts", "d"), (axes[1], normalised, "normalised by true class", ".2f"))
@@ -58,7 +60,8 @@ def confusion_figure(matrix: np.ndarray, class_names: list[str], title: str = ""
             xticks=range(n), yticks=range(n), xticklabels=class_names, yticklabels=class_names,
             xlabel="predicted", ylabel="true", title=f"{title} {name}".strip(),
         )
-        ax.tick_params(axis="x", rotation=45)
+        ax.tick_params(axis="x", rotation=45 if n <= ANNOTATE_CELLS_UP_TO else 90, labelsize=font)
+        ax.tick_params(axis="y", labelsize=font)
         if n <= ANNOTATE_CELLS_UP_TO:
             threshold = values.max() / 2 if values.size else 0
             for i in range(n):

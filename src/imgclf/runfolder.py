@@ -13,6 +13,8 @@ bench all write through `RunFolder`, so the names and formats below are the whol
     best_model.keras     lowest validation loss so far; last_model.keras: the final epoch
     metrics.json         the final evaluation of the kept model
     [test_]per_class.csv, [test_]confusion_matrix.csv and .png: per-class table and matrix
+    [test_]misclassified.csv, reliability.png, top_losses.png: the error analysis
+    report.html          everything above in one self-contained page
     loss.png, accuracy.png, f1.png, precision_recall.png: the history as figures
     bench.json, bench.png (bench folders)
 
@@ -49,6 +51,7 @@ BENCH = "bench.json"
 BENCH_PLOT = "bench.png"
 DPI = 110  # dots per inch of saved figures
 SPLIT_COLUMNS = ["item", "label", "class", "subset"]
+MISCLASSIFIED_COLUMNS = ["item", "true", "predicted", "confidence", "loss"]
 HISTORY_COLUMNS = [  # then val_f1[class], val_precision[class], val_recall[class] for each class
     "epoch", "loss", "accuracy", "val_loss", "val_accuracy",
     "val_f1", "val_precision", "val_recall", "learning_rate", "seconds",
@@ -171,9 +174,11 @@ class RunFolder:
     def write_metrics(self, metrics: dict[str, Any]) -> None:
         write_json(self.path / METRICS, metrics)
 
-    def write_reports(self, report: dict, prefix: str = "") -> None:
-        """per_class.csv, confusion_matrix.csv and its figure, for one evaluated split."""
-        from .plots import confusion_figure
+    def write_reports(self, report: dict, prefix: str = "", top_pixels: np.ndarray | None = None) -> None:
+        """per_class.csv, confusion_matrix.csv and its figure, for one evaluated split; with
+        its analysis, misclassified.csv, the reliability diagram and the highest-loss images
+        (`top_pixels`)."""
+        from .report import evaluation_figures
 
         names = report["class_names"]
         write_csv(self.path / f"{prefix}per_class.csv", ["class", "precision", "recall", "f1", "support"],
@@ -182,8 +187,37 @@ class RunFolder:
         matrix = np.array(report["confusion_matrix"])
         write_csv(self.path / f"{prefix}confusion_matrix.csv", ["true \\ predicted", *names],
                   [[name, *row] for name, row in zip(names, matrix.tolist())])
-        figure = confusion_figure(matrix, names, title="test" if prefix else "validation")
-        write_figure(self.path / f"{prefix}confusion_matrix.png", figure, DPI)
+        figures = evaluation_figures(report, top_pixels)
+        write_figure(self.path / f"{prefix}confusion_matrix.png", figures.pop("confusion"), DPI)
+        for name, figure in figures.items():
+            write_figure(self.path / f"{prefix}{name}.png", figure, DPI)
+        if "analysis" in report:
+            write_csv(self.path / f"{prefix}misclassified.csv", MISCLASSIFIED_COLUMNS,
+                      [[row[c] if not isinstance(row[c], float) else f"{row[c]:.6f}" for c in MISCLASSIFIED_COLUMNS]
+                       for row in report["analysis"]["misclassified"]])
+
+    def write_html_report(self, report: dict, top_pixels: np.ndarray | None, title: str,
+                          data: dict | None = None) -> Path:
+        """report.html: the evaluation `report`, with the run's history, configuration,
+        environment and data summary when the folder has them."""
+        from .plots import history_figures
+        from .report import REPORT, evaluation_figures, render
+
+        def read(name):
+            path = self.path / name
+            return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
+
+        history = self.read_history() if (self.path / HISTORY).exists() else None
+        best = None
+        if history is not None and np.isfinite(history["val_loss"]).any():
+            best = int(history["epoch"][int(np.nanargmin(history["val_loss"]))])
+        html = render(title=title, evaluation=report, figures=evaluation_figures(report, top_pixels),
+                      history_figures=history_figures(history) if history is not None else None,
+                      best_epoch=best, config=read(CONFIG), environment=read(ENVIRONMENT),
+                      data=data if data is not None else read(DATA))
+        with atomic_path(self.path / REPORT, suffix=".html") as tmp:
+            tmp.write_text(html, encoding="utf-8")
+        return self.path / REPORT
 
     def write_history_plots(self) -> list[Path]:
         from .plots import history_figures

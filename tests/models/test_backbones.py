@@ -10,12 +10,13 @@ import keras
 import numpy as np
 import pytest
 
-from conftest import make_image_folder
 from imgclf.errors import DataError
 from imgclf.modelio import load_model, save_model
 from imgclf.models import backbones
 from imgclf.models.recipes import BACKBONES, RECIPE_DEFAULTS, pick_recipe
 from imgclf.models.registry import create_model, get_recipe
+
+from conftest import make_image_folder
 
 SIZES = [(32, 32), (40, 56)]  # square, and not square
 

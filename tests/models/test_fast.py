@@ -120,21 +120,15 @@ def test_fast_recipe_trains_stably_on_a_few_hundred_photos(photos, tmp_path, cap
 
 
 @pytest.mark.slow
-def test_model_auto_trains_stably_on_a_few_hundred_photos(photos, tmp_path):
+def test_model_auto_trains_stably_on_a_few_hundred_photos(photos, tmp_path, capsys, monkeypatch):
     """`--model auto` on the same folder, on a machine without ImageNet weights (an empty Keras
     cache): it says what it picked and why, and the run trains stably."""
-    import os
-    import subprocess
-    import sys
-
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "KERAS_HOME": str(tmp_path / "keras")}
-    result = subprocess.run([sys.executable, "-m", "imgclf.cli", "train", "--data-dir", str(photos), "--model", "auto",
-                             "--image-size", "96", "--epochs", "3", "--out", str(tmp_path / "run")],
-                            capture_output=True, text=True, env=env, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "--model auto: fast, because no ImageNet weights in" in result.stderr
-    assert json.loads((tmp_path / "run" / "config.json").read_text())["model"] == "fast"
-    assert_trained_stably(tmp_path / "run")
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    run = train(TrainConfig(model="auto", data_dir=str(photos), image_size=96, epochs=3,
+                            out=str(tmp_path / "run"), verbose=0))
+    assert "--model auto: fast, because no ImageNet weights in" in capsys.readouterr().err
+    assert json.loads((run / "config.json").read_text())["model"] == "fast"
+    assert_trained_stably(run)
 
 
 def test_precise_batchnorm_refreshes_running_statistics():

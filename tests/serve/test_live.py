@@ -12,10 +12,9 @@ import pytest
 from imgclf.serve.bench import Service, client, free_port
 
 from .conftest import BAD_REQUESTS, LIMITS, image_bytes
+from conftest import headless_chromium
 
 pytestmark = pytest.mark.slow
-CHROMIUM = "/usr/bin/chromium"  # Debian's packages chromium and chromium-driver (`make browser` installs them)
-CHROMEDRIVER = "/usr/bin/chromedriver"
 
 
 def start_service(model: Path, *extra: str) -> Service:
@@ -94,22 +93,11 @@ def test_bench_serve_small(export_runs, tmp_path):
 
 
 def test_page_in_headless_chromium(service, tmp_path):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions
     from selenium.webdriver.support.ui import WebDriverWait
 
-    assert shutil.which(CHROMIUM) and shutil.which(CHROMEDRIVER), \
-        "Debian's chromium and chromium-driver are needed: run `make browser` (apt-get install chromium-driver)"
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 f"--user-data-dir={tmp_path / 'profile'}"):
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
+    driver = headless_chromium(tmp_path / "profile")
     try:
         driver.get(service + "/")
         wait = WebDriverWait(driver, 30)

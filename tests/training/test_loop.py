@@ -1,4 +1,5 @@
 import json
+import shutil
 
 import pytest
 
@@ -88,3 +89,22 @@ def test_seed_model_learns_real_cifar10(tmp_path):
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["images"] == 400
     assert metrics["accuracy"] >= 0.35, metrics
+
+
+def test_class_weight_balanced_is_kept_in_the_config(tmp_path, capsys):
+    from imgclf.errors import DataError
+
+    from conftest import make_image_folder
+
+    data = make_image_folder(tmp_path / "images", per_class=4)
+    for extra in range(20):  # red: 24 images, green and blue: 4 each
+        shutil.copy(data / "red" / "0.jpg", data / "red" / f"x{extra}.jpg")
+    run = train(TrainConfig(data_dir=str(data), epochs=1, image_size=16, class_weight="balanced",
+                            out=str(tmp_path / "run"), verbose=0))
+    weights = json.loads((run / "config.json").read_text())["class_weight"]
+    train_counts = {"blue": 3, "green": 3, "red": 19}  # 80% of 4, 4, 24, stratified
+    assert weights == pytest.approx({c: 25 / (3 * n) for c, n in train_counts.items()}, rel=1e-4)
+    assert "identical to training images" in capsys.readouterr().err  # copies on both sides of the split
+    with pytest.raises(DataError, match="not in the data: emu"):
+        train(TrainConfig(data_dir=str(data), epochs=1, image_size=16, class_weight='{"emu": 2}',
+                          out=str(tmp_path / "run2"), verbose=0))

@@ -15,13 +15,14 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from ..checkdata import quick_check
 from ..config import TrainConfig
 from ..data.labelled import Images, LoadedData
 from ..data.pipeline import make_dataset, make_train_dataset, sample_pixels, steps_per_call, train_steps
 from ..data.sources import load_data
 from ..data.split import check_classes, split_indices
 from ..errors import DataError
-from ..evaluation import REPORT_KEYS, evaluate_images
+from ..evaluation import REPORT_KEYS, evaluate_images, summary_metrics, top_loss_pixels
 from ..hardware import environment
 from ..metrics import ConfusionMatrix
 from ..modelio import load_model
@@ -86,7 +87,10 @@ def _run(config: TrainConfig, resumed: RunFolder | None, data: LoadedData | None
     if config.model == AUTO:
         config = _pick_recipe(config, len(split.train))
     config = config.resolved(len(split.train))  # the recipe's defaults, the batch fitted to the data
+    config = _resolve_class_weight(config, split)
     _warn_outside_tuning(config, len(split.train), resumed)
+    if resumed is None:
+        quick_check(split.train, split.val)  # imbalance, identical files on both sides of the split
     run, checkpoint = _open_run_folder(config.replace(precision=precision), split, resumed)
     run.write_environment(environment(config.seed))
     run.write_data_summary(_data_summary(data, split))
@@ -96,9 +100,10 @@ def _run(config: TrainConfig, resumed: RunFolder | None, data: LoadedData | None
         fitted = _fit(config, recipe, run, split, checkpoint, extra_callbacks)
     train_seconds = time.perf_counter() - started
     final_name = _keep_final_model(config, run)
-    metrics, report = _final_evaluation(config, run, final_name, data, split, fitted, train_seconds, resumed)
+    metrics, report, pixels = _final_evaluation(config, run, final_name, data, split, fitted, train_seconds, resumed)
     run.write_metrics(metrics)
     run.write_history_plots()
+    run.write_html_report(report, pixels, title=f"{config.model} run {run.path.name}")
     _print_result(config, run, final_name, split, fitted, report, train_seconds)
     return run.path
 
@@ -127,6 +132,24 @@ def _pick_recipe(config: TrainConfig, train_images: int) -> TrainConfig:
     name, why = pick_recipe(train_images, config.size, config.weights)
     print(f"--model auto: {name}, because {why}", file=sys.stderr)
     return config.replace(model=name, weights=config.weights if recipe_defaults(name).backbone else None)
+
+
+def _resolve_class_weight(config: TrainConfig, split: Split) -> TrainConfig:
+    """--class-weight as {class name: weight} (what config.json keeps): "balanced" is
+    scikit-learn's n_images / (n_classes * images of the class), on the training split."""
+    names = split.labelled.class_names
+    if config.class_weight in (None, "none"):
+        return config.replace(class_weight=None)
+    if config.class_weight == "balanced":
+        from sklearn.utils.class_weight import compute_class_weight
+
+        weights = compute_class_weight("balanced", classes=np.arange(len(names)), y=split.train.labels)
+        return config.replace(class_weight={name: round(float(w), 6) for name, w in zip(names, weights)})
+    given = config.class_weights()
+    unknown = sorted(set(given) - set(names))
+    if unknown:
+        raise DataError(f"class_weight names classes that are not in the data: {', '.join(unknown)}")
+    return config.replace(class_weight={name: float(given.get(name, 1.0)) for name in names})
 
 
 def _warn_outside_tuning(config: TrainConfig, train_images: int, resumed: RunFolder | None) -> None:
@@ -186,6 +209,8 @@ def _announce(config: TrainConfig, precision: str, run: RunFolder, data: LoadedD
     print(f"model: {config.model} ({recipe_defaults(config.model).description}), {config.epochs} epochs, "
           f"batch {config.batch_size}, learning rate {config.learning_rate:g}, precision {precision}"
           + (", deterministic" if config.deterministic else ""))
+    if config.class_weight:
+        print("class weights: " + ", ".join(f"{name} {w:.3g}" for name, w in config.class_weight.items()))
     if config.freeze_epochs:
         print(f"fine-tuning: {min(config.freeze_epochs, config.epochs)} epoch(s) of the head on the frozen "
               f"{config.weights} backbone, then {config.unfreeze} block(s) unfrozen at {config.backbone_lr:g}x "
@@ -259,6 +284,8 @@ def _fit(config: TrainConfig, recipe: Recipe, run: RunFolder, split: Split, chec
             epochs=phase[2],
             initial_epoch=max(first_epoch, phase[1]),
             shuffle=False,  # the dataset is already in (seed, epoch) order; Keras cannot shuffle it
+            class_weight={i: config.class_weight[name] for i, name in enumerate(class_names)}
+            if config.class_weight else None,
             callbacks=[history, *recipe_callbacks, best, *(extra_callbacks or []), TrainingCheckpoint(run, stateful)],
             verbose=1 if config.verbose and _interactive() else 0,
         )
@@ -276,26 +303,30 @@ def _keep_final_model(config: TrainConfig, run: RunFolder) -> str:
 
 
 def _final_evaluation(config: TrainConfig, run: RunFolder, final_name: str, data: LoadedData, split: Split,
-                      fitted: Fitted, train_seconds: float, resumed: RunFolder | None) -> tuple[dict, dict]:
+                      fitted: Fitted, train_seconds: float, resumed: RunFolder | None):
     """Evaluate the kept model on the validation split (and on the test split, if separate);
-    write their reports; return (metrics.json's content, the validation report)."""
+    write their reports; return (metrics.json's content, the validation report, the pixels of
+    its highest-loss images)."""
     final = load_model(run.path / final_name)
     report = evaluate_images(final, split.val, tta=config.tta)
-    run.write_reports(report, prefix="test_" if config.train_on_all else "")
+    pixels = top_loss_pixels(split.val, report)
+    run.write_reports(report, prefix="test_" if config.train_on_all else "", top_pixels=pixels)
     metrics = {
         "split": split.val_name,
         "model_file": final_name,
         "best_epoch": None if config.train_on_all else fitted.best.best_epoch,
         **{k: report[k] for k in (*REPORT_KEYS, "tta")},
+        **summary_metrics(report),
         "train_seconds": round(train_seconds, 1),
         "resumed_after_epoch": fitted.first_epoch if resumed is not None else None,
         "skipped_files": len(data.labelled.skipped),
     }
     if data.test is not None and not config.train_on_all:
         test_report = evaluate_images(final, data.test, tta=config.tta)
-        run.write_reports(test_report, prefix="test_")
-        metrics["test"] = {k: test_report[k] for k in REPORT_KEYS}
-    return metrics, report
+        run.write_reports(test_report, prefix="test_", top_pixels=top_loss_pixels(data.test, test_report))
+        metrics["test"] = {**{k: test_report[k] for k in REPORT_KEYS}, **summary_metrics(test_report)}
+        metrics["test"]["per_class_recall"] = {c["class"]: c["recall"] for c in test_report["per_class"]}
+    return metrics, report, pixels
 
 
 def _print_result(config: TrainConfig, run: RunFolder, final_name: str, split: Split, fitted: Fitted,
