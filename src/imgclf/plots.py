@@ -18,7 +18,7 @@ HISTORY_FIGURES = [  # file name, title, (history column, legend label)...
      [("val_precision", "precision"), ("val_recall", "recall")]),
 ]
 ANNOTATE_CELLS_UP_TO = 20  # classes: above this, the confusion matrix cells carry no numbers
-MAX_CONFUSION_SIDE = 14.0  # inches per panel: 100 classes stay one readable (zoomable) picture
+CELL_INCHES = 0.22  # above ANNOTATE_CELLS_UP_TO classes: one row per 16 points, names at 5-8 points
 
 
 def history_figures(history: dict[str, np.ndarray]) -> dict[str, Figure]:
@@ -43,26 +43,29 @@ def history_figures(history: dict[str, np.ndarray]) -> dict[str, Figure]:
 
 
 def confusion_figure(matrix: np.ndarray, class_names: list[str], title: str = "") -> Figure:
-    """Counts and row-normalised (recall per class) side by side, labelled with class names."""
+    """Counts and row-normalised (recall per class) side by side, labelled with class names
+    and each cell annotated; above ANNOTATE_CELLS_UP_TO classes the row-normalised panel
+    alone (the counts are in confusion_matrix.csv), every class name kept legible."""
     matrix = np.asarray(matrix)
     rows = matrix.sum(axis=1, keepdims=True)
     normalised = np.divide(matrix, rows, out=np.zeros(matrix.shape), where=rows > 0)
     n = len(class_names)
-    side = min(max(4.5, 0.55 * n + 2), MAX_CONFUSION_SIDE)
-    font = 8 if n <= ANNOTATE_CELLS_UP_TO else max(3.0, min(8.0, 300 / n))  # class names still fit
-    fig = Figure(figsize=(2 * side + 1, side), layout="tight")
-    axes = fig.subplots(1, 2)
-    panels = ((axes[0], matrix, "counts", "d"), (axes[1], normalised, "normalised by true class", ".2f"))
-    for ax, values, name, fmt in panels:
+    few = n <= ANNOTATE_CELLS_UP_TO
+    side = max(4.5, 0.55 * n + 2) if few else CELL_INCHES * n + 2
+    font = 8 if few else max(5.0, min(8.0, 500 / n))
+    fig = Figure(figsize=(2 * side + 1, side) if few else (side + 1, side), layout="tight")
+    axes = fig.subplots(1, 2) if few else [fig.subplots()]
+    panels = ((matrix, "counts", "d"), (normalised, "normalised by true class", ".2f"))[0 if few else 1:]
+    for ax, (values, name, fmt) in zip(axes, panels):
         image = ax.imshow(values, cmap="Blues")
         fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
         ax.set(
             xticks=range(n), yticks=range(n), xticklabels=class_names, yticklabels=class_names,
             xlabel="predicted", ylabel="true", title=f"{title} {name}".strip(),
         )
-        ax.tick_params(axis="x", rotation=45 if n <= ANNOTATE_CELLS_UP_TO else 90, labelsize=font)
+        ax.tick_params(axis="x", rotation=45 if few else 90, labelsize=font)
         ax.tick_params(axis="y", labelsize=font)
-        if n <= ANNOTATE_CELLS_UP_TO:
+        if few:
             threshold = values.max() / 2 if values.size else 0
             for i in range(n):
                 for j in range(n):
