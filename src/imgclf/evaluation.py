@@ -88,7 +88,7 @@ def evaluate(model: str | Path | LoadedModel, config: TrainConfig, *, out: str |
                                                                              "analysis")},
                               **summary_metrics(report)})
         name = loaded.path.name if loaded.path else "model"
-        folder.write_html_report(report, pixels, title=f"{name} on {source}",
+        folder.write_html_report(report, title=f"{name} on {source}",
                                  data={"source": source, "images": len(images), "class_names": loaded.class_names,
                                        "skipped_files": len(images.skipped),
                                        "skipped": [{"path": p, "reason": r} for p, r in images.skipped]})
@@ -153,5 +153,6 @@ def write_run_report(run_dir: str | Path, *, unsafe: bool = False) -> Path:
     report = evaluate_images(loaded, images, tta=config.tta)
     report["source"] = source
     pixels = top_loss_pixels(images, report)
-    run.write_reports(report, prefix="test_" if config.train_on_all else "", top_pixels=pixels)
-    return run.write_html_report(report, pixels, title=f"{config.model} run {run.path.name}")
+    prefix = "test_" if config.train_on_all else ""
+    run.write_reports(report, prefix=prefix, top_pixels=pixels)
+    return run.write_html_report(report, title=f"{config.model} run {run.path.name}", prefix=prefix)

@@ -149,6 +149,8 @@ def inference_copy(model, fold_batch_norm: bool = True):
             return inputs
 
     def clone(layer):
+        if isinstance(layer, keras.Model):  # a nested backbone (keras.applications): float32 inside too
+            return keras.models.clone_model(layer, clone_function=clone)
         if type(layer).__name__ in AUGMENTATION_LAYERS or layer.name in folds:
             return PassThrough(name=layer.name, dtype="float32")
         config = layer.get_config()

@@ -69,10 +69,13 @@ def evaluation_figures(report: dict, top_pixels=None) -> dict[str, Figure]:
     return figures
 
 
-def figure_tag(figure: Figure, alt: str) -> str:
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=FIGURE_DPI)
-    data = base64.b64encode(buffer.getvalue()).decode("ascii")
+def figure_tag(figure: Figure | bytes, alt: str) -> str:
+    """An <img> with the figure inline (a Figure, or the bytes of a PNG file already written)."""
+    if isinstance(figure, Figure):
+        buffer = io.BytesIO()
+        figure.savefig(buffer, format="png", dpi=FIGURE_DPI)
+        figure = buffer.getvalue()
+    data = base64.b64encode(figure).decode("ascii")
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
 
 
@@ -90,11 +93,11 @@ def table(headers: list[str], rows: list[list], *, sortable: bool = False, cls: 
     return f'<table class="{classes}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
-def render(*, title: str, evaluation: dict, figures: dict[str, Figure],
-           history_figures: dict[str, Figure] | None = None, best_epoch: int | None = None,
+def render(*, title: str, evaluation: dict, figures: dict[str, Figure | bytes],
+           history_figures: dict[str, Figure | bytes] | None = None, best_epoch: int | None = None,
            config: dict | None = None, environment: dict | None = None, data: dict | None = None) -> str:
     """The report's HTML. `evaluation`: evaluate_images' report with its "analysis";
-    `figures`: confusion, reliability and top_losses figures."""
+    `figures`: confusion, reliability and top_losses figures (Figures, or PNG bytes)."""
     analysis = evaluation.get("analysis", {})
     parts = [f"<h1>{html.escape(title)}</h1>"]
     headline = [("accuracy", evaluation["accuracy"]), ("macro F1", evaluation["f1"]),

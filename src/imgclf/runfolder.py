@@ -196,25 +196,32 @@ class RunFolder:
                       [[row[c] if not isinstance(row[c], float) else f"{row[c]:.6f}" for c in MISCLASSIFIED_COLUMNS]
                        for row in report["analysis"]["misclassified"]])
 
-    def write_html_report(self, report: dict, top_pixels: np.ndarray | None, title: str,
-                          data: dict | None = None) -> Path:
-        """report.html: the evaluation `report`, with the run's history, configuration,
-        environment and data summary when the folder has them."""
-        from .plots import history_figures
-        from .report import REPORT, evaluation_figures, render
+    def write_html_report(self, report: dict, title: str, prefix: str = "", data: dict | None = None) -> Path:
+        """report.html: the evaluation `report` with the figures `write_reports(prefix)` and
+        `write_history_plots` wrote (embedded as they are, not drawn again), and the run's
+        configuration, environment and data summary when the folder has them."""
+        from .plots import HISTORY_FIGURES
+        from .report import REPORT, render
 
         def read(name):
             path = self.path / name
             return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
 
-        history = self.read_history() if (self.path / HISTORY).exists() else None
+        def png(name):
+            path = self.path / name
+            return path.read_bytes() if path.exists() else None
+
         best = None
-        if history is not None and np.isfinite(history["val_loss"]).any():
-            best = int(history["epoch"][int(np.nanargmin(history["val_loss"]))])
-        html = render(title=title, evaluation=report, figures=evaluation_figures(report, top_pixels),
-                      history_figures=history_figures(history) if history is not None else None,
-                      best_epoch=best, config=read(CONFIG), environment=read(ENVIRONMENT),
-                      data=data if data is not None else read(DATA))
+        if (self.path / HISTORY).exists():
+            history = self.read_history()
+            if np.isfinite(history["val_loss"]).any():
+                best = int(history["epoch"][int(np.nanargmin(history["val_loss"]))])
+        curves = {name: png(name) for name, _, _ in HISTORY_FIGURES if png(name)}
+        figures = {key: png(f"{prefix}{name}.png") for key, name in
+                   (("confusion", "confusion_matrix"), ("reliability", "reliability"), ("top_losses", "top_losses"))}
+        html = render(title=title, evaluation=report, figures={k: v for k, v in figures.items() if v},
+                      history_figures=curves or None, best_epoch=best, config=read(CONFIG),
+                      environment=read(ENVIRONMENT), data=data if data is not None else read(DATA))
         with atomic_path(self.path / REPORT, suffix=".html") as tmp:
             tmp.write_text(html, encoding="utf-8")
         return self.path / REPORT

@@ -12,11 +12,12 @@ import pytest
 
 from imgclf.errors import DataError
 from imgclf.modelio import load_model, save_model
+from imgclf.precision import compute_precision
 from imgclf.models import backbones
 from imgclf.models.recipes import BACKBONES, RECIPE_DEFAULTS, pick_recipe
 from imgclf.models.registry import create_model, get_recipe
 
-from conftest import make_image_folder
+from conftest import make_image_folder, write_backbone_weights
 
 SIZES = [(32, 32), (40, 56)]  # square, and not square
 
@@ -153,3 +154,18 @@ def test_auto_picks_from_data_size_image_size_and_weights(tmp_path, monkeypatch)
     assert name == "efficientnetv2b0" and str(tmp_path / "keras" / "models") in why
     assert pick_recipe(360, (96, 96), "none")[0] == "fast"
     assert pick_recipe(360, (96, 96), str(tmp_path / "x.h5"))[0] == "mobilenetv3large"
+
+
+def test_a_backbone_model_exports_and_matches_keras(tmp_path):
+    """The export's inference copy goes inside the nested backbone too (float32 throughout,
+    augmentation dropped): ONNX Runtime gives Keras' answers on 210 images."""
+    from imgclf.export import export_model
+
+    keras.utils.set_random_seed(0)
+    weights = write_backbone_weights(tmp_path / "w.weights.h5")
+    with compute_precision("bfloat16"):  # as trained on CPUs with bfloat16
+        model = create_model("mobilenetv3small", (32, 32, 3), 3, weights=str(weights))
+    save_model(model, tmp_path / "m.keras", ["red", "green", "blue"], model_name="mobilenetv3small")
+    data = make_image_folder(tmp_path / "check", per_class=70, size=(32, 32))
+    report = export_model(tmp_path / "m.keras", "onnx", check_data=data, verbose=False)
+    assert report.images == 210 and report.agreement == 1.0 and report.max_abs_diff <= 1e-3

@@ -100,10 +100,11 @@ def _run(config: TrainConfig, resumed: RunFolder | None, data: LoadedData | None
         fitted = _fit(config, recipe, run, split, checkpoint, extra_callbacks)
     train_seconds = time.perf_counter() - started
     final_name = _keep_final_model(config, run)
-    metrics, report, pixels = _final_evaluation(config, run, final_name, data, split, fitted, train_seconds, resumed)
+    metrics, report = _final_evaluation(config, run, final_name, data, split, fitted, train_seconds, resumed)
     run.write_metrics(metrics)
     run.write_history_plots()
-    run.write_html_report(report, pixels, title=f"{config.model} run {run.path.name}")
+    run.write_html_report(report, title=f"{config.model} run {run.path.name}",
+                          prefix="test_" if config.train_on_all else "")
     _print_result(config, run, final_name, split, fitted, report, train_seconds)
     return run.path
 
@@ -305,8 +306,7 @@ def _keep_final_model(config: TrainConfig, run: RunFolder) -> str:
 def _final_evaluation(config: TrainConfig, run: RunFolder, final_name: str, data: LoadedData, split: Split,
                       fitted: Fitted, train_seconds: float, resumed: RunFolder | None):
     """Evaluate the kept model on the validation split (and on the test split, if separate);
-    write their reports; return (metrics.json's content, the validation report, the pixels of
-    its highest-loss images)."""
+    write their reports; return (metrics.json's content, the validation report)."""
     final = load_model(run.path / final_name)
     report = evaluate_images(final, split.val, tta=config.tta)
     pixels = top_loss_pixels(split.val, report)
@@ -326,7 +326,7 @@ def _final_evaluation(config: TrainConfig, run: RunFolder, final_name: str, data
         run.write_reports(test_report, prefix="test_", top_pixels=top_loss_pixels(data.test, test_report))
         metrics["test"] = {**{k: test_report[k] for k in REPORT_KEYS}, **summary_metrics(test_report)}
         metrics["test"]["per_class_recall"] = {c["class"]: c["recall"] for c in test_report["per_class"]}
-    return metrics, report, pixels
+    return metrics, report
 
 
 def _print_result(config: TrainConfig, run: RunFolder, final_name: str, split: Split, fitted: Fitted,
