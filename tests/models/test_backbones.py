@@ -12,10 +12,10 @@ import pytest
 
 from imgclf.errors import DataError
 from imgclf.modelio import load_model, save_model
-from imgclf.precision import compute_precision
 from imgclf.models import backbones
 from imgclf.models.recipes import BACKBONES, RECIPE_DEFAULTS, pick_recipe
 from imgclf.models.registry import create_model, get_recipe
+from imgclf.precision import compute_precision
 
 from conftest import make_image_folder, write_backbone_weights
 
