@@ -8,6 +8,7 @@ import matplotlib, pkgutil, importlib
 from PIL import Image, ImageFile
 matplotlib.use("svg")  # a backend a user might have chosen
 import os
+import keras, tensorflow  # their own imports set variables (TF2_BEHAVIOR, KMP_*...): what is checked is imgclf's
 def state():
     return (matplotlib.get_backend(), Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES, dict(os.environ))
 before = state()

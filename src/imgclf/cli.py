@@ -236,7 +236,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ log level, read when it loads
     args = build_parser().parse_args(argv)
     try:
-        import_tensorflow_quietly()
+        if args.command not in WITHOUT_TENSORFLOW:
+            import_tensorflow_quietly()
         return COMMANDS[args.command](args)
     except ImgclfError as exc:
         print(f"imgclf: error: {exc}", file=sys.stderr)
@@ -442,6 +443,7 @@ def cmd_bench_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+WITHOUT_TENSORFLOW = ("check-data",)  # commands that never load TensorFlow (seconds saved)
 COMMANDS = {"train": cmd_train, "predict": cmd_predict, "evaluate": cmd_evaluate, "export": cmd_export,
             "serve": cmd_serve, "bench": cmd_bench, "bench-serve": cmd_bench_serve, "report": cmd_report,
             "check-data": cmd_check_data}
