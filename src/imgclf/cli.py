@@ -16,6 +16,7 @@ from .config import INIT_FREEZE_EPOCHS, PRECISIONS, TrainConfig, parse_image_siz
 from .data.decode import RESIZE_MODES
 from .errors import ImgclfError
 from .models.recipes import RECIPE_DEFAULTS
+from .training.distribute import DISTRIBUTE
 
 EXIT_ERROR = 1  # the command ran and failed (bad data, bad model file, ...)
 EXIT_USAGE = 2  # the command line itself is wrong
@@ -74,6 +75,9 @@ def build_parser() -> Parser:
                    help="no validation split: train on all labelled data, monitor on the test split")
     p.add_argument("--seed", type=int, default=UNSET,
                    help=f"fixes split, initialisation, augmentation (default: {defaults.seed})")
+    p.add_argument("--distribute", default=UNSET, choices=DISTRIBUTE,
+                   help="devices: auto (every GPU when there are several), none, mirrored (tf.distribute "
+                        "MirroredStrategy; --batch-size is then global) (default: auto)")
     p.add_argument("--deterministic", action="store_const", const=True, default=UNSET,
                    help="deterministic ops: two runs on the same machine give identical histories (slower)")
     p.add_argument("--init", metavar="RUN_DIR|MODEL.keras", default=UNSET,
@@ -229,6 +233,9 @@ def import_tensorflow_quietly() -> None:
     with quiet_native_stderr():
         import tensorflow as tf
 
+        from .training.distribute import split_cpu
+
+        split_cpu()  # IMGCLF_LOGICAL_CPUS, before the devices start
         tf.config.list_physical_devices()
 
 
@@ -266,7 +273,8 @@ DATA_KEYS = ["dataset", "data_dir", "labels", "limit"]
 
 TRAIN_KEYS = DATA_KEYS + ["image_size", "resize", "val_split", "model", "weights", "freeze_epochs", "unfreeze",
                           "init", "backbone_lr", "class_weight", "epochs", "batch_size",
-                          "learning_rate", "precision", "tta", "train_on_all", "seed", "deterministic", "out", "name"]
+                          "learning_rate", "precision", "distribute", "tta", "train_on_all", "seed", "deterministic",
+                          "out", "name"]
 
 
 def _image_size(text: str) -> int | str:

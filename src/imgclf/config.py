@@ -18,6 +18,7 @@ from typing import Any
 from .data.decode import RESIZE_MODES
 from .errors import ImgclfError
 from .models.recipes import AUTO, RECIPE_DEFAULTS, WEIGHT_CHOICES, fitted_batch_size, recipe_defaults
+from .training.distribute import DISTRIBUTE
 
 PRECISIONS = ("auto", "float32", "bfloat16", "float16")
 # Fine-tuning from --init: the pretrained layers at 0.3x the recipe's step sizes. On five new
@@ -54,6 +55,8 @@ class TrainConfig:
     epochs: int | None = None  # full passes over the training split; None: the model's default (seed: 50)
     batch_size: int | None = None  # images per optimisation step; None: the model's default (seed: 32)
     learning_rate: float | None = None  # peak step size; None: the model's default (seed: Adam 0.001)
+    # devices: auto (all GPUs when there are several), none, mirrored (training/distribute.py)
+    distribute: str = "auto"
     precision: str = "auto"  # auto (bfloat16 where the CPU/GPU has it), float32, bfloat16 or float16
     seed: int = 42  # fixes the split, the initialisation and the augmentation
     deterministic: bool = False  # deterministic TensorFlow ops: two runs on one machine give identical histories
@@ -116,13 +119,15 @@ class TrainConfig:
         """A backbone recipe starting from pretrained weights (imagenet or a file)."""
         return backbone_recipe(self.model) and self.weights != "none"
 
-    def resolved(self, train_images: int | None = None) -> "TrainConfig":
+    def resolved(self, train_images: int | None = None, replicas: int = 1) -> "TrainConfig":
         """This config with the model recipe's defaults filled in where a value is None; with
-        `train_images`, a batch size fitted to a training set that small (`fitted_batch_size`)."""
+        `train_images`, a batch size fitted to a training set that small (`fitted_batch_size`).
+        The batch is global: the recipe's per-device batch times `replicas` by default."""
         recipe = recipe_defaults(self.model)
         batch_size = self.batch_size
         if batch_size is None:
-            batch_size = recipe.batch_size if train_images is None else fitted_batch_size(recipe, train_images)
+            per_device = recipe.batch_size if train_images is None else fitted_batch_size(recipe, train_images)
+            batch_size = per_device * replicas
         learning_rate = self.learning_rate
         if learning_rate is None:
             scale = batch_size / recipe.batch_size if recipe.scale_lr_with_batch else 1.0
@@ -190,6 +195,8 @@ class TrainConfig:
             problems.append(f"memory_limit_mb must not be negative (got {self.memory_limit_mb})")
         if self.verbose not in (0, 1):
             problems.append(f"verbose must be 0 or 1 (got {self.verbose})")
+        if self.distribute not in DISTRIBUTE:
+            problems.append(f"distribute must be one of {', '.join(DISTRIBUTE)} (got {self.distribute!r})")
         if self.precision not in PRECISIONS:
             problems.append(f"precision must be one of {', '.join(PRECISIONS)} (got {self.precision!r})")
         if self.model not in RECIPE_DEFAULTS and self.model != AUTO:

@@ -134,3 +134,44 @@ def format_epoch(row: dict, epochs: int, improved: bool) -> str:
         f"val_acc {f('val_accuracy')}  f1 {f('val_f1')}  precision {f('val_precision')}  "
         f"recall {f('val_recall')}" + ("  * best, saved" if improved else "")
     )
+
+
+class ReplicatedValidation(keras.callbacks.Callback):
+    """The validation pass of a run with several replicas, done here instead of by Keras:
+    Keras 3's evaluation under MirroredStrategy fails on a last batch that does not split
+    evenly between replicas (docs/distribute.md). After each epoch, every validation image
+    goes through the model once (its mirrored variables read on this device); val_loss and
+    val_accuracy go into the logs and the counts into the confusion matrix, exactly what
+    Keras' own pass gives `EpochMetrics`. Put it first among the callbacks."""
+
+    def __init__(self, dataset, matrix: ConfusionMatrix, loss):
+        super().__init__()
+        self.dataset = dataset
+        self.matrix_metric = matrix
+        self.loss = keras.losses.get(loss)
+        self._step = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        import tensorflow as tf
+
+        if self._step is None:
+            model, loss = self.model, self.loss
+
+            @tf.function
+            def step(x, y):
+                probs = model(x, training=False)
+                values = tf.cast(loss(y, probs), tf.float32)  # per image (a mean, for reducing losses)
+                summed = tf.reduce_sum(values) if values.shape.rank else values * tf.cast(tf.shape(y)[0], tf.float32)
+                return summed, tf.argmax(probs, axis=-1, output_type=tf.int32)
+            self._step = step
+        total, count = 0.0, 0
+        counts = np.zeros((self.matrix_metric.num_classes,) * 2, np.float32)
+        for x, y in self.dataset:
+            summed, predicted = self._step(x, y)
+            total += float(summed)
+            count += int(y.shape[0])
+            np.add.at(counts, (y.numpy(), predicted.numpy()), 1)
+        self.matrix_metric.counts.assign(counts)
+        if logs is not None:
+            logs["val_loss"] = total / max(count, 1)
+            logs["val_accuracy"] = float(np.trace(counts) / max(count, 1))

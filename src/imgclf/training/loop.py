@@ -32,8 +32,9 @@ from ..models.registry import create_model, get_recipe
 from ..models.transfer import init_recipe, load_init, transfer_model
 from ..precision import compute_precision, resolve_precision
 from ..runfolder import RunFolder
-from .callbacks import BestModelCheckpoint, EpochMetrics
+from .callbacks import BestModelCheckpoint, EpochMetrics, ReplicatedValidation
 from .checkpoint import Stateful, TrainingCheckpoint, restore_state
+from .distribute import make_strategy, replicas, tf_strategy
 
 EVAL_BATCH = 256  # validation batch size (no gradients, so larger batches are cheaper)
 DATA_INIT_IMAGES = 5000  # training images handed to models with data-dependent initialisation
@@ -86,7 +87,9 @@ def _run(config: TrainConfig, resumed: RunFolder | None, data: LoadedData | None
     split = _split(data, config)
     if config.model == AUTO:
         config = _pick_recipe(config, len(split.train))
-    config = config.resolved(len(split.train))  # the recipe's defaults, the batch fitted to the data
+    strategy = make_strategy(config.distribute)
+    # the recipe's defaults, the batch fitted to the data (global: per device x replicas)
+    config = config.resolved(len(split.train), replicas=replicas(strategy))
     config = _resolve_class_weight(config, split)
     _warn_outside_tuning(config, len(split.train), resumed)
     if resumed is None:
@@ -95,8 +98,8 @@ def _run(config: TrainConfig, resumed: RunFolder | None, data: LoadedData | None
     run.write_environment(environment(config.seed))
     run.write_data_summary(_data_summary(data, split))
     recipe = get_recipe(config.model)
-    _announce(config, precision, run, data, split)
-    with compute_precision(precision):
+    _announce(config, precision, run, data, split, replicas(strategy))
+    with compute_precision(precision), strategy.scope():
         fitted = _fit(config, recipe, run, split, checkpoint, extra_callbacks)
     train_seconds = time.perf_counter() - started
     final_name = _keep_final_model(config, run)
@@ -200,13 +203,16 @@ def _data_summary(data: LoadedData, split: Split) -> dict:
     }
 
 
-def _announce(config: TrainConfig, precision: str, run: RunFolder, data: LoadedData, split: Split) -> None:
+def _announce(config: TrainConfig, precision: str, run: RunFolder, data: LoadedData, split: Split,
+              devices: int) -> None:
     if not config.verbose:
         return
     print(f"run folder: {run}")
     print(f"data: {data.source}: {len(split.train)} train / {len(split.val)} {split.val_name} images, "
           f"{len(split.labelled.class_names)} classes, "
           f"{'in memory' if split.labelled.in_memory else 'streamed from disk'}")
+    if devices > 1:
+        print(f"devices: {devices} replicas (MirroredStrategy), {config.batch_size // devices} images each per step")
     print(f"model: {config.model} ({recipe_defaults(config.model).description}), {config.epochs} epochs, "
           f"batch {config.batch_size}, learning rate {config.learning_rate:g}, precision {precision}"
           + (", deterministic" if config.deterministic else ""))
@@ -243,6 +249,8 @@ def _fit(config: TrainConfig, recipe: Recipe, run: RunFolder, split: Split, chec
                              weights=config.weights)
     matrix = ConfusionMatrix(len(class_names))
 
+    single = replicas(tf_strategy()) == 1
+
     def compile_phase(phase: int, start: int, stop: int) -> None:
         if phase:
             set_phase(model, phase, config.unfreeze)
@@ -251,7 +259,9 @@ def _fit(config: TrainConfig, recipe: Recipe, run: RunFolder, split: Split, chec
                                             backbone_lr=1.0 if phase == 1 else config.backbone_lr),
             loss=recipe.loss,
             metrics=["accuracy", matrix],
-            steps_per_execution=steps_per_call(steps_per_epoch, recipe.steps_per_execution),
+            # several steps per call fail under MirroredStrategy on TF 2.21 ("must feed a value for
+            # placeholder tensor 'while/...'"; docs/distribute.md): one step per call there
+            steps_per_execution=steps_per_call(steps_per_epoch, recipe.steps_per_execution if single else 1),
         )
 
     metadata = {"model_name": config.model, "resize": config.resize}
@@ -261,6 +271,8 @@ def _fit(config: TrainConfig, recipe: Recipe, run: RunFolder, split: Split, chec
     best.set_model(model)
     stateful: dict[str, Stateful] = {"history": history, "best": best}
     stateful.update({f"recipe{i}": cb for i, cb in enumerate(recipe_callbacks) if isinstance(cb, Stateful)})
+    validation = make_dataset(split.val, max(config.batch_size, EVAL_BATCH))
+    own_validation = [] if single else [ReplicatedValidation(validation, matrix, recipe.loss)]
     phases = _phases(config, recipe)
     done = int(checkpoint[0]["epoch"]) if checkpoint is not None else 0
     # the checkpoint holds the optimizer of the phase its last epoch ran in
@@ -281,13 +293,14 @@ def _fit(config: TrainConfig, recipe: Recipe, run: RunFolder, split: Split, chec
             make_train_dataset(split.train, config.batch_size, seed=config.seed, epochs=phase[2],
                                first_epoch=max(first_epoch, phase[1]), augment=recipe.augment),
             steps_per_epoch=steps_per_epoch,
-            validation_data=make_dataset(split.val, max(config.batch_size, EVAL_BATCH)),
+            validation_data=validation if single else None,
             epochs=phase[2],
             initial_epoch=max(first_epoch, phase[1]),
             shuffle=False,  # the dataset is already in (seed, epoch) order; Keras cannot shuffle it
             class_weight={i: config.class_weight[name] for i, name in enumerate(class_names)}
             if config.class_weight else None,
-            callbacks=[history, *recipe_callbacks, best, *(extra_callbacks or []), TrainingCheckpoint(run, stateful)],
+            callbacks=[*own_validation, history, *recipe_callbacks, best, *(extra_callbacks or []),
+                       TrainingCheckpoint(run, stateful)],
             verbose=1 if config.verbose and _interactive() else 0,
         )
     run.save_model(run.last_model, model, class_names, epoch=config.epochs, **metadata)
