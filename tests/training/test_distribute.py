@@ -42,6 +42,11 @@ for distribute in ("mirrored", "none"):
                             verbose=1))
     runs[distribute] = str(run)
 print("RUNS " + json.dumps(runs))
+try:
+    train(TrainConfig(data_dir=sys.argv[1], model="plain", image_size=16, batch_size=15, distribute="mirrored",
+                      out=os.path.join(sys.argv[2], "odd"), verbose=0))
+except Exception as exc:
+    print("ODD " + str(exc))
 """
 
 
@@ -54,6 +59,7 @@ def test_mirrored_over_two_cpus_matches_one_device(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "devices: 2 replicas (MirroredStrategy), 8 images each per step" in result.stdout
     runs = json.loads(result.stdout.split("RUNS ", 1)[1].splitlines()[0])
+    assert "ODD batch size 15 does not split evenly between 2 replicas" in result.stdout
     histories = {name: read_csv(tmp_path / name / "history.csv") for name in runs}
     assert len(histories["mirrored"]) == 4
     for two, one in zip(histories["mirrored"], histories["none"]):

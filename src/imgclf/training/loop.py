@@ -90,6 +90,7 @@ def _run(config: TrainConfig, resumed: RunFolder | None, data: LoadedData | None
     strategy = make_strategy(config.distribute)
     # the recipe's defaults, the batch fitted to the data (global: per device x replicas)
     config = config.resolved(len(split.train), replicas=replicas(strategy))
+    config = _split_batch(config, len(split.train), replicas(strategy))
     config = _resolve_class_weight(config, split)
     _warn_outside_tuning(config, len(split.train), resumed)
     if resumed is None:
@@ -129,6 +130,21 @@ def _split(data: LoadedData, config: TrainConfig) -> Split:
         return Split(labelled, np.arange(len(labelled)), np.array([], dtype=np.int64), labelled, data.test, "test")
     train_idx, val_idx = split_indices(labelled.labels, config.val_split, config.seed)
     return Split(labelled, train_idx, val_idx, labelled.subset(train_idx), labelled.subset(val_idx), "validation")
+
+
+def _split_batch(config: TrainConfig, train_images: int, devices: int) -> TrainConfig:
+    """With several replicas every training batch must split evenly between them (an uneven
+    split fails inside TensorFlow, docs/distribute.md): the batch is a multiple of the
+    replicas, and no larger than the training set rounded down to one."""
+    if devices == 1:
+        return config
+    if config.batch_size % devices:
+        raise DataError(f"batch size {config.batch_size} does not split evenly between {devices} replicas; "
+                        f"use a multiple of {devices}")
+    fitting = train_images // devices * devices
+    if config.batch_size > fitting >= devices:
+        return config.replace(batch_size=fitting)
+    return config
 
 
 def _pick_recipe(config: TrainConfig, train_images: int) -> TrainConfig:
