@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .atomic import file_hash
 from .data.decode import MAX_IMAGE_PIXELS
 from .data.sources import read_labels_csv, scan_folder
 from .errors import DataError
@@ -297,7 +298,6 @@ def quick_check(train, val) -> list[str]:
 
 def _digest(path: str) -> str:
     try:
-        with open(path, "rb") as handle:
-            return hashlib.sha256(handle.read()).hexdigest()
+        return file_hash(path)
     except OSError:
         return f"unreadable:{os.fsencode(path)!r}"

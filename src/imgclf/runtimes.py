@@ -14,7 +14,6 @@ each under the key `imgclf`), else from the `labels.json` written beside it.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import threading
@@ -22,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .atomic import file_hash  # noqa: F401  (part of this module's interface)
 from .data.decode import RESIZE_MODES
 from .errors import ModelFileError
 from .modelio import LoadedModel, _first_line, keras_function, load_model
@@ -185,16 +185,4 @@ def _spatial(shape) -> tuple[int, int] | None:
     return None
 
 
-def file_hash(path: str | Path) -> str:
-    """sha256 of a file, or of a folder's files (names and contents, in sorted order)."""
-    path = Path(path)
-    digest = hashlib.sha256()
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    for file in files:
-        if path.is_dir():
-            digest.update(str(file.relative_to(path)).encode())
-        with open(file, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
 

@@ -114,12 +114,8 @@ def set_phase(model: keras.Model, phase: int, unfreeze: str = "all") -> None:
     base.trainable = phase == 2 and unfreeze != "0"
     if not base.trainable or unfreeze == "all":
         return
-    starts: dict[str, int] = {}
-    for index, layer in enumerate(base.layers):
-        match = BLOCK.search(layer.name)
-        if match:
-            starts.setdefault(match.group(), index)
-    first = sorted(starts.values())[-int(unfreeze)] if int(unfreeze) <= len(starts) else 0
+    starts = _block_starts(base)
+    first = list(starts.values())[-int(unfreeze)] if int(unfreeze) <= len(starts) else 0
     for index, layer in enumerate(base.layers):
         layer.trainable = index >= first
 
@@ -135,12 +131,17 @@ def _set_phase_flat(model: keras.Model, phase: int, unfreeze: str) -> None:
 
 def blocks(model: keras.Model) -> list[str]:
     """The backbone's block names, input to output (what `unfreeze` N counts from the top)."""
-    names: list[str] = []
-    for layer in base_model(model).layers:
+    return list(_block_starts(base_model(model)))
+
+
+def _block_starts(base: keras.Model) -> dict[str, int]:
+    """Block name -> index of its first layer, input to output."""
+    starts: dict[str, int] = {}
+    for index, layer in enumerate(base.layers):
         match = BLOCK.search(layer.name)
-        if match and match.group() not in names:
-            names.append(match.group())
-    return names
+        if match:
+            starts.setdefault(match.group(), index)
+    return starts
 
 
 def make_optimizer(learning_rate: float, steps_per_epoch: int, epochs: int, backbone_lr: float = 1.0):
@@ -191,7 +192,7 @@ def photo_augment(images, seed, index, epoch):
 
 RECIPES = {
     name: Recipe(build=partial(build_backbone_model, name), make_optimizer=make_optimizer, augment=photo_augment,
-                 steps_per_execution=STEPS_PER_CALL, backbone=True)
+                 steps_per_execution=STEPS_PER_CALL)
     for name in APPLICATIONS
 }
 

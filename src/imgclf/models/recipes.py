@@ -28,9 +28,6 @@ class Recipe:
     steps_per_execution: int = 1  # at most this many training steps per call into the compiled graph
     # layers that keep float32 in int8 exports (`imgclf export --format litert-int8`), by name
     float_layers: tuple[str, ...] = ()
-    # pretrained backbones: build() takes weights= ("imagenet", None or a file); training runs in
-    # two phases (`backbones.set_phase`): the head on the frozen base, then the unfrozen top
-    backbone: bool = False
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ def create_model(name: str, input_shape: tuple[int, int, int], num_classes: int,
     the pretrained backbones' starting point ("imagenet", "none" or a weights file).
     """
     recipe = get_recipe(name)
-    if recipe.backbone:
+    if RECIPE_DEFAULTS[name].backbone:  # build() takes weights=; training runs in two phases
         return recipe.build(input_shape, num_classes, weights=weights)
     if recipe.needs_data:
         return recipe.build(input_shape, num_classes, train_pixels)

@@ -244,7 +244,8 @@ def _phases(config: TrainConfig, recipe: Recipe) -> list[tuple[int, int, int]]:
     """(phase, first epoch, end epoch) of each part of the training: one phase 0 (everything
     trains), or for pretrained backbones (and --init with freeze_epochs) phase 1 (the head on the frozen backbone) for
     `freeze_epochs`, then phase 2 (`unfreeze`) for the rest."""
-    freeze = min(config.freeze_epochs or 0, config.epochs) if recipe.backbone or config.init else 0
+    backbone = recipe_defaults(config.model).backbone
+    freeze = min(config.freeze_epochs or 0, config.epochs) if backbone or config.init else 0
     if not freeze:
         return [(0, 0, config.epochs)]
     return [(1, 0, freeze)] + ([(2, freeze, config.epochs)] if freeze < config.epochs else [])
