@@ -77,7 +77,13 @@ def build_parser() -> Parser:
                    help=f"fixes split, initialisation, augmentation (default: {defaults.seed})")
     p.add_argument("--distribute", default=UNSET, choices=DISTRIBUTE,
                    help="devices: auto (every GPU when there are several), none, mirrored (tf.distribute "
-                        "MirroredStrategy; --batch-size is then global) (default: auto)")
+                        "MirroredStrategy; --batch-size is then global), multi-worker (several machines, "
+                        "from TF_CONFIG or --workers) (default: auto)")
+    p.add_argument("--workers", metavar="HOST:PORT,HOST:PORT,...",
+                   help="multi-worker training: every worker's address, the same list on each machine "
+                        "(sets TF_CONFIG and --distribute multi-worker)")
+    p.add_argument("--worker-index", type=int, default=0, metavar="I",
+                   help="with --workers: this machine's place in the list (0 is the chief, which writes the run)")
     p.add_argument("--deterministic", action="store_const", const=True, default=UNSET,
                    help="deterministic ops: two runs on the same machine give identical histories (slower)")
     p.add_argument("--init", metavar="RUN_DIR|MODEL.keras", default=UNSET,
@@ -287,8 +293,13 @@ def _image_size(text: str) -> int | str:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from .training.distribute import tf_config
     from .training.loop import resume, train
 
+    if args.workers:
+        os.environ["TF_CONFIG"] = tf_config(args.workers, args.worker_index)
+        if not hasattr(args, "distribute") and not args.resume:  # a resumed run keeps its own
+            args.distribute = "multi-worker"
     if args.resume:
         given = [key for key in TRAIN_KEYS if hasattr(args, key)] + (["config"] if args.config else [])
         if given:

@@ -1,11 +1,16 @@
 """Training under tf.distribute on CPU: MirroredStrategy over two logical CPU devices (what
-Keras' own tests do) against one device at the same global batch."""
+Keras' own tests do) against one device at the same global batch; MultiWorkerMirroredStrategy
+with two worker processes on 127.0.0.1."""
 
 import json
 import os
+import signal
+import socket
 import subprocess
 import sys
+from pathlib import Path
 
+import numpy as np
 import pytest
 
 from imgclf import ImgclfError, TrainConfig
@@ -15,11 +20,7 @@ pytestmark = pytest.mark.slow  # trainings in a subprocess (the CPU split must p
 
 # A recipe with no randomness inside the model and no BatchNorm (whose statistics are per
 # replica by design), in float32: two devices must then compute what one device computes.
-SCRIPT = """
-import json, os, sys
-os.environ["IMGCLF_LOGICAL_CPUS"] = "2"
-from imgclf.training.distribute import split_cpu
-split_cpu()
+PLAIN = """
 import keras
 from imgclf.models import recipes, registry
 from imgclf.models.recipes import Recipe, RecipeDefaults
@@ -34,6 +35,14 @@ def sgd(lr, steps, epochs, backbone_lr=1.0):
 
 registry.RECIPES["plain"] = Recipe(build=plain, make_optimizer=sgd)
 recipes.RECIPE_DEFAULTS["plain"] = RecipeDefaults(4, 16, 0.05, False, "test recipe")
+"""
+
+SCRIPT = """
+import json, os, sys
+os.environ["IMGCLF_LOGICAL_CPUS"] = "2"
+from imgclf.training.distribute import split_cpu
+split_cpu()
+""" + PLAIN + """
 from imgclf import TrainConfig, train
 runs = {}
 for distribute in ("mirrored", "none"):
@@ -82,3 +91,133 @@ def test_worker_list_becomes_tf_config():
         tf_config("a:1,b:2", 2)
     with pytest.raises(ImgclfError, match="distribute must be one of"):
         TrainConfig.from_dict({"distribute": "ring"})
+
+
+# One worker of a multi-worker run: `imgclf train` (the CLI) with the plain recipe, recording
+# in $RECORD what the worker read (its training and validation shards) and its final weights;
+# with $KILL_AFTER=k it kills itself (SIGKILL) once its checkpoint of epoch k is written.
+WORKER = """
+import os, signal, sys
+import numpy as np
+""" + PLAIN + """
+from imgclf import cli
+from imgclf.training import checkpoint, loop
+
+record, index = os.environ["RECORD"], sys.argv[sys.argv.index("--worker-index") + 1]
+
+def recording(function, name):
+    def wrapped(images, *args, **kwargs):
+        with open(os.path.join(record, f"{name}{index}.txt"), "w") as handle:
+            handle.write("\\n".join(images.names()))
+        return function(images, *args, **kwargs)
+    return wrapped
+
+loop.make_train_dataset = recording(loop.make_train_dataset, "train")
+loop.make_dataset = recording(loop.make_dataset, "val")
+fit = loop._fit
+
+def fit_and_record(*args, **kwargs):
+    fitted = fit(*args, **kwargs)
+    np.savez(os.path.join(record, f"weights{index}.npz"), *fitted.best.model.get_weights())
+    return fitted
+
+loop._fit = fit_and_record
+write = checkpoint.TrainingCheckpoint.on_epoch_end
+
+def write_and_maybe_die(self, epoch, logs=None):
+    write(self, epoch, logs)
+    if os.environ.get("KILL_AFTER") == str(epoch + 1):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+checkpoint.TrainingCheckpoint.on_epoch_end = write_and_maybe_die
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+def _free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def _two_workers(root: Path, name: str, args: list[str], env: dict | None = None) -> list[Path]:
+    """Run worker 0 and worker 1 of a 2-worker run, each in its own empty working folder and
+    temporary folder under root/name; return [folder 0, folder 1]."""
+    workers = ",".join(f"127.0.0.1:{port}" for port in _free_ports(2))
+    folders, processes = [], []
+    for index in (0, 1):
+        folder = root / name / f"worker{index}"
+        (folder / "cwd").mkdir(parents=True)
+        (folder / "tmp").mkdir()
+        (folder / "record").mkdir()
+        command = [sys.executable, "-c", WORKER, "train", *args, "--workers", workers, "--worker-index", str(index)]
+        processes.append(subprocess.Popen(
+            command, cwd=folder / "cwd", stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "TMPDIR": str(folder / "tmp"),
+                 "RECORD": str(folder / "record"), "CUDA_VISIBLE_DEVICES": "", **(env or {})}))
+        folders.append(folder)
+    for folder, process in zip(folders, processes):
+        output, _ = process.communicate(timeout=600)
+        (folder / "output.txt").write_text(output)
+        (folder / "returncode").write_text(str(process.returncode))
+    return folders
+
+
+def _returncodes(folders: list[Path]) -> list[int]:
+    return [int((folder / "returncode").read_text()) for folder in folders]
+
+
+def test_two_worker_processes_train_one_model_and_resume_after_a_kill(tmp_path):
+    """Two processes on 127.0.0.1 with --workers: one model (identical weights on both),
+    written by the chief alone, each worker reading a disjoint shard; then the same run
+    killed (both workers) after epoch 2 and resumed: the history of the uninterrupted run."""
+    from conftest import make_image_folder, read_csv
+
+    data = make_image_folder(tmp_path / "images", per_class=24)
+    args = ["--data-dir", str(data), "--model", "plain", "--image-size", "16", "--batch-size", "16",
+            "--precision", "float32", "--deterministic", "--out", "run"]
+    whole = _two_workers(tmp_path, "whole", args)
+    outputs = [(folder / "output.txt").read_text() for folder in whole]
+    assert _returncodes(whole) == [0, 0], outputs
+    assert "devices: 2 replicas (MultiWorkerMirroredStrategy, 2 workers reading a shard each), 8 images each" \
+        in outputs[0]
+    assert "worker 1 of 2: training with the chief" in outputs[1]
+    chief = whole[0] / "cwd" / "run"
+    for name in ("best_model.keras", "last_model.keras", "metrics.json", "report.html", "checkpoint.npz",
+                 "history.csv", "split.csv"):
+        assert (chief / name).exists(), name
+    assert json.loads((chief / "metrics.json").read_text())["images"] == 15  # every validation image
+    history = read_csv(chief / "history.csv")
+    assert len(history) == 4 and float(history[-1]["loss"]) < float(history[0]["loss"])
+    # the other worker wrote nothing: not in its working folder, nothing left in its temporary one
+    assert list((whole[1] / "cwd").iterdir()) == [] and list((whole[1] / "tmp").iterdir()) == []
+    # one model: the same weights on both workers, bit for bit
+    weights = [np.load(folder / "record" / f"weights{i}.npz") for i, folder in enumerate(whole)]
+    assert len(weights[0].files) == len(weights[1].files) > 0
+    for key in weights[0].files:
+        np.testing.assert_array_equal(weights[0][key], weights[1][key])
+    # disjoint shards that together are the split
+    split = read_csv(chief / "split.csv")
+    for kind, subset in (("train", "train"), ("val", "val")):
+        shards = [set((folder / "record" / f"{kind}{i}.txt").read_text().splitlines())
+                  for i, folder in enumerate(whole)]
+        assert shards[0] and shards[1] and not shards[0] & shards[1], kind
+        assert shards[0] | shards[1] == {row["item"] for row in split if row["subset"] == subset}, kind
+
+    killed = _two_workers(tmp_path, "killed", args, env={"KILL_AFTER": "2"})
+    assert _returncodes(killed) == [-signal.SIGKILL] * 2
+    run = killed[0] / "cwd" / "run"
+    assert len(read_csv(run / "history.csv")) == 2 and not (run / "metrics.json").exists()
+    resumed = _two_workers(tmp_path, "resumed", ["--resume", str(run)])
+    assert _returncodes(resumed) == [0, 0], [(folder / "output.txt").read_text() for folder in resumed]
+    assert json.loads((run / "metrics.json").read_text())["resumed_after_epoch"] == 2
+    again = read_csv(run / "history.csv")
+    assert [row["epoch"] for row in again] == ["1", "2", "3", "4"]
+    for one, other in zip(again, history):
+        for key in ("loss", "val_loss", "val_accuracy"):
+            assert float(one[key]) == pytest.approx(float(other[key]), abs=1e-6), (key, one, other)
+    assert list((resumed[1] / "cwd").iterdir()) == [] and list((resumed[1] / "tmp").iterdir()) == []

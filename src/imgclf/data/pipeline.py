@@ -26,7 +26,7 @@ def make_dataset(images: Images, batch_size: int):
 
 
 def make_train_dataset(images: Images, batch_size: int, *, seed: int, epochs: int, first_epoch: int = 0,
-                       augment=None):
+                       augment=None, batches_per_epoch: int | None = None):
     """Shuffled (and augmented) training batches for epochs `first_epoch` .. `epochs - 1`,
     one epoch after the other, `train_steps(len(images), batch_size)` per epoch (pass it
     as `steps_per_epoch` to `model.fit`). Only full batches: the few images left over
@@ -36,7 +36,8 @@ def make_train_dataset(images: Images, batch_size: int, *, seed: int, epochs: in
     random ops, no hidden state. A resumed run sees exactly the batches the uninterrupted
     run would have seen. `augment(uint8 batch, seed, index, epoch) -> batch` gets a
     2-element seed tensor, the images' indices and the epoch, and must use stateless
-    random ops.
+    random ops. `batches_per_epoch` takes only that many batches of each epoch (the workers
+    of a multi-worker run must all take the same number of steps).
     """
     import tensorflow as tf
 
@@ -46,6 +47,8 @@ def make_train_dataset(images: Images, batch_size: int, *, seed: int, epochs: in
     def one_epoch(epoch):
         order = tf.random.experimental.stateless_shuffle(tf.range(n, dtype=tf.int64), seed=[seed, epoch])
         batches = tf.data.Dataset.from_tensor_slices(order).batch(batch_size, drop_remainder=n >= batch_size)
+        if batches_per_epoch is not None:
+            batches = batches.take(batches_per_epoch)
         return batches.enumerate().map(lambda step, index: (epoch, step, index))
 
     def finish(epoch, step, index):

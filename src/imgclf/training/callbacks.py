@@ -142,13 +142,16 @@ class ReplicatedValidation(keras.callbacks.Callback):
     evenly between replicas (docs/distribute.md). After each epoch, every validation image
     goes through the model once (its mirrored variables read on this device); val_loss and
     val_accuracy go into the logs and the counts into the confusion matrix, exactly what
-    Keras' own pass gives `EpochMetrics`. Put it first among the callbacks."""
+    Keras' own pass gives `EpochMetrics`. With several workers each passes its own shard of
+    the validation images and `all_sum` adds the sums and counts of all of them. Put it first
+    among the callbacks."""
 
-    def __init__(self, dataset, matrix: ConfusionMatrix, loss):
+    def __init__(self, dataset, matrix: ConfusionMatrix, loss, all_sum=None):
         super().__init__()
         self.dataset = dataset
         self.matrix_metric = matrix
         self.loss = keras.losses.get(loss)
+        self.all_sum = all_sum
         self._step = None
 
     def on_epoch_end(self, epoch, logs=None):
@@ -171,7 +174,10 @@ class ReplicatedValidation(keras.callbacks.Callback):
             total += float(summed)
             count += int(y.shape[0])
             np.add.at(counts, (y.numpy(), predicted.numpy()), 1)
-        self.matrix_metric.counts.assign(counts)
+        if self.all_sum is not None:
+            summed = self.all_sum(np.concatenate([[total, count], counts.ravel()]))
+            total, count, counts = summed[0], int(round(summed[1])), summed[2:].reshape(counts.shape)
+        self.matrix_metric.counts.assign(counts.astype(np.float32))
         if logs is not None:
             logs["val_loss"] = total / max(count, 1)
             logs["val_accuracy"] = float(np.trace(counts) / max(count, 1))

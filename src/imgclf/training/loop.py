@@ -7,8 +7,11 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sys
+import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,14 +37,26 @@ from ..precision import compute_precision, resolve_precision
 from ..runfolder import RunFolder
 from .callbacks import BestModelCheckpoint, EpochMetrics, ReplicatedValidation
 from .checkpoint import Stateful, TrainingCheckpoint, restore_state
-from .distribute import make_strategy, replicas, tf_strategy
+from .distribute import (
+    all_sum,
+    fit_replicated,
+    is_chief,
+    make_strategy,
+    replicas,
+    strategy_name,
+    tf_strategy,
+    worker_position,
+    worker_shard,
+)
 
 EVAL_BATCH = 256  # validation batch size (no gradients, so larger batches are cheaper)
 DATA_INIT_IMAGES = 5000  # training images handed to models with data-dependent initialisation
+WORKER_SEED_STRIDE = 1_000_003  # worker i of several shuffles and augments its shard with seed + i * this
 
 
-def train(config: TrainConfig, data: LoadedData | None = None, extra_callbacks: list | None = None) -> Path:
-    """Train as `config` says and return the run folder (see `runfolder` for its contents).
+def train(config: TrainConfig, data: LoadedData | None = None, extra_callbacks: list | None = None) -> Path | None:
+    """Train as `config` says and return the run folder (see `runfolder` for its contents);
+    None on the workers of a multi-worker run but the chief, which write nothing.
 
     `data` skips loading (already loaded data); `extra_callbacks` run after imgclf's own.
     """
@@ -49,7 +64,7 @@ def train(config: TrainConfig, data: LoadedData | None = None, extra_callbacks: 
 
 
 def resume(run_dir: str | Path, data: LoadedData | None = None, extra_callbacks: list | None = None,
-           verbose: int | None = None) -> Path:
+           verbose: int | None = None) -> Path | None:
     """Continue an interrupted run from its last completed epoch (its checkpoint); a run
     killed before its first epoch ended starts again in the same folder."""
     run = RunFolder.existing(run_dir)
@@ -76,8 +91,35 @@ class Fitted:
 
 
 def _run(config: TrainConfig, resumed: RunFolder | None, data: LoadedData | None,
-         extra_callbacks: list | None) -> Path:
+         extra_callbacks: list | None) -> Path | None:
     config.validate()
+    strategy = make_strategy(config.distribute)  # first: multi-worker collectives start with it
+    if is_chief(strategy):
+        return _train(config, strategy, resumed, data, extra_callbacks)
+    with _private_folder(config, resumed) as (config, resumed):
+        _train(config, strategy, resumed, data, extra_callbacks)
+    return None
+
+
+@contextmanager
+def _private_folder(config: TrainConfig, resumed: RunFolder | None):
+    """(config, resumed) for a worker that is not the chief: it runs the chief's code (the
+    collectives must match) but writes to a temporary folder, deleted at the end. A resumed
+    worker starts from a copy of the chief's run folder (shared storage, as Keras'
+    BackupAndRestore also needs)."""
+    private = Path(tempfile.mkdtemp(prefix="imgclf-worker-"))
+    try:
+        if resumed is not None:
+            yield config, RunFolder(shutil.copytree(resumed.path, private / "run"))
+        else:
+            yield config.replace(out=str(private / "run")), None
+    finally:
+        shutil.rmtree(private, ignore_errors=True)
+
+
+def _train(config: TrainConfig, strategy, resumed: RunFolder | None, data: LoadedData | None,
+           extra_callbacks: list | None) -> Path | None:
+    chief = is_chief(strategy)
     precision = resolve_precision(config.precision)
     started = time.perf_counter()
     _seed_everything(config)
@@ -87,21 +129,22 @@ def _run(config: TrainConfig, resumed: RunFolder | None, data: LoadedData | None
     split = _split(data, config)
     if config.model == AUTO:
         config = _pick_recipe(config, len(split.train))
-    strategy = make_strategy(config.distribute)
     # the recipe's defaults, the batch fitted to the data (global: per device x replicas)
     config = config.resolved(len(split.train), replicas=replicas(strategy))
     config = _split_batch(config, len(split.train), replicas(strategy))
     config = _resolve_class_weight(config, split)
     _warn_outside_tuning(config, len(split.train), resumed)
-    if resumed is None:
+    if resumed is None and chief:
         quick_check(split.train, split.val)  # imbalance, identical files on both sides of the split
     run, checkpoint = _open_run_folder(config.replace(precision=precision), split, resumed)
     run.write_environment(environment(config.seed))
     run.write_data_summary(_data_summary(data, split))
     recipe = get_recipe(config.model)
-    _announce(config, precision, run, data, split, replicas(strategy))
+    _announce(config, precision, run, data, split, strategy)
     with compute_precision(precision), strategy.scope():
         fitted = _fit(config, recipe, run, split, checkpoint, extra_callbacks)
+    if not chief:
+        return None
     train_seconds = time.perf_counter() - started
     final_name = _keep_final_model(config, run)
     metrics, report = _final_evaluation(config, run, final_name, data, split, fitted, train_seconds, resumed)
@@ -220,15 +263,22 @@ def _data_summary(data: LoadedData, split: Split) -> dict:
 
 
 def _announce(config: TrainConfig, precision: str, run: RunFolder, data: LoadedData, split: Split,
-              devices: int) -> None:
+              strategy) -> None:
     if not config.verbose:
         return
-    print(f"run folder: {run}")
+    devices = replicas(strategy)
+    index, workers = worker_position(strategy)
+    if index:
+        print(f"worker {index} of {workers}: training with the chief (worker 0), which writes the run folder")
+    else:
+        print(f"run folder: {run}")
     print(f"data: {data.source}: {len(split.train)} train / {len(split.val)} {split.val_name} images, "
           f"{len(split.labelled.class_names)} classes, "
           f"{'in memory' if split.labelled.in_memory else 'streamed from disk'}")
     if devices > 1:
-        print(f"devices: {devices} replicas (MirroredStrategy), {config.batch_size // devices} images each per step")
+        print(f"devices: {devices} replicas ({strategy_name(strategy)}"
+              + (f", {workers} workers reading a shard each" if workers > 1 else "")
+              + f"), {config.batch_size // devices} images each per step")
     print(f"model: {config.model} ({recipe_defaults(config.model).description}), {config.epochs} epochs, "
           f"batch {config.batch_size}, learning rate {config.learning_rate:g}, precision {precision}"
           + (", deterministic" if config.deterministic else ""))
@@ -266,7 +316,8 @@ def _fit(config: TrainConfig, recipe: Recipe, run: RunFolder, split: Split, chec
                              weights=config.weights)
     matrix = ConfusionMatrix(len(class_names))
 
-    single = replicas(tf_strategy()) == 1
+    strategy = tf_strategy()
+    single = replicas(strategy) == 1
 
     def compile_phase(phase: int, start: int, stop: int) -> None:
         if phase:
@@ -288,8 +339,10 @@ def _fit(config: TrainConfig, recipe: Recipe, run: RunFolder, split: Split, chec
     best.set_model(model)
     stateful: dict[str, Stateful] = {"history": history, "best": best}
     stateful.update({f"recipe{i}": cb for i, cb in enumerate(recipe_callbacks) if isinstance(cb, Stateful)})
-    validation = make_dataset(split.val, max(config.batch_size, EVAL_BATCH))
-    own_validation = [] if single else [ReplicatedValidation(validation, matrix, recipe.loss)]
+    validation = make_dataset(worker_shard(split.val, strategy), max(config.batch_size, EVAL_BATCH))
+    own_validation = [] if single else [ReplicatedValidation(validation, matrix, recipe.loss,
+                                                             all_sum=lambda values: all_sum(strategy, values))]
+    class_weight = [config.class_weight[name] for name in class_names] if config.class_weight else None
     phases = _phases(config, recipe)
     done = int(checkpoint[0]["epoch"]) if checkpoint is not None else 0
     # the checkpoint holds the optimizer of the phase its last epoch ran in
@@ -306,22 +359,42 @@ def _fit(config: TrainConfig, recipe: Recipe, run: RunFolder, split: Split, chec
         if phase != current:
             compile_phase(*phase)
             current = phase
+        start, stop = max(first_epoch, phase[1]), phase[2]
+        callbacks = [*own_validation, history, *recipe_callbacks, best, *(extra_callbacks or []),
+                     TrainingCheckpoint(run, stateful)]
+        if not single:  # model.fit fails under multi-worker strategies (docs/distribute.md)
+            batches = _worker_batches(split.train, config, recipe, strategy, steps_per_epoch, start, stop)
+            fit_replicated(model, strategy, batches,
+                           steps_per_epoch=steps_per_epoch, epochs=stop, initial_epoch=start, callbacks=callbacks,
+                           class_weight=class_weight)
+            continue
         model.fit(
-            make_train_dataset(split.train, config.batch_size, seed=config.seed, epochs=phase[2],
-                               first_epoch=max(first_epoch, phase[1]), augment=recipe.augment),
+            make_train_dataset(split.train, config.batch_size, seed=config.seed, epochs=stop, first_epoch=start,
+                               augment=recipe.augment),
             steps_per_epoch=steps_per_epoch,
-            validation_data=validation if single else None,
-            epochs=phase[2],
-            initial_epoch=max(first_epoch, phase[1]),
+            validation_data=validation,
+            epochs=stop,
+            initial_epoch=start,
             shuffle=False,  # the dataset is already in (seed, epoch) order; Keras cannot shuffle it
-            class_weight={i: config.class_weight[name] for i, name in enumerate(class_names)}
-            if config.class_weight else None,
-            callbacks=[*own_validation, history, *recipe_callbacks, best, *(extra_callbacks or []),
-                       TrainingCheckpoint(run, stateful)],
+            class_weight=dict(enumerate(class_weight)) if class_weight else None,
+            callbacks=callbacks,
             verbose=1 if config.verbose and _interactive() else 0,
         )
     run.save_model(run.last_model, model, class_names, epoch=config.epochs, **metadata)
     return Fitted(best, first_epoch)
+
+
+def _worker_batches(train: Images, config: TrainConfig, recipe: Recipe, strategy, steps_per_epoch: int,
+                    start: int, stop: int):
+    """This worker's training batches under a strategy with several replicas: its shard,
+    in per-replica batches (batch_size / replicas), as many per epoch as its replicas take
+    in `steps_per_epoch` steps. With one worker, the batches of one step together are the
+    global batch one device would get."""
+    index, workers = worker_position(strategy)
+    return make_train_dataset(worker_shard(train, strategy), config.batch_size // replicas(strategy),
+                              seed=config.seed + WORKER_SEED_STRIDE * index, epochs=stop, first_epoch=start,
+                              augment=recipe.augment,
+                              batches_per_epoch=steps_per_epoch * replicas(strategy) // workers)
 
 
 def _keep_final_model(config: TrainConfig, run: RunFolder) -> str:
