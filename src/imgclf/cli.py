@@ -58,6 +58,12 @@ def build_parser() -> Parser:
     p = commands.add_parser("train", help="train a model; writes a run folder",
                             description="Train a model and write a run folder (models, metrics, plots).")
     add_data_options(p)
+    p.add_argument("--memory-limit-mb", type=int, default=UNSET,
+                   help=f"hold decoded images in memory up to this size, else stream them from disk "
+                        f"(default: {defaults.memory_limit_mb})")
+    p.add_argument("--cache", metavar="DIR", default=UNSET,
+                   help="images streamed from disk: decode them once into a cache in DIR (tf.data's), which "
+                        "later epochs read instead of the files")
     p.add_argument("--val-split", type=float, default=UNSET,
                    help=f"validation fraction (default: {defaults.val_split})")
     p.add_argument("--model", default=UNSET, help=f"model recipe from the registry: {', '.join(RECIPE_DEFAULTS)}, "
@@ -277,7 +283,7 @@ def _config_from_args(args: argparse.Namespace, keys: list[str]) -> TrainConfig:
 DATA_KEYS = ["dataset", "data_dir", "labels", "limit"]
 
 
-TRAIN_KEYS = DATA_KEYS + ["image_size", "resize", "val_split", "model", "weights", "freeze_epochs", "unfreeze",
+TRAIN_KEYS = DATA_KEYS + ["memory_limit_mb", "cache", "image_size", "resize", "val_split", "model", "weights", "freeze_epochs", "unfreeze",
                           "init", "backbone_lr", "class_weight", "epochs", "batch_size",
                           "learning_rate", "precision", "distribute", "tta", "train_on_all", "seed", "deterministic",
                           "out", "name"]

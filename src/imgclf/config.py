@@ -40,6 +40,7 @@ class TrainConfig:
     val_split: float = 0.2  # fraction of the labelled training data held out for validation
     limit: int | None = None  # use at most this many training images (stratified sample), for quick tries
     memory_limit_mb: int = 4096  # decoded images are held in memory (uint8) up to this size, else streamed
+    cache: str | None = None  # images streamed from disk: keep them decoded (uint8) in tf.data's file cache here
     # --- model and optimisation ---
     model: str = "seed"  # recipe name (`imgclf.models.recipes.RECIPE_DEFAULTS`), or "auto" (picked from the data)
     # pretrained backbones: "imagenet" (Keras' download and cache), "none" (random) or a weights file;

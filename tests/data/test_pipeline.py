@@ -67,3 +67,41 @@ def test_data_init_sample_spans_every_class(tmp_path):
     streamed = load_data(config(data_dir=str(folder), memory_limit_mb=0)).labelled
     memory = load_data(config(data_dir=str(folder))).labelled
     np.testing.assert_array_equal(sample_pixels(streamed, 7, seed=1), sample_pixels(memory, 7, seed=1))
+
+
+def test_cache_decodes_each_image_once_and_keeps_batches_fixed_by_seed_and_epoch(tmp_path, capsys):
+    """--cache: the first dataset decodes the streamed images into the cache; later ones
+    read it (the files can even be gone), with epochs still fixed by (seed, epoch) and
+    every image at most once per epoch."""
+    import shutil
+
+    folder = make_image_folder(tmp_path / "images", per_class=12)
+    memory = load_data(config(data_dir=str(folder))).labelled
+    streamed = load_data(config(data_dir=str(folder), memory_limit_mb=0)).labelled
+    cache = tmp_path / "cache"
+    n, batch = len(streamed), 8
+    steps = train_steps(n, batch)
+
+    def batches(first_epoch=0, seed=5):
+        return list(make_train_dataset(streamed, batch, seed=seed, epochs=3, first_epoch=first_epoch,
+                                       cache=str(cache)).as_numpy_iterator())
+
+    whole = batches()
+    assert "cache: decoded 36 images" in capsys.readouterr().err
+    assert len(whole) == 3 * steps and all(len(y) == batch for _, y in whole)
+    pixels = {memory.array[i].astype(np.float32).tobytes(): memory.labels[i] for i in range(n)}
+    for e in range(3):
+        epoch = whole[e * steps:(e + 1) * steps]
+        seen = [image.tobytes() for x, _ in epoch for image in x]
+        assert len(set(seen)) == len(seen) == steps * batch  # each image at most once per epoch
+        assert all(pixels[image.tobytes()] == label for x, y in epoch for image, label in zip(x, y))
+    (x_val, _), = make_dataset(streamed, 64, cache=str(cache)).as_numpy_iterator()  # fills the evaluation cache
+    shutil.move(folder, tmp_path / "moved")  # from now on only the cache has the pixels
+    for (x1, y1), (x2, y2) in zip(whole[steps:], batches(first_epoch=1)):  # a resume sees the same batches
+        np.testing.assert_array_equal(x1, x2)
+        np.testing.assert_array_equal(y1, y2)
+    assert "cache: decoded" not in capsys.readouterr().err  # read back, not decoded again
+    assert not np.array_equal(whole[0][1], whole[steps][1])  # epochs are shuffled differently
+    (x_again, _), = make_dataset(streamed, 64, cache=str(cache)).as_numpy_iterator()
+    np.testing.assert_array_equal(x_again, x_val)
+    np.testing.assert_array_equal(x_val, memory.array.astype(np.float32))

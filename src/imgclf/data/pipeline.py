@@ -3,30 +3,36 @@ shuffled and augmented batches for training that depend only on (seed, epoch).""
 
 from __future__ import annotations
 
+import hashlib
 import os
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 
 from .decode import decode_or_black, decode_paths
 from .labelled import Images
 
+CACHE_SHUFFLE_MB = 256  # --cache: the per-epoch shuffle buffer holds up to this much of decoded images
+CACHE_FILL_BATCH = 256
 
-def make_dataset(images: Images, batch_size: int):
-    """Batches of (float32 0-255 pixels, int32 labels) in order, prefetched: for evaluation."""
+def make_dataset(images: Images, batch_size: int, cache: str | None = None):
+    """Batches of (float32 0-255 pixels, int32 labels) in order, prefetched: for evaluation.
+    With `cache` (a folder) and images streamed from disk, the decoded uint8 batches are
+    kept there by the first pass (tf.data's file cache) and read back by the later ones."""
     import tensorflow as tf
 
     load = _batch_loader(images)
-
-    def finish(index):
-        x, y = load(index)
-        return tf.cast(x, tf.float32), y
-
-    dataset = tf.data.Dataset.range(len(images)).batch(batch_size)
-    return dataset.map(finish, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+    dataset = tf.data.Dataset.range(len(images)).batch(batch_size).map(load, num_parallel_calls=tf.data.AUTOTUNE)
+    if cache and not images.in_memory:
+        dataset = dataset.cache(_cache_path(cache, "eval", images, batch_size))
+    dataset = dataset.map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=tf.data.AUTOTUNE)
+    return dataset.prefetch(tf.data.AUTOTUNE)
 
 
 def make_train_dataset(images: Images, batch_size: int, *, seed: int, epochs: int, first_epoch: int = 0,
-                       augment=None, batches_per_epoch: int | None = None):
+                       augment=None, batches_per_epoch: int | None = None, cache: str | None = None):
     """Shuffled (and augmented) training batches for epochs `first_epoch` .. `epochs - 1`,
     one epoch after the other, `train_steps(len(images), batch_size)` per epoch (pass it
     as `steps_per_epoch` to `model.fit`). Only full batches: the few images left over
@@ -38,27 +44,82 @@ def make_train_dataset(images: Images, batch_size: int, *, seed: int, epochs: in
     2-element seed tensor, the images' indices and the epoch, and must use stateless
     random ops. `batches_per_epoch` takes only that many batches of each epoch (the workers
     of a multi-worker run must all take the same number of steps).
+
+    `cache` (a folder; images streamed from disk): every image is decoded once, into
+    tf.data's file cache there (`fill_cache`), and each epoch reads the cache back through a
+    shuffle buffer of CACHE_SHUFFLE_MB, seeded by (`seed`, epoch): still fixed by
+    (seed, epoch), so resuming stays exact, but not the full permutation of the uncached path
+    (a file cache can only be read in order; it is written in a random order of its own).
     """
     import tensorflow as tf
 
     n = len(images)
-    load = _batch_loader(images)
+    if cache and not images.in_memory:
+        cached = fill_cache(images, cache, seed)
+        buffer = int(min(n, max(batch_size, CACHE_SHUFFLE_MB * 2**20 // (images.size[0] * images.size[1] * 3))))
+
+        def epoch_batches(epoch):  # decoded (pixels, label, index) batches, read from the cache
+            shuffled = cached.shuffle(buffer, seed=seed * 1_000_003 + epoch, reshuffle_each_iteration=False)
+            return shuffled.batch(batch_size, drop_remainder=n >= batch_size)
+
+        def fetch(batch):
+            return batch
+    else:
+        load = _batch_loader(images)
+
+        def epoch_batches(epoch):  # batches of indices, decoded by `fetch` in the parallel map
+            order = tf.random.experimental.stateless_shuffle(tf.range(n, dtype=tf.int64), seed=[seed, epoch])
+            return tf.data.Dataset.from_tensor_slices(order).batch(batch_size, drop_remainder=n >= batch_size)
+
+        def fetch(index):
+            return (*load(index), index)
 
     def one_epoch(epoch):
-        order = tf.random.experimental.stateless_shuffle(tf.range(n, dtype=tf.int64), seed=[seed, epoch])
-        batches = tf.data.Dataset.from_tensor_slices(order).batch(batch_size, drop_remainder=n >= batch_size)
+        batches = epoch_batches(epoch)
         if batches_per_epoch is not None:
             batches = batches.take(batches_per_epoch)
-        return batches.enumerate().map(lambda step, index: (epoch, step, index))
+        return batches.enumerate().map(lambda step, batch: (epoch, step, batch))
 
-    def finish(epoch, step, index):
-        x, y = load(index)
+    def finish(epoch, step, batch):
+        x, y, index = fetch(batch)
         if augment is not None:
             x = augment(x, tf.stack([tf.constant(seed, tf.int64), epoch * 1_000_003 + step]), index, epoch)
         return tf.cast(x, tf.float32), y
 
     dataset = tf.data.Dataset.range(first_epoch, epochs).flat_map(one_epoch)
     return dataset.map(finish, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
+def fill_cache(images: Images, folder: str, seed: int):
+    """tf.data's file cache of `images` (uint8 pixels, label, index), in a random order fixed
+    by `seed`, under `folder`: written by one full pass here unless a complete one for the
+    same images, size, resize mode and seed is there already. Returns the dataset reading it."""
+    import tensorflow as tf
+
+    path = _cache_path(folder, "train", images, seed)
+    load = _batch_loader(images)
+    order = np.random.default_rng(seed).permutation(len(images))
+    dataset = (tf.data.Dataset.from_tensor_slices(order).batch(CACHE_FILL_BATCH)
+               .map(lambda index: (*load(index), index), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+               .unbatch().cache(path))
+    if not Path(path + ".index").exists():  # none, or one left incomplete by a killed run
+        for stale in Path(path).parent.glob(Path(path).name + "*"):
+            stale.unlink()
+        started = time.perf_counter()
+        for _ in dataset.batch(4096).prefetch(2):
+            pass
+        print(f"cache: decoded {len(images)} images into {path} in {time.perf_counter() - started:.1f}s",
+              file=sys.stderr)
+    return dataset
+
+
+def _cache_path(folder: str, kind: str, images: Images, extra: int) -> str:
+    """A cache file name that changes with anything that changes its content."""
+    key = hashlib.sha256()
+    for part in ("\0".join(images.names()), images.labels.tobytes(), str(images.size), images.resize, str(extra)):
+        key.update(part.encode() if isinstance(part, str) else part)
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    return str(Path(folder) / f"{kind}-{key.hexdigest()[:16]}")
 
 
 def train_steps(n: int, batch_size: int) -> int:

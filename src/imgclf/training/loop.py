@@ -339,7 +339,7 @@ def _fit(config: TrainConfig, recipe: Recipe, run: RunFolder, split: Split, chec
     best.set_model(model)
     stateful: dict[str, Stateful] = {"history": history, "best": best}
     stateful.update({f"recipe{i}": cb for i, cb in enumerate(recipe_callbacks) if isinstance(cb, Stateful)})
-    validation = make_dataset(worker_shard(split.val, strategy), max(config.batch_size, EVAL_BATCH))
+    validation = make_dataset(worker_shard(split.val, strategy), max(config.batch_size, EVAL_BATCH), config.cache)
     own_validation = [] if single else [ReplicatedValidation(validation, matrix, recipe.loss,
                                                              all_sum=lambda values: all_sum(strategy, values))]
     class_weight = [config.class_weight[name] for name in class_names] if config.class_weight else None
@@ -370,7 +370,7 @@ def _fit(config: TrainConfig, recipe: Recipe, run: RunFolder, split: Split, chec
             continue
         model.fit(
             make_train_dataset(split.train, config.batch_size, seed=config.seed, epochs=stop, first_epoch=start,
-                               augment=recipe.augment),
+                               augment=recipe.augment, cache=config.cache),
             steps_per_epoch=steps_per_epoch,
             validation_data=validation,
             epochs=stop,
@@ -393,7 +393,7 @@ def _worker_batches(train: Images, config: TrainConfig, recipe: Recipe, strategy
     index, workers = worker_position(strategy)
     return make_train_dataset(worker_shard(train, strategy), config.batch_size // replicas(strategy),
                               seed=config.seed + WORKER_SEED_STRIDE * index, epochs=stop, first_epoch=start,
-                              augment=recipe.augment,
+                              augment=recipe.augment, cache=config.cache,
                               batches_per_epoch=steps_per_epoch * replicas(strategy) // workers)
 
 
