@@ -157,7 +157,7 @@ def train(root: Path, out: Path, limit: int) -> dict:
     """imgclf train on the folder, streamed (--memory-limit-mb 0): one epoch from the files,
     two with --cache, then 2 worker processes against 1 on a `limit`-image sample."""
     results = {}
-    common = ["train", "--data-dir", str(root), "--model", "fast", "--memory-limit-mb", "0", "--distribute", "none"]
+    common = ["train", "--data-dir", str(root), "--model", "fast-tiny", "--memory-limit-mb", "0", "--distribute", "none"]
     for name, extra in (("files", ["--epochs", "1"]),
                         ("cache", ["--epochs", "2", "--cache", str(out / "cache")])):
         shutil.rmtree(out / name, ignore_errors=True)
@@ -171,7 +171,7 @@ def train(root: Path, out: Path, limit: int) -> dict:
                          "epochs": _epochs(out / name), "batch_size": config["batch_size"],
                          "train_images": data.get("train_images")}
         print(name, json.dumps(results[name]), flush=True)
-    sample = ["train", "--data-dir", str(root), "--model", "fast", "--memory-limit-mb", "0", "--limit", str(limit),
+    sample = ["train", "--data-dir", str(root), "--model", "fast-tiny", "--memory-limit-mb", "0", "--limit", str(limit),
               "--epochs", "2", "--batch-size", "512"]
     shutil.rmtree(out / "one", ignore_errors=True)
     log = out / "one.log"
@@ -192,11 +192,11 @@ def train(root: Path, out: Path, limit: int) -> dict:
 
 
 def communication(images: int) -> dict:
-    """Bytes each worker sends per step for the all-reduce of the `fast` model's gradients
+    """Bytes each worker sends per step for the all-reduce of the `fast-tiny` model's gradients
     (a ring all-reduce: 2 (W - 1) / W of the gradient bytes, float32), for W = 2."""
     from imgclf.models.registry import create_model
 
-    model = create_model("fast", (SIZE, SIZE, 3), CLASSES,
+    model = create_model("fast-tiny", (SIZE, SIZE, 3), CLASSES,
                          train_pixels=np.random.default_rng(0).integers(0, 255, (512, SIZE, SIZE, 3), np.uint8))
     parameters = int(sum(np.prod(v.shape) for v in model.trainable_variables))
     gradient_bytes = parameters * 4

@@ -283,8 +283,8 @@ def _config_from_args(args: argparse.Namespace, keys: list[str]) -> TrainConfig:
 DATA_KEYS = ["dataset", "data_dir", "labels", "limit"]
 
 
-TRAIN_KEYS = DATA_KEYS + ["memory_limit_mb", "cache", "image_size", "resize", "val_split", "model", "weights", "freeze_epochs", "unfreeze",
-                          "init", "backbone_lr", "class_weight", "epochs", "batch_size",
+TRAIN_KEYS = DATA_KEYS + ["memory_limit_mb", "cache", "image_size", "resize", "val_split", "model", "weights",
+                          "freeze_epochs", "unfreeze", "init", "backbone_lr", "class_weight", "epochs", "batch_size",
                           "learning_rate", "precision", "distribute", "tta", "train_on_all", "seed", "deterministic",
                           "out", "name"]
 

@@ -93,6 +93,21 @@ def test_worker_list_becomes_tf_config():
         TrainConfig.from_dict({"distribute": "ring"})
 
 
+
+def test_multi_worker_without_a_cluster_is_a_clear_error(monkeypatch):
+    from imgclf.training.distribute import make_strategy
+
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    with pytest.raises(ImgclfError, match="needs TF_CONFIG, or --workers"):
+        make_strategy("multi-worker")
+    monkeypatch.setenv("TF_CONFIG", '{"cluster": {"worker": ["a:1"]}, "task": {"type": "ps", "index": 0}}')
+    with pytest.raises(ImgclfError, match="TF_CONFIG must be JSON such as"):
+        make_strategy("multi-worker")
+    monkeypatch.setenv("TF_CONFIG", "not json")
+    with pytest.raises(ImgclfError, match="TF_CONFIG must be JSON such as"):
+        make_strategy("multi-worker")
+
+
 # One worker of a multi-worker run: `imgclf train` (the CLI) with the plain recipe, recording
 # in $RECORD what the worker read (its training and validation shards) and its final weights;
 # with $KILL_AFTER=k it kills itself (SIGKILL) once its checkpoint of epoch k is written.

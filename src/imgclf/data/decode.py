@@ -26,7 +26,8 @@ from ..errors import DataError
 
 MAX_IMAGE_PIXELS = 64_000_000  # refuse decompression bombs: a tiny file that expands to gigapixels
 RESAMPLE = Image.Resampling.BILINEAR
-DECODE_BATCH = 256  # images per chunk when decoding many files
+DECODE_BATCH = 256  # images per chunk when resizing many arrays
+CHECK_BATCH = 64  # files per call when decoding many files in parallel
 PROGRESS_FROM = 5000  # files: show a progress bar and the decoding time from this many
 # How an image of another shape becomes the model's (height, width): stretched to it
 # ("squash", every pixel kept, shapes distorted), its centre cut to the model's aspect ratio
@@ -161,20 +162,24 @@ def _decode_files(
     if n == 0:
         return pixels, ok, reasons
 
-    def decode_one(raw: bytes) -> tuple[np.ndarray, bool, bytes]:
-        try:
-            return decode_image(os.fsdecode(raw), size, resize=resize), True, b""
-        except BadImage as exc:
-            return np.zeros((height, width, 3), np.uint8), False, str(exc).encode()
+    def decode_many(raw_paths: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        images = np.zeros((len(raw_paths), height, width, 3), np.uint8)
+        good = np.zeros(len(raw_paths), bool)
+        why = np.full(len(raw_paths), b"", dtype=object)
+        for i, raw in enumerate(raw_paths):
+            try:
+                images[i], good[i] = decode_image(os.fsdecode(raw), size, resize=resize), True
+            except BadImage as exc:
+                why[i] = str(exc).encode()
+        return images, good, why
 
-    def tf_decode(path):
-        image, good, reason = tf.numpy_function(decode_one, [path], [tf.uint8, tf.bool, tf.string])
-        return image, good, reason
+    def tf_decode(paths):  # a small batch per call: one Python call per file costs twice the decoding
+        return tf.numpy_function(decode_many, [paths], [tf.uint8, tf.bool, tf.string])
 
     dataset = (
         tf.data.Dataset.from_tensor_slices(np.array([os.fsencode(p) for p in paths], dtype=object))
+        .batch(CHECK_BATCH)
         .map(tf_decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        .batch(DECODE_BATCH)
         .prefetch(2)
     )
     start, done = time.perf_counter(), 0
