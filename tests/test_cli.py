@@ -45,13 +45,18 @@ def test_train_predict_evaluate_end_to_end(tmp_path):
 
 
 @pytest.mark.slow  # a training in a subprocess
-def test_config_file_and_overrides(tmp_path):
+def test_config_file_and_overrides_streamed_with_a_cache(tmp_path):
     data = make_image_folder(tmp_path / "data", per_class=5)
     (tmp_path / "c.json").write_text(json.dumps({"data_dir": str(data), "epochs": 5, "image_size": 16}))
-    result = run_cli("train", "--config", tmp_path / "c.json", "--epochs", "1", "--out", tmp_path / "run", "--quiet")
+    result = run_cli("train", "--config", tmp_path / "c.json", "--epochs", "1", "--out", tmp_path / "run", "--quiet",
+                     "--memory-limit-mb", "0", "--cache", tmp_path / "cache")
     assert result.returncode == 0, result.stderr[-3000:]
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
     assert saved["epochs"] == 1 and saved["image_size"] == 16 and saved["data_dir"] == str(data)
+    assert saved["cache"] == str(tmp_path / "cache") and saved["memory_limit_mb"] == 0
+    assert json.loads((tmp_path / "run" / "data.json").read_text())["in_memory"] is False
+    # the training images and the validation batches, each decoded once into the cache
+    assert {p.name.split("-")[0] for p in (tmp_path / "cache").glob("*.index")} == {"train", "eval"}
 
 
 @pytest.mark.parametrize("make_args,fragment", [
@@ -63,6 +68,8 @@ def test_config_file_and_overrides(tmp_path):
     (lambda t: ["train", "--epochs", "zero"], "invalid int"),
     (lambda t: ["train", "--epochs", "0"], "epochs must be at least 1"),
     (lambda t: ["train", "--val-split", "1"], "val_split"),
+    (lambda t: ["train", "--workers", "10.0.0.1:2222"], "two or more host:port"),
+    (lambda t: ["train", "--distribute", "multi-worker"], "needs TF_CONFIG"),
     (lambda t: ["predict", (t / "m.keras").write_text("hi") and t / "m.keras", t], "not a Keras model"),
     (lambda t: ["predict", t / "none.keras", t], "not found"),
     (lambda t: ["evaluate", t], "folder"),
