@@ -157,7 +157,8 @@ def train(root: Path, out: Path, limit: int) -> dict:
     """imgclf train on the folder, streamed (--memory-limit-mb 0): one epoch from the files,
     two with --cache, then 2 worker processes against 1 on a `limit`-image sample."""
     results = {}
-    common = ["train", "--data-dir", str(root), "--model", "fast-tiny", "--memory-limit-mb", "0", "--distribute", "none"]
+    common = ["train", "--data-dir", str(root), "--model", "fast-tiny", "--memory-limit-mb", "0",
+              "--distribute", "none"]
     for name, extra in (("files", ["--epochs", "1"]),
                         ("cache", ["--epochs", "2", "--cache", str(out / "cache")])):
         shutil.rmtree(out / name, ignore_errors=True)
