@@ -17,7 +17,6 @@ import json
 import os
 import resource
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -143,19 +142,11 @@ def _epochs(run: Path) -> list[dict]:
                 for row in csv.DictReader(handle)]
 
 
-def _free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
 def train(root: Path, out: Path, limit: int) -> dict:
     """imgclf train on the folder, streamed (--memory-limit-mb 0): one epoch from the files,
     two with --cache, then 2 worker processes against 1 on a `limit`-image sample."""
+    from imgclf.training.distribute import local_workers
+
     results = {}
     common = ["train", "--data-dir", str(root), "--model", "fast-tiny", "--memory-limit-mb", "0",
               "--distribute", "none"]
@@ -178,7 +169,7 @@ def train(root: Path, out: Path, limit: int) -> dict:
     log = out / "one.log"
     rss = _finish(_imgclf([*sample, "--distribute", "none", "--out", str(out / "one")], log), log)
     results["one_worker"] = {"peak_rss_mb": round(rss / 1024), "epochs": _epochs(out / "one")}
-    workers = ",".join(f"127.0.0.1:{p}" for p in _free_ports(2))
+    workers = local_workers(2)
     processes = []
     for index in (0, 1):
         shutil.rmtree(out / f"two{index}", ignore_errors=True)

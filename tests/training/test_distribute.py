@@ -5,7 +5,6 @@ with two worker processes on 127.0.0.1."""
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +13,7 @@ import numpy as np
 import pytest
 
 from imgclf import ImgclfError, TrainConfig
-from imgclf.training.distribute import tf_config
+from imgclf.training.distribute import local_workers, tf_config
 
 pytestmark = pytest.mark.slow  # trainings in a subprocess (the CPU split must precede TensorFlow's start)
 
@@ -87,6 +86,8 @@ def test_worker_list_becomes_tf_config():
     assert config == {"cluster": {"worker": ["10.0.0.1:2222", "10.0.0.2:2222"]}, "task": {"type": "worker", "index": 1}}
     with pytest.raises(ImgclfError, match="two or more"):
         tf_config("10.0.0.1:2222", 0)
+    local = json.loads(tf_config(local_workers(2), 1))["cluster"]["worker"]
+    assert len(set(local)) == 2 and all(w.startswith("127.0.0.1:") for w in local)
     with pytest.raises(ImgclfError, match="worker-index"):
         tf_config("a:1,b:2", 2)
     with pytest.raises(ImgclfError, match="distribute must be one of"):
@@ -149,20 +150,10 @@ sys.exit(cli.main(sys.argv[1:]))
 """
 
 
-def _free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
 def _two_workers(root: Path, name: str, args: list[str], env: dict | None = None) -> list[Path]:
     """Run worker 0 and worker 1 of a 2-worker run, each in its own empty working folder and
     temporary folder under root/name; return [folder 0, folder 1]."""
-    workers = ",".join(f"127.0.0.1:{port}" for port in _free_ports(2))
+    workers = local_workers(2)
     folders, processes = [], []
     for index in (0, 1):
         folder = root / name / f"worker{index}"

@@ -57,6 +57,21 @@ def tf_config(workers: str, index: int) -> str:
     return json.dumps({"cluster": {"worker": cluster}, "task": {"type": "worker", "index": index}})
 
 
+def local_workers(count: int) -> str:
+    """--workers for `count` worker processes on this machine: 127.0.0.1 with free ports
+    (to try multi-worker training, or test it, on one machine)."""
+    import socket
+
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return ",".join(f"127.0.0.1:{s.getsockname()[1]}" for s in sockets)
+    finally:
+        for s in sockets:
+            s.close()
+
+
 def make_strategy(distribute: str):
     """The tf.distribute strategy for `distribute` (DISTRIBUTE). Create it before any other
     TensorFlow work: multi-worker collectives are configured when the strategy starts."""
