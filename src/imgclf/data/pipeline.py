@@ -102,9 +102,7 @@ def fill_cache(images: Images, folder: str, seed: int):
     dataset = (tf.data.Dataset.from_tensor_slices(order).batch(CACHE_FILL_BATCH)
                .map(lambda index: (*load(index), index), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
                .unbatch().cache(path))
-    if not Path(path + ".index").exists():  # none, or one left incomplete by a killed run
-        for stale in Path(path).parent.glob(Path(path).name + "*"):
-            stale.unlink()
+    if not Path(path + ".index").exists():
         started = time.perf_counter()
         for _ in dataset.batch(4096).prefetch(2):
             pass
@@ -114,12 +112,18 @@ def fill_cache(images: Images, folder: str, seed: int):
 
 
 def _cache_path(folder: str, kind: str, images: Images, extra: int) -> str:
-    """A cache file name that changes with anything that changes its content."""
+    """A cache file name that changes with anything that changes its content. The pieces
+    of an incomplete cache of that name (a run killed while writing it; tf.data leaves a
+    lock file) are removed, so it is written afresh."""
     key = hashlib.sha256()
     for part in ("\0".join(images.names()), images.labels.tobytes(), str(images.size), images.resize, str(extra)):
         key.update(part.encode() if isinstance(part, str) else part)
     Path(folder).mkdir(parents=True, exist_ok=True)
-    return str(Path(folder) / f"{kind}-{key.hexdigest()[:16]}")
+    path = Path(folder) / f"{kind}-{key.hexdigest()[:16]}"
+    if not path.with_name(path.name + ".index").exists():
+        for stale in path.parent.glob(path.name + "*"):
+            stale.unlink()
+    return str(path)
 
 
 def train_steps(n: int, batch_size: int) -> int:

@@ -83,10 +83,12 @@ def make_strategy(distribute: str):
                               "--worker-index I (README: More machines)")
         try:
             config = json.loads(os.environ["TF_CONFIG"])
-            assert config["cluster"] and config["task"]["type"] in config["cluster"]
-        except Exception:
+            valid = bool(config["cluster"]) and config["task"]["type"] in config["cluster"]
+        except (ValueError, KeyError, TypeError):
+            valid = False
+        if not valid:
             raise ImgclfError("TF_CONFIG must be JSON such as {\"cluster\": {\"worker\": [\"host1:port\", "
-                              "\"host2:port\"]}, \"task\": {\"type\": \"worker\", \"index\": 0}}") from None
+                              "\"host2:port\"]}, \"task\": {\"type\": \"worker\", \"index\": 0}}")
         return tf.distribute.MultiWorkerMirroredStrategy()
     gpus = tf.config.list_logical_devices("GPU")
     if distribute == "none" or (distribute == "auto" and len(gpus) < 2):
