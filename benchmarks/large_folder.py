@@ -6,6 +6,7 @@ writes the figures docs/results.md quotes.
     python benchmarks/large_folder.py pipeline DIR --cache CACHE       input pipeline alone, images/s
     python benchmarks/large_folder.py train DIR --out OUT              imgclf train: memory, images/s,
                                                                        --cache, 2 workers against 1
+    python benchmarks/large_folder.py workers DIR --out OUT            only 2 workers against 1
 
 Every figure goes to stdout and, as JSON, to the file named by --json.
 """
@@ -145,7 +146,6 @@ def _epochs(run: Path) -> list[dict]:
 def train(root: Path, out: Path, limit: int) -> dict:
     """imgclf train on the folder, streamed (--memory-limit-mb 0): one epoch from the files,
     two with --cache, then 2 worker processes against 1 on a `limit`-image sample."""
-    from imgclf.training.distribute import local_workers
 
     results = {}
     common = ["train", "--data-dir", str(root), "--model", "fast-tiny", "--memory-limit-mb", "0",
@@ -163,18 +163,26 @@ def train(root: Path, out: Path, limit: int) -> dict:
                          "epochs": _epochs(out / name), "batch_size": config["batch_size"],
                          "train_images": data.get("train_images")}
         print(name, json.dumps(results[name]), flush=True)
+    return {**results, **workers(root, out, limit)}
+
+
+def workers(root: Path, out: Path, limit: int) -> dict:
+    """2 worker processes against 1 on a `limit`-image sample of the folder."""
+    from imgclf.training.distribute import local_workers
+
+    results = {}
     sample = ["train", "--data-dir", str(root), "--model", "fast-tiny", "--memory-limit-mb", "0", "--limit", str(limit),
               "--epochs", "2", "--batch-size", "512"]
     shutil.rmtree(out / "one", ignore_errors=True)
     log = out / "one.log"
     rss = _finish(_imgclf([*sample, "--distribute", "none", "--out", str(out / "one")], log), log)
     results["one_worker"] = {"peak_rss_mb": round(rss / 1024), "epochs": _epochs(out / "one")}
-    workers = local_workers(2)
+    addresses = local_workers(2)
     processes = []
     for index in (0, 1):
         shutil.rmtree(out / f"two{index}", ignore_errors=True)
         log = out / f"two{index}.log"
-        processes.append((_imgclf([*sample, "--workers", workers, "--worker-index", str(index),
+        processes.append((_imgclf([*sample, "--workers", addresses, "--worker-index", str(index),
                                    "--out", str(out / f"two{index}")], log), log))
     rss = [_finish(p, log) for p, log in processes]
     results["two_workers"] = {"peak_rss_mb": [round(r / 1024) for r in rss], "epochs": _epochs(out / "two0"),
@@ -198,7 +206,7 @@ def communication(images: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=("make", "listing", "pipeline", "train"))
+    parser.add_argument("what", choices=("make", "listing", "pipeline", "train", "workers"))
     parser.add_argument("folder", type=Path)
     parser.add_argument("--images", type=int, default=200_000)
     parser.add_argument("--files", type=int, default=1_000_000)
@@ -215,7 +223,7 @@ def main() -> None:
         result = pipeline(args.folder, args.cache or args.folder.parent / "pipeline-cache")
     else:
         args.out.mkdir(parents=True, exist_ok=True)
-        result = train(args.folder, args.out, args.limit)
+        result = (train if args.what == "train" else workers)(args.folder, args.out, args.limit)
     print(json.dumps(result, indent=1))
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))
