@@ -327,9 +327,9 @@ def _fit(config: TrainConfig, recipe: Recipe, run: RunFolder, split: Split, chec
                                             backbone_lr=1.0 if phase == 1 else config.backbone_lr),
             loss=recipe.loss,
             metrics=["accuracy", matrix],
-            # several steps per call fail under MirroredStrategy on TF 2.21 ("must feed a value for
-            # placeholder tensor 'while/...'"; docs/distribute.md): one step per call there
-            steps_per_execution=steps_per_call(steps_per_epoch, recipe.steps_per_execution if single else 1),
+            # model.fit's; with several replicas `fit_replicated` runs one step per call (several
+            # fail under MirroredStrategy on TF 2.21, docs/distribute.md)
+            steps_per_execution=steps_per_call(steps_per_epoch, recipe.steps_per_execution),
         )
 
     metadata = {"model_name": config.model, "resize": config.resize}
