@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -67,6 +68,21 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300) -> subpro
         capture_output=True, text=True, cwd=cwd, timeout=timeout,
         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
     )
+
+
+def make_hostile_entries(folder):
+    """Entries named like images that are not regular files: a FIFO, links to /dev/zero and
+    /dev/urandom, a Unix socket, a link loop and a folder. Returns their paths."""
+    folder.mkdir(parents=True, exist_ok=True)
+    os.mkfifo(folder / "pipe.jpg")
+    (folder / "zero.jpg").symlink_to("/dev/zero")
+    (folder / "urandom.png").symlink_to("/dev/urandom")
+    (folder / "loop.jpg").symlink_to(folder / "loop.jpg")
+    with socket.socket(socket.AF_UNIX) as server:
+        server.bind(str(folder / "socket.png"))  # the socket file stays after the close
+    (folder / "folder.jpg").mkdir()
+    Image.new("RGB", (8, 8)).save(folder / "folder.jpg" / "inside.png")
+    return [folder / name for name in ("pipe.jpg", "zero.jpg", "urandom.png", "loop.jpg", "socket.png", "folder.jpg")]
 
 
 def read_csv(path: Path) -> list[dict]:

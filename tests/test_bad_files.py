@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import read_csv, run_cli
+from conftest import make_hostile_entries, read_csv, run_cli
 
 pytestmark = pytest.mark.slow  # trainings in subprocesses
 
@@ -82,6 +82,7 @@ def make_odd_files(folder: Path) -> tuple[list[Path], list[Path]]:
     bad("broken_link.png", lambda p: p.symlink_to(folder / "does_not_exist.png"))
     bad("bomb.png", _write_bomb)
     bad("bad_crc.png", _write_corrupt_png)
+    unusable += make_hostile_entries(folder)  # FIFO, devices, socket, link loop, folder named like an image
     if os.geteuid() != 0:  # root reads anything; others cannot read this one
         usable.remove(folder / "no_permission.png")
         unusable.append(folder / "no_permission.png")
@@ -122,25 +123,37 @@ def assert_names_every_bad_file(result, unusable):
         assert str(path) in text, f"{path.name} not reported"
 
 
-def test_train_predict_evaluate_survive_odd_files(odd_data, tmp_path):
+FAST = 120  # seconds: a command that opened a FIFO or /dev/zero would block far longer (for ever)
+
+
+def test_train_predict_evaluate_check_data_survive_odd_files(odd_data, tmp_path):
     root, usable, unusable = odd_data
+    result = run_cli("check-data", root, "--no-near", timeout=FAST)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert_names_every_bad_file(result, unusable)
+
     run = tmp_path / "run"
-    result = run_cli("train", "--data-dir", root, "--epochs", "1", "--image-size", "16", "--out", run)
+    result = run_cli("train", "--data-dir", root, "--epochs", "1", "--image-size", "16", "--out", run, timeout=FAST)
     assert result.returncode == 0, result.stderr[-3000:]
     assert_names_every_bad_file(result, unusable)
     split = {row["item"] for row in read_csv(run / "split.csv")}
     assert {str(p) for p in usable} <= split and not {str(p) for p in unusable} & split
 
-    result = run_cli("predict", run / "best_model.keras", root, "--output", tmp_path / "p.csv")
+    result = run_cli("predict", run / "best_model.keras", root, "--output", tmp_path / "p.csv", timeout=FAST)
     assert result.returncode == 0, result.stderr[-3000:]
     assert_names_every_bad_file(result, unusable)
     predicted = {row["file"] for row in read_csv(tmp_path / "p.csv")}
     assert {str(p) for p in usable} <= predicted and not {str(p) for p in unusable} & predicted
 
-    result = run_cli("evaluate", run / "best_model.keras", "--data-dir", root, "--out", tmp_path / "eval")
+    result = run_cli("evaluate", run / "best_model.keras", "--data-dir", root, "--out", tmp_path / "eval",
+                     timeout=FAST)
     assert result.returncode == 0, result.stderr[-3000:]
     assert_names_every_bad_file(result, unusable)
     assert ODD_CLASS in result.stdout
+
+    fifo = root / "red" / "pipe.jpg"  # given by name: refused, not opened
+    result = run_cli("predict", run / "best_model.keras", fifo, root / "red" / "0.png", timeout=FAST)
+    assert result.returncode == 0 and f"{fifo} (not a regular file: a named pipe)" in result.stderr
 
 
 def test_nothing_usable_is_a_clean_error(odd_data, tmp_path):

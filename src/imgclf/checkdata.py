@@ -15,9 +15,9 @@ different labels), unusual sizes or modes.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import sys
-import warnings
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from .atomic import file_hash
-from .data.decode import MAX_IMAGE_PIXELS
+from .data.decode import MAX_IMAGE_PIXELS, BadImage, captured_warnings, read_image_bytes, to_rgb
 from .data.sources import read_labels_csv, scan_folder
 from .errors import DataError
 
@@ -103,17 +103,13 @@ def inspect_file(path: str, label: str, split: str, *, perceptual: bool = True) 
 
     info = FileInfo(path, label, split)
     try:
-        with open(path, "rb") as handle:
-            content = handle.read()
-    except OSError as exc:
-        info.error = f"cannot read ({exc.strerror or exc})"
+        content = read_image_bytes(path)  # regular files only, size-capped: nothing can block here
+    except BadImage as exc:
+        info.error = str(exc)
         return info
     info.sha256 = hashlib.sha256(content).hexdigest()
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            import io
-
+        with captured_warnings():  # per thread: this runs in a thread pool
             with Image.open(io.BytesIO(content)) as img:
                 info.width, info.height, info.mode, info.format = img.width, img.height, img.mode, img.format or ""
                 if img.width * img.height > MAX_IMAGE_PIXELS:
@@ -122,7 +118,7 @@ def inspect_file(path: str, label: str, split: str, *, perceptual: bool = True) 
                 if perceptual:
                     import imagehash
 
-                    info.phash = int(str(imagehash.phash(img.convert("RGB"))), 16)
+                    info.phash = int(str(imagehash.phash(to_rgb(img))), 16)
                 else:
                     info.phash = 0
     except Exception as exc:  # Pillow raises many types for a bad file

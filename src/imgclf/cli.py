@@ -112,7 +112,10 @@ def build_parser() -> Parser:
                         "object such as '{\"cat\": 3}'; config.json keeps the weights used")
     p.add_argument("--resume", metavar="RUN_DIR",
                    help="continue an interrupted run from its last completed epoch, with its own configuration")
-    p.add_argument("--out", default=UNSET, help="run folder (default: runs/<model>-<time>)")
+    p.add_argument("--out", default=UNSET, help="run folder (default: runs/<model>-<time>); one that holds a run "
+                                                "is refused (see --resume and --overwrite)")
+    p.add_argument("--overwrite", action="store_const", const=True, default=UNSET,
+                   help="--out holds a run: move it aside to <out>.old-<time> (nothing is deleted) and start afresh")
     p.add_argument("--name", default=UNSET, help="run name under runs/")
     p.add_argument("--config", help="JSON file of configuration keys; command-line options given override it")
     p.add_argument("--quiet", action="store_true", help="no progress output")
@@ -286,7 +289,7 @@ DATA_KEYS = ["dataset", "data_dir", "labels", "limit"]
 TRAIN_KEYS = DATA_KEYS + ["memory_limit_mb", "cache", "image_size", "resize", "val_split", "model", "weights",
                           "freeze_epochs", "unfreeze", "init", "backbone_lr", "class_weight", "epochs", "batch_size",
                           "learning_rate", "precision", "distribute", "tta", "train_on_all", "seed", "deterministic",
-                          "out", "name"]
+                          "out", "overwrite", "name"]
 
 
 def _image_size(text: str) -> int | str:

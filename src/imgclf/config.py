@@ -69,6 +69,7 @@ class TrainConfig:
     train_on_all: bool = False  # no validation split: train on all labelled data, monitor on the test split
     # --- output ---
     out: str | None = None  # run folder; default runs/<name>
+    overwrite: bool = False  # out holds a run: move it aside to <out>.old-<time> and start afresh (else refuse)
     name: str | None = None  # run name used for the default run folder; default <model>-<timestamp>
     verbose: int = 1  # 0 silent, 1 progress bar and one line per epoch
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+import sys
 import zipfile
 from datetime import datetime
 from pathlib import Path
@@ -57,6 +58,8 @@ HISTORY_COLUMNS = [  # then val_f1[class], val_precision[class], val_recall[clas
     "val_f1", "val_precision", "val_recall", "learning_rate", "seconds",
 ]
 CHECKPOINT_FORMAT = 1
+# Files that make a folder a run: a fresh run refuses to write where one of them is
+RUN_FILES = (CONFIG, SPLIT, HISTORY, CHECKPOINT, BEST_MODEL, LAST_MODEL, METRICS)
 
 
 class RunFolder:
@@ -64,10 +67,36 @@ class RunFolder:
         self.path = Path(path)
 
     @classmethod
+    def check_free(cls, config: TrainConfig) -> None:
+        """Refuse `config.out` when it holds a run (any of RUN_FILES), unless `config.overwrite`:
+        then `create` moves it aside. Called before anything is loaded, so the refusal is quick."""
+        found = cls(config.out).run_files() if config.out else []
+        if found and not config.overwrite:
+            raise ImgclfError(
+                f"{config.out} already holds a run ({', '.join(found)}); continue it with --resume {config.out}, "
+                f"or start afresh with --overwrite (the old run is moved aside to {config.out}.old-<time>, "
+                "nothing is deleted), or choose another --out")
+
+    def run_files(self) -> list[str]:
+        return [name for name in RUN_FILES if (self.path / name).exists()]
+
+    @classmethod
     def create(cls, config: TrainConfig) -> "RunFolder":
-        """`config.out`, or a new folder runs/<name> (<model>-<time> by default, -2, -3... if taken)."""
+        """`config.out`, or a new folder runs/<name> (<model>-<time> by default, -2, -3... if taken).
+        A `config.out` that holds a run is refused (`check_free`), or with `config.overwrite`
+        renamed to `<out>.old-<time>` first: one rename, nothing deleted, so the earlier model
+        survives whatever happens to the new run."""
         if config.out:
             path = Path(config.out)
+            cls.check_free(config)
+            if cls(path).run_files():
+                aside = path.with_name(f"{path.name}.old-{datetime.now():%Y%m%d-%H%M%S}")
+                suffix = 2
+                while aside.exists():
+                    aside = path.with_name(f"{path.name}.old-{datetime.now():%Y%m%d-%H%M%S}-{suffix}")
+                    suffix += 1
+                path.rename(aside)
+                print(f"--overwrite: the earlier run in {path} was moved to {aside}", file=sys.stderr)
         else:
             name = config.name or f"{config.model}-{datetime.now():%Y%m%d-%H%M%S}"
             path = RUNS_DIR / name

@@ -4,10 +4,13 @@ from PIL import Image
 
 from imgclf.data.decode import BadImage, decode_image, decode_paths, resize_array
 
+from conftest import make_hostile_entries
+
 SIZE = (16, 16)
 
 
 def save(path, image, **kwargs):
+    path.parent.mkdir(parents=True, exist_ok=True)
     image.save(path, **kwargs)
     return str(path)
 
@@ -133,3 +136,72 @@ def test_unknown_resize_mode_is_refused(tmp_path):
     path, _ = stripes(tmp_path)
     with pytest.raises(ValueError, match="unknown resize mode"):
         decode_image(str(path), (8, 8), resize="stretch")
+
+
+def test_only_regular_files_are_read(tmp_path):
+    from imgclf.data.decode import read_image_bytes
+
+    reasons = {}
+    for path in make_hostile_entries(tmp_path / "odd"):
+        with pytest.raises(BadImage) as caught:
+            read_image_bytes(path)  # a FIFO would block here for ever if it were opened for reading
+        reasons[path.name] = str(caught.value)
+    assert reasons == {"pipe.jpg": "not a regular file: a named pipe", "zero.jpg": "not a regular file: a character "
+                       "device", "urandom.png": "not a regular file: a character device", "loop.jpg": "link loop",
+                       "socket.png": "not a regular file: a socket", "folder.jpg": "not a regular file: a folder"}
+    (tmp_path / "real.png").write_bytes(b"x" * 100)
+    (tmp_path / "link.png").symlink_to(tmp_path / "real.png")  # links to regular files are followed
+    assert read_image_bytes(tmp_path / "link.png") == b"x" * 100
+    with pytest.raises(BadImage, match="larger than the file size limit"):
+        read_image_bytes(tmp_path / "link.png", max_bytes=99)
+
+
+def test_hostile_entries_in_a_folder_are_listed_skipped_and_named(tmp_path, capsys):
+    from imgclf.data.sources import walk_files
+
+    hostile = make_hostile_entries(tmp_path / "odd")
+    good = save(tmp_path / "odd" / "good.png", Image.new("RGB", (8, 8), (255, 0, 0)))
+    listed = walk_files(tmp_path / "odd")
+    assert sorted(listed) == sorted([good, *map(str, hostile)])  # the folder named like an image is not searched
+    decoded = decode_paths(listed, SIZE)
+    assert [listed[i] for i in decoded.kept] == [good]
+    err = capsys.readouterr().err
+    assert err.count("warning: skipped 6 unusable file(s)") == 1 and all(str(p) in err for p in hostile)
+
+
+def test_decoding_warnings_are_captured_per_thread_and_filters_untouched(tmp_path):
+    """Pillow warns on a palette image with byte transparency; decoding in many threads at once
+    must neither leak nor lose warnings nor change the process's filters (catch_warnings did)."""
+    import threading
+    import warnings
+
+    from imgclf.checkdata import check_data
+    from imgclf.data.decode import captured_warnings
+
+    image = Image.fromarray(np.arange(64, dtype=np.uint8).reshape(8, 8)).convert("P")
+    for i in range(12):  # palette images with transparency as bytes: Pillow warns on some conversions
+        save(tmp_path / "data" / ("a" if i % 2 else "b") / f"{i}.png", image, transparency=b"\0\x80" + b"\xff" * 62)
+    filters = list(warnings.filters)  # pytest's "error" filter: any warning that escaped would raise
+    check = check_data(tmp_path / "data", perceptual=True)  # eight threads
+    assert not check.undecodable and check.per_class["train"] == {"a": 6, "b": 6}
+    assert decode_paths(sorted(map(str, (tmp_path / "data").rglob("*.png"))), SIZE).pixels.shape == (12, 16, 16, 3)
+    assert warnings.filters == filters
+
+    found, barrier = {}, threading.Barrier(8)
+
+    def work(i):
+        with captured_warnings() as mine:
+            barrier.wait()
+            for _ in range(50):
+                warnings.warn(f"thread {i}", UserWarning, stacklevel=1)
+        found[i] = {str(w.message) for w in mine}
+
+    with warnings.catch_warnings():  # the main thread alone changes filters, around the threads
+        warnings.simplefilter("always")
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert found == {i: {f"thread {i}"} for i in range(8)}
+    assert warnings.filters == filters

@@ -6,18 +6,29 @@ file), so an image is converted the same way everywhere: first frame of animatio
 mode (grayscale, RGBA, palette, CMYK, 16-bit) to 8-bit RGB, resized to the model's input
 size by one of RESIZE_MODES. Files that are not decodable images raise `BadImage`.
 
+Files are read by one rule (`read_image_bytes`): only regular files, after resolving links, no
+larger than MAX_FILE_BYTES; FIFOs, sockets, devices, folders and link loops are refused
+without being read, so no command can block on a file.
+
 Pillow's global settings are left as they are: the size limit is checked here, per image,
 and truncated files fail as Pillow's default (`LOAD_TRUNCATED_IMAGES = False`) makes them.
+The warnings Pillow emits while decoding are captured per thread (`captured_warnings`), not
+by `warnings.catch_warnings`, which swaps process-wide state and is not thread-safe.
 """
 
 from __future__ import annotations
 
+import errno
+import io
 import os
+import stat
 import sys
+import threading
 import time
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import BinaryIO, Iterator
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -25,6 +36,7 @@ from PIL import Image, ImageOps
 from ..errors import DataError
 
 MAX_IMAGE_PIXELS = 64_000_000  # refuse decompression bombs: a tiny file that expands to gigapixels
+MAX_FILE_BYTES = 256 * 2**20  # image files larger than this are reported as unusable, not read
 RESAMPLE = Image.Resampling.BILINEAR
 DECODE_BATCH = 256  # images per chunk when resizing many arrays
 CHECK_BATCH = 64  # files per call when decoding many files in parallel
@@ -39,39 +51,115 @@ class BadImage(Exception):
     """The file is not a usable image (the message says why)."""
 
 
+def read_image_bytes(path: str | os.PathLike, max_bytes: int = MAX_FILE_BYTES) -> bytes:
+    """The content of the file at `path`, if it is a regular file (links resolved) of at most
+    `max_bytes`; otherwise `BadImage`, without reading it. FIFOs, sockets, devices, folders and
+    link loops are refused by their type before they are opened, and the opened file is
+    checked again (opened non-blocking, so a file swapped for a FIFO in between cannot block)."""
+    try:
+        _check_regular(os.stat(path), max_bytes)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0))
+    except OSError as exc:
+        raise BadImage(_os_reason(exc)) from None
+    with os.fdopen(fd, "rb") as handle:
+        try:
+            _check_regular(os.fstat(fd), max_bytes)
+            content = handle.read(max_bytes + 1)
+        except OSError as exc:
+            raise BadImage(_os_reason(exc)) from None
+    if len(content) > max_bytes:  # grew since its size was read
+        raise BadImage(f"larger than the file size limit of {max_bytes / 2**20:.0f} MiB")
+    return content
+
+
+FILE_KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a named pipe"), (stat.S_ISSOCK, "a socket"),
+              (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+
+
+def _check_regular(info: os.stat_result, max_bytes: int) -> None:
+    if not stat.S_ISREG(info.st_mode):
+        kind = next((name for test, name in FILE_KINDS if test(info.st_mode)), "not a regular file")
+        raise BadImage(f"not a regular file: {kind}")
+    if info.st_size > max_bytes:
+        raise BadImage(f"{info.st_size / 2**20:.0f} MiB, larger than the file size limit of "
+                       f"{max_bytes / 2**20:.0f} MiB")
+
+
+def _os_reason(exc: OSError) -> str:
+    if exc.errno == errno.ENOENT:
+        return "missing file or broken link"
+    if exc.errno == errno.ELOOP:
+        return "link loop"
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return "permission denied"
+    return f"cannot read ({exc.strerror or exc})"
+
+
+_capture = threading.local()
+_hook_lock = threading.Lock()
+
+
+def _show_or_capture(message, category, filename, lineno, file=None, line=None):
+    """warnings.showwarning while imgclf's hook is installed: a warning raised on a thread that
+    is inside `captured_warnings` is kept in that thread's list; any other goes on as before."""
+    captured = getattr(_capture, "warnings", None)
+    if captured is not None:
+        captured.append(warnings.WarningMessage(message, category, filename, lineno, file, line))
+    else:
+        _show_or_capture.previous(message, category, filename, lineno, file, line)
+
+
+@contextmanager
+def captured_warnings() -> Iterator[list[warnings.WarningMessage]]:
+    """Collect the warnings shown on this thread while the block runs (Pillow's, while it
+    decodes), leaving other threads' warnings and the process's filters alone. Thread-safe,
+    unlike `warnings.catch_warnings`: the only shared change is a hook on
+    `warnings.showwarning`, installed once (again if something replaced it) and never removed;
+    the list is per thread. Warnings that the process's filters ignore are not seen, and those
+    that they turn into errors are raised as before."""
+    if warnings.showwarning is not _show_or_capture:
+        with _hook_lock:
+            if warnings.showwarning is not _show_or_capture:
+                _show_or_capture.previous = warnings.showwarning
+                warnings.showwarning = _show_or_capture
+    outer = getattr(_capture, "warnings", None)
+    _capture.warnings = found = []
+    try:
+        yield found
+    finally:
+        _capture.warnings = outer
+
+
 def decode_image(path: str | BinaryIO, size: tuple[int, int], max_pixels: int | None = None,
                  resize: str = "squash") -> np.ndarray:
     """Return the image at `path` (or in a binary file object) as a (height, width, 3) uint8
     array of the given size, resized by `resize` (RESIZE_MODES). Images of more than
-    `max_pixels` (default MAX_IMAGE_PIXELS) pixels are refused unread."""
+    `max_pixels` (default MAX_IMAGE_PIXELS) pixels are refused unread; a path is read by
+    `read_image_bytes`'s rule."""
     height, width = size
     max_pixels = MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
     if resize not in RESIZE_MODES:  # a caller's mistake, not a bad file
         raise ValueError(f"unknown resize mode {resize!r} (one of {', '.join(RESIZE_MODES)})")
+    source = path if hasattr(path, "read") else io.BytesIO(read_image_bytes(path))
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            # Palette images with transparency and similar oddities warn; they still decode fine.
-            warnings.simplefilter("ignore", UserWarning)
-            with Image.open(path) as img:
-                if img.width * img.height > max_pixels:  # checked before any pixel is decoded
-                    raise Image.DecompressionBombError(
-                        f"{img.width} x {img.height} pixels is more than the limit of {max_pixels}")
-                img.seek(0)  # first frame of animated GIF/PNG/WebP
-                if img.format == "JPEG":
-                    img.draft("RGB", (width, height))  # cheap DCT downscale for large JPEGs
-                img.load()
-                rgb = resize_image(_to_rgb(img), (height, width), resize)
-                array = np.asarray(rgb, dtype=np.uint8)
+        # Pillow's own warnings (a palette image's transparency, a large image) are kept here, not
+        # printed from decoding threads; the size limit below is ours, whatever Pillow warns.
+        with captured_warnings(), Image.open(source) as img:
+            if img.width * img.height > max_pixels:  # checked before any pixel is decoded
+                raise Image.DecompressionBombError(
+                    f"{img.width} x {img.height} pixels is more than the limit of {max_pixels}")
+            img.seek(0)  # first frame of animated GIF/PNG/WebP
+            if img.format == "JPEG":
+                img.draft("RGB", (width, height))  # cheap DCT downscale for large JPEGs
+            img.load()
+            rgb = resize_image(to_rgb(img), (height, width), resize)
+            array = np.asarray(rgb, dtype=np.uint8)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise BadImage(f"too large (decompression bomb guard): {exc}") from None
-    except FileNotFoundError:
-        raise BadImage("missing file or broken link") from None
-    except PermissionError:
-        raise BadImage("permission denied") from None
     except Image.UnidentifiedImageError:
         raise BadImage("not an image") from None
-    except (OSError, ValueError, SyntaxError, EOFError, MemoryError) as exc:
+    except (OSError, ValueError, SyntaxError, EOFError, MemoryError, Warning) as exc:
+        # Warning: one the process's filters turn into an error (python -W error)
         raise BadImage(f"cannot decode ({exc})") from None
     if array.shape != (height, width, 3):
         raise BadImage(f"unexpected decoded shape {array.shape}")
@@ -106,7 +194,7 @@ def resize_array(array: np.ndarray, size: tuple[int, int], resize: str = "squash
     return out
 
 
-def _to_rgb(img: Image.Image) -> Image.Image:
+def to_rgb(img: Image.Image) -> Image.Image:
     """Convert any Pillow mode to 8-bit RGB."""
     if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         # 16/32-bit grayscale: scale the real range to 0-255 instead of clipping at 255.
@@ -117,7 +205,7 @@ def _to_rgb(img: Image.Image) -> Image.Image:
         gray = np.clip(values / top * 255.0, 0, 255).astype(np.uint8)
         return Image.fromarray(gray).convert("RGB")
     if img.mode == "P":
-        img = img.convert("RGBA")
+        img = img.convert("RGBA")  # P -> RGB would warn about transparency given as bytes
     if img.mode in ("RGBA", "LA", "PA"):
         # Composite on black; identical to dropping alpha for opaque images.
         img = img.convert("RGBA")

@@ -4,6 +4,8 @@ class (with train/ and test/ inside as splits), or a CSV file list of path,label
 from __future__ import annotations
 
 import csv
+import functools
+import io
 import os
 import socket
 import threading
@@ -13,7 +15,7 @@ import numpy as np
 
 from ..config import TrainConfig
 from ..errors import DataError
-from .decode import decode_paths, resize_array
+from .decode import BadImage, decode_paths, read_image_bytes, resize_array
 from .labelled import Images, LoadedData, encode_labels
 from .split import stratified_sample
 
@@ -101,12 +103,26 @@ def _require_network(host: tuple[str, int], what: str) -> None:
 
 
 def walk_files(folder: str | Path) -> list[str]:
-    """Every file under `folder`, recursively, in sorted order; hidden files and folders left out."""
+    """Every entry under `folder` that is not a folder, recursively, in sorted order; hidden
+    files and folders left out; links to folders not followed. What is not a regular file
+    (FIFOs, sockets, devices, link loops) is listed too, for the reader to report as
+    unusable (`decode.read_image_bytes`), and so is a folder named like an image file, which
+    is not searched."""
     found: list[str] = []
     for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        found.extend(os.path.join(dirpath, f) for f in sorted(filenames) if not f.startswith("."))
+        named_like_images = {d for d in dirnames if os.path.splitext(d)[1].lower() in image_suffixes()}
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d not in named_like_images)
+        found.extend(os.path.join(dirpath, f) for f in sorted([*filenames, *named_like_images])
+                     if not f.startswith("."))
     return found
+
+
+@functools.lru_cache(maxsize=1)
+def image_suffixes() -> frozenset[str]:
+    """File name endings of the image formats Pillow reads (.jpg, .png, ...)."""
+    from PIL import Image
+
+    return frozenset(Image.registered_extensions())
 
 
 def scan_folder(root: Path) -> tuple[list[str], list[str]]:
@@ -132,10 +148,9 @@ def read_labels_csv(csv_path: str | Path) -> tuple[list[str], list[str]]:
     """Read `path,label` rows; relative paths resolve against the CSV's folder."""
     csv_path = Path(csv_path)
     try:
-        with open(csv_path, newline="", encoding="utf-8-sig") as handle:
-            rows = list(csv.reader(handle))
-    except OSError as exc:
-        raise DataError(f"cannot read labels file {csv_path}: {exc.strerror or exc}") from None
+        rows = list(csv.reader(io.StringIO(read_image_bytes(csv_path).decode("utf-8-sig"), newline="")))
+    except BadImage as exc:  # the same rule as image files: no FIFO or device can block the read
+        raise DataError(f"cannot read labels file {csv_path}: {exc}") from None
     except UnicodeDecodeError:
         raise DataError(f"labels file {csv_path} is not UTF-8 text") from None
     rows = [r for r in rows if any(cell.strip() for cell in r)]

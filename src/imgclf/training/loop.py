@@ -120,6 +120,8 @@ def _private_folder(config: TrainConfig, resumed: RunFolder | None):
 def _train(config: TrainConfig, strategy, resumed: RunFolder | None, data: LoadedData | None,
            extra_callbacks: list | None) -> Path | None:
     chief = is_chief(strategy)
+    if resumed is None:
+        RunFolder.check_free(config)  # before any loading: an earlier run is never overwritten
     precision = resolve_precision(config.precision)
     started = time.perf_counter()
     _seed_everything(config)
