@@ -116,6 +116,14 @@ def test_health_counts_model_calls(client):
     assert after["model_calls"] == before["model_calls"] + 1 and after["images"] == before["images"] + 3
 
 
+def test_head_answers_like_get_without_a_body(client):
+    for path in ("/", "/health", "/metadata"):
+        head, get = client.head(path), client.get(path)
+        assert head.status_code == 200 and head.content == b"", path
+        assert head.headers["content-type"] == get.headers["content-type"]
+    assert client.head("/predict").status_code == 405
+
+
 def test_wrong_methods_and_paths(client):
     assert client.get("/predict").status_code == 405
     assert client.post("/health").status_code == 405

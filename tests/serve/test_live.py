@@ -40,6 +40,9 @@ def test_real_http_good_and_bad_requests(service):
             assert answer.status_code == status, (kind, answer.text)
             assert answer.json()["detail"], kind
         assert http.get("/health").json()["status"] == "ok"
+        for path in ("/", "/health"):  # uptime checkers and load balancers send HEAD
+            head = http.head(path)
+            assert head.status_code == 200 and head.content == b"", path
 
 
 def test_concurrent_clients_all_answered(service):

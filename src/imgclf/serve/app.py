@@ -220,15 +220,16 @@ def create_app(model: str | Path | LoadedModel, limits: Limits = DEFAULT_LIMITS)
     app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)
     page = resources.files(__package__).joinpath("page.html").read_text(encoding="utf-8")
 
-    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    # HEAD as well as GET on the pages that uptime checkers and load balancers probe
+    @app.api_route("/", methods=["GET", "HEAD"], response_class=HTMLResponse, include_in_schema=False)
     async def index() -> str:
         return page
 
-    @app.get("/health")
+    @app.api_route("/health", methods=["GET", "HEAD"])
     async def health() -> dict:
         return {"status": "ok", "model_calls": batcher.calls, "images": batcher.images}
 
-    @app.get("/metadata")
+    @app.api_route("/metadata", methods=["GET", "HEAD"])
     async def metadata() -> dict:
         return info
 
