@@ -19,6 +19,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+from .errors import RESOURCE_ERRNOS, StorageError
+
 PARTIAL_MARK = ".partial-"  # in the names of temporary files: `.<name>.partial-XXXX<suffix>`
 
 
@@ -33,20 +35,28 @@ def _file_mode() -> int:
 
 @contextmanager
 def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
-    """Yield a temporary path next to `path`; on success it replaces `path` in one step."""
+    """Yield a temporary path next to `path`; on success it replaces `path` in one step.
+    A full disk (or another refusal of the operating system, `errors.RESOURCE_ERRNOS`) raises
+    StorageError naming `path` and saying that its previous content is intact."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}{PARTIAL_MARK}", suffix=suffix or ".tmp", dir=path.parent)
-    os.fchmod(fd, _file_mode())
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}{PARTIAL_MARK}", suffix=suffix or ".tmp", dir=path.parent)
+        os.fchmod(fd, _file_mode())
+        os.close(fd)
+        tmp_path = Path(tmp)
         yield tmp_path
         with open(tmp_path, "rb+") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp_path, path)
+    except OSError as exc:
+        if exc.errno not in RESOURCE_ERRNOS:
+            raise
+        kept = f"the previous {path.name} is intact" if path.exists() else "nothing was written there"
+        raise StorageError(RESOURCE_ERRNOS[exc.errno], path, kept) from None
     finally:
-        if tmp_path.exists():
+        if tmp_path is not None and tmp_path.exists():
             tmp_path.unlink()
 
 

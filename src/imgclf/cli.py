@@ -14,7 +14,7 @@ from typing import Iterator
 
 from .config import INIT_FREEZE_EPOCHS, PRECISIONS, TrainConfig, parse_image_size, read_config_file
 from .data.decode import RESIZE_MODES
-from .errors import ImgclfError
+from .errors import ImgclfError, resource_error
 from .models.recipes import RECIPE_DEFAULTS
 from .training.distribute import DISTRIBUTE
 
@@ -270,6 +270,10 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # a bug: still one line, with the way to the traceback
         if os.environ.get("IMGCLF_DEBUG"):
             raise
+        line = resource_error(exc)  # not a bug: the disk, the memory, a permission
+        if line:
+            print(f"imgclf: error: {line}", file=sys.stderr)
+            return EXIT_ERROR
         print(f"imgclf: internal error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
               "(set IMGCLF_DEBUG=1 for the traceback)", file=sys.stderr)
         return EXIT_ERROR

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .data.decode import RESIZE_MODES
+from .data.decode import MAX_IMAGE_PIXELS, RESIZE_MODES
 from .errors import ImgclfError
 from .models.recipes import AUTO, RECIPE_DEFAULTS, WEIGHT_CHOICES, fitted_batch_size, recipe_defaults
 from .training.distribute import DISTRIBUTE
@@ -161,6 +161,11 @@ class TrainConfig:
         try:
             if min(self.size) < 8:
                 problems.append(f"image_size must be at least 8 pixels a side (got {self.image_size})")
+            height, width = self.size
+            if height * width > MAX_IMAGE_PIXELS:
+                problems.append(f"image_size {height}x{width} is {height * width / 1e6:,.0f} megapixels: one image "
+                                f"alone is {height * width * 12 / 2**30:,.0f} GiB as float32, over the limit of "
+                                f"{MAX_IMAGE_PIXELS / 1e6:.0f} megapixels on any image")
         except ImgclfError as exc:
             problems.append(str(exc))
         if self.resize not in RESIZE_MODES:

@@ -33,6 +33,29 @@ def _cpuinfo() -> dict[str, str]:
     return fields
 
 
+def available_memory() -> int | None:
+    """Bytes of memory this process can still take: the kernel's MemAvailable, capped by a
+    cgroup (container) limit; None where neither can be read."""
+    found = []
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                found.append(int(line.split()[1]) * 1024)
+    except (OSError, ValueError, IndexError):
+        pass
+    cgroup = Path("/sys/fs/cgroup")
+    for limit, usage in ((cgroup / "memory.max", cgroup / "memory.current"),
+                         (cgroup / "memory/memory.limit_in_bytes", cgroup / "memory/memory.usage_in_bytes")):
+        try:
+            cap = limit.read_text().strip()
+            if cap.isdigit() and int(cap) < 2**60:
+                found.append(int(cap) - int(usage.read_text().strip()))
+                break
+        except (OSError, ValueError):
+            continue
+    return max(0, min(found)) if found else None
+
+
 def cpu_flags() -> set[str]:
     return set(_cpuinfo().get("flags", "").split())
 

@@ -10,6 +10,7 @@ import time
 import keras
 import numpy as np
 
+from ..errors import StorageError
 from ..metrics import ConfusionMatrix, summarize
 from ..runfolder import RunFolder
 from .checkpoint import Stateful
@@ -93,10 +94,15 @@ class BestModelCheckpoint(keras.callbacks.Callback, Stateful):
     def on_epoch_end(self, epoch, logs=None):
         value = (logs or {}).get("val_loss")
         if value is not None and np.isfinite(value) and value < self.best:
+            previous = self.best_epoch if self.run.best_model.exists() else None
             self.best = float(value)
             self.best_epoch = epoch + 1
             self.best_weights = [np.array(w) for w in self.model.get_weights()]
-            self._save(self.model)
+            try:
+                self._save(self.model)
+            except StorageError as exc:
+                kept = f"the previous best model (epoch {previous}) is intact" if previous else "no best model yet"
+                raise StorageError(exc.reason, exc.path, kept) from None
 
     def _save(self, model, weights=None):
         self.run.save_model(self.run.best_model, model, self.class_names, weights=weights, epoch=self.best_epoch,

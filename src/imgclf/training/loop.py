@@ -24,9 +24,9 @@ from ..data.labelled import Images, LoadedData
 from ..data.pipeline import make_dataset, make_train_dataset, sample_pixels, steps_per_call, train_steps
 from ..data.sources import load_data
 from ..data.split import check_classes, split_indices
-from ..errors import DataError
+from ..errors import DataError, StorageError
 from ..evaluation import REPORT_KEYS, evaluate_images, summary_metrics, top_loss_pixels
-from ..hardware import environment
+from ..hardware import available_memory, environment
 from ..metrics import ConfusionMatrix
 from ..modelio import load_model
 from ..models.backbones import set_phase
@@ -122,6 +122,7 @@ def _train(config: TrainConfig, strategy, resumed: RunFolder | None, data: Loade
     chief = is_chief(strategy)
     if resumed is None:
         RunFolder.check_free(config)  # before any loading: an earlier run is never overwritten
+    check_input_memory(config)
     precision = resolve_precision(config.precision)
     started = time.perf_counter()
     _seed_everything(config)
@@ -144,7 +145,11 @@ def _train(config: TrainConfig, strategy, resumed: RunFolder | None, data: Loade
     recipe = get_recipe(config.model)
     _announce(config, precision, run, data, split, strategy)
     with compute_precision(precision), strategy.scope():
-        fitted = _fit(config, recipe, run, split, checkpoint, extra_callbacks)
+        try:
+            fitted = _fit(config, recipe, run, split, checkpoint, extra_callbacks)
+        except StorageError as exc:  # disk full mid-run: every file written so far is whole
+            raise StorageError(exc.reason, exc.path, f"{exc.kept}; the run continues from its last completed "
+                                                     f"epoch with --resume {run}") from None
     if not chief:
         return None
     train_seconds = time.perf_counter() - started
@@ -156,6 +161,22 @@ def _train(config: TrainConfig, strategy, resumed: RunFolder | None, data: Loade
                           prefix="test_" if config.train_on_all else "")
     _print_result(config, run, final_name, split, fitted, report, train_seconds)
     return run.path
+
+
+PIPELINE_BATCHES = 3  # batches alive at once in the input pipeline: one decoded, one prefetched, one in the model
+
+
+def check_input_memory(config: TrainConfig) -> None:
+    """Refuse, before anything is loaded, an image size whose input pipeline cannot fit in the
+    memory available: PIPELINE_BATCHES batches of uint8 and float32 pixels."""
+    height, width = config.size
+    batch = config.batch_size or (recipe_defaults(config.model).batch_size if config.model != AUTO else 1)
+    need = PIPELINE_BATCHES * batch * height * width * 3 * (1 + 4)
+    available = available_memory()
+    if available is not None and need > available:
+        raise DataError(f"image_size {height}x{width} with batches of {batch}: the input pipeline alone needs "
+                        f"{need / 2**30:,.1f} GiB, more than the {available / 2**30:,.1f} GiB of memory available; "
+                        "use a smaller --image-size or --batch-size")
 
 
 def _seed_everything(config: TrainConfig) -> None:
