@@ -15,7 +15,6 @@ from imgclf.errors import DataError, ModelFileError
 from imgclf.export import (
     FLOAT_TOLERANCE,
     FORMATS,
-    INT8_MIN_AGREEMENT,
     WRITERS,
     ExportError,
     add_litert_metadata,
@@ -23,6 +22,7 @@ from imgclf.export import (
     default_path,
     export_model,
     inference_copy,
+    int8_problems,
     keras_probabilities,
     verify_artifact,
 )
@@ -46,9 +46,11 @@ def test_every_format_matches_keras(exported, export_runs, recipe, fmt):
     report = exported[recipe, fmt]
     path = Path(report.path)
     assert path == default_path(export_runs[recipe] / "best_model.keras", fmt) and path.exists()
-    assert report.images >= 200 and report.check_source == "the run's validation split"
+    # 1,000 images: the whole validation split, then training images (same pixels in both runtimes)
+    assert report.images == 1000 and report.labelled_images == 1000
+    assert report.check_source == "the run's validation split (204), the run's training split (796)"
     if fmt == "litert-int8":
-        assert report.agreement >= INT8_MIN_AGREEMENT
+        assert not int8_problems(report) and report.confident_images > 0
         assert report.export_accuracy is not None
     else:
         assert report.agreement == 1.0 and report.max_abs_diff <= FLOAT_TOLERANCE
@@ -139,20 +141,23 @@ def test_litert_metadata_round_trip(exported):
     assert read_litert_metadata(path.read_bytes())["recipe"] == "seed"
 
 
-def test_check_needs_enough_images(export_runs, tmp_path):
+def test_check_images_outside_a_run_folder(export_runs, tmp_path):
+    """A model away from its run folder needs --check-data; 20 images there are topped up to
+    200 with mirrored and shifted copies (labels kept)."""
     model_path = export_runs["seed"] / "best_model.keras"
     loose = tmp_path / "model.keras"
     shutil.copy(model_path, loose)
     with pytest.raises(DataError, match="--check-data"):
         export_model(loose, "onnx", verbose=False)
+    assert not (tmp_path / "model.onnx").exists()
     few = tmp_path / "few" / "red"
     few.mkdir(parents=True)
     data = Path(json.loads((export_runs["seed"] / "config.json").read_text())["data_dir"])
     for image in sorted((data / "red").iterdir())[:20]:
         shutil.copy(image, few)
-    with pytest.raises(DataError, match="at least 200"):
-        export_model(loose, "onnx", check_data=tmp_path / "few", verbose=False)
-    assert not (tmp_path / "model.onnx").exists()
+    report = export_model(loose, "onnx", check_data=tmp_path / "few", verbose=False)
+    assert report.images == 200 and report.labelled_images == 200 and report.agreement == 1.0
+    assert report.check_source == f"{tmp_path / 'few'}, 180 mirrored and shifted copies of them"
 
 
 def test_check_data_folder_gives_accuracy(export_runs, tmp_path):
@@ -286,7 +291,7 @@ def test_run_on_a_built_in_dataset_checks_on_its_arrays(tmp_path, monkeypatch):
     asked = []
     monkeypatch.setattr(imgclf.evaluation, "load_data", lambda config: asked.append(config) or data)
     report = export_model(run / "best_model.keras", "onnx", verbose=False)
-    assert asked and asked[0].dataset == "cifar10" and report.images == 204
+    assert asked and asked[0].dataset == "cifar10" and report.images == 1000
     assert report.keras_accuracy is not None and report.agreement == 1.0
 
 
@@ -331,10 +336,89 @@ def test_check_images_found_from_another_folder(export_runs, monkeypatch, tmp_pa
     monkeypatch.chdir(tmp_path / "elsewhere")
     assert not Path(os.path.relpath(rows[1][0], data.parent)).exists()  # not found from here as written
     report = export_model(run / "best_model.keras", "onnx", verbose=False)
-    assert report.images == 204 and report.agreement == 1.0
+    assert report.images == 1000 and report.agreement == 1.0
 
 
 def test_the_cli_lists_the_export_formats():
     from imgclf.cli import EXPORT_FORMATS  # kept apart so that `imgclf --help` imports no TensorFlow
 
     assert EXPORT_FORMATS == FORMATS
+
+
+def test_a_small_run_exports_without_check_data(tmp_path, capsys):
+    """150 images (30 for validation): the check takes the validation split, then the training
+    split, then mirrored and shifted copies up to 200; every float format passes, and int8
+    passes or fails on accuracy and confident agreement, with its figures printed."""
+    from imgclf import TrainConfig, train
+    from imgclf.cli import main
+
+    from conftest import make_image_folder
+
+    data = make_image_folder(tmp_path / "images", per_class=50, size=(16, 16))
+    run = train(TrainConfig(data_dir=str(data), epochs=2, image_size=16, out=str(tmp_path / "run"), verbose=0))
+    code = main(["export", str(run / "best_model.keras"), "--format", "savedmodel", "onnx", "litert", "litert-int8"])
+    out, err = capsys.readouterr()
+    for fmt in ("savedmodel", "onnx", "litert"):
+        assert default_path(run / "best_model.keras", fmt).exists(), fmt
+    assert out.count("checked on 200 images (the run's validation split (30), the run's training split (120), "
+                     "50 mirrored and shifted copies of them)") >= 3
+    if code == 0:
+        assert "int8: accuracy" in out and "top-two margin of at least 0.1" in out
+        assert default_path(run / "best_model.keras", "litert-int8").exists()
+    else:
+        assert "the int8 export fails the check" in err and "accuracy" in err and "Traceback" not in err
+        assert not default_path(run / "best_model.keras", "litert-int8").exists()
+
+
+def test_check_images_top_up_with_mirrored_and_shifted_copies():
+    from imgclf.export import _variants
+
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (7, 10, 12, 3)).astype(np.uint8)
+    labels = np.arange(7)
+    made, made_labels = _variants(pixels, labels, 30)
+    assert made.shape == (30, 10, 12, 3) and made.dtype == np.uint8
+    assert made_labels.tolist() == (list(range(7)) * 5)[:30]
+    assert np.array_equal(made[:7], pixels[:, :, ::-1])  # first the mirror images
+    assert np.array_equal(made[14:21, :-2, :-2], pixels[:, 2:, 2:])  # then shifted 2 pixels up and left
+    assert np.array_equal(made[7:14, :-2, 2:], pixels[:, 2:, 2:][:, :, ::-1])  # the same, mirrored
+    assert not any(np.array_equal(m, p) for m in made for p in pixels)  # no copy of an original
+
+
+@pytest.mark.parametrize("case, problems", [
+    ("raw agreement low, confident all agree, accuracy kept", []),
+    ("a confident image flips", ["Keras' class on"]),
+    ("accuracy drops 2 points", ["accuracy drops 2.00 points"]),
+])
+def test_int8_is_judged_on_accuracy_and_confident_agreement(case, problems, monkeypatch):
+    """100 images: Keras' probabilities, and an 'int8 export' that flips the near ties (raw
+    agreement 90%), plus one confident image, or two correct answers."""
+    from imgclf import export
+
+    expected = np.tile([0.8, 0.15, 0.05], (100, 1))
+    expected[:10] = [0.47, 0.46, 0.07]  # near ties: margin 0.01
+    labels = np.zeros(100, int)
+    got = expected.copy()
+    got[:10] = [0.46, 0.47, 0.07]  # the near ties flip: neither wrong nor right for the 10 (labels 2)
+    labels[:10] = 2
+    if case == "a confident image flips":
+        got[50] = [0.1, 0.8, 0.1]
+        labels[50] = 2  # wrong either way: accuracy unchanged
+    if case == "accuracy drops 2 points":
+        got[60:62] = [0.1, 0.8, 0.1]  # Keras right, int8 wrong
+    check = export.CheckImages(np.arange(100, dtype=np.uint8)[:, None, None, None].repeat(3, -1), labels, "made up")
+
+    class Fake:
+        def predict(self, pixels):
+            return got[pixels[:, 0, 0, 0].astype(int)]
+
+    monkeypatch.setattr(export, "open_model", lambda path: Fake())
+    if not problems:
+        report = verify_artifact("x.tflite", "litert-int8", expected, check)
+        assert report.agreement == 0.9 and report.confident_images == 90 and report.confident_agreement == 1.0
+        assert report.keras_accuracy == report.export_accuracy == 0.9
+        return
+    with pytest.raises(ExportError) as caught:
+        verify_artifact("x.tflite", "litert-int8", expected, check)
+    message = str(caught.value)
+    assert all(p in message for p in problems) and "it was deleted" in message and "of all 100" in message
