@@ -11,6 +11,12 @@ is measured on the images `imgclf export` checks with (`export.check_images`): t
 images with Keras' top-1 class (raw, and on the images whose top-two margin is at least 0.1),
 accuracy in float and int8 on the labelled ones, the file size, and the latency of one image
 in LiteRT (median of 300 calls). Writes OUT/int8.json and prints a Markdown table.
+
+    python benchmarks/int8.py RUN_DIR --keep-worst 3,10,40 --out OUT
+
+Selective quantization instead: the converter's QuantizationDebugger measures each quantized
+op's error (RMS over its quantization step), and the k worst ops stay float32, for each k.
+Writes OUT/selective.json.
 """
 
 from __future__ import annotations
@@ -103,6 +109,68 @@ def measure_run(run: Path) -> list[dict]:
     return rows
 
 
+def selective(run: Path, counts: list[int]) -> list[dict]:
+    """Confident agreement with the k ops of largest quantization error kept in float32."""
+    import csv
+    import io
+
+    import tensorflow as tf
+
+    from imgclf import export
+    from imgclf.modelio import load_model
+
+    model_path = run / "best_model.keras"
+    loaded = load_model(model_path)
+    check = export.check_images(model_path, loaded, None)
+    expected = export.keras_probabilities(export.inference_copy(loaded.model, fold_batch_norm=False), check)
+    graph = export.inference_copy(loaded.model)
+    metadata = export.artifact_metadata(loaded, model_path, "litert-int8")
+    calibration = export.calibration_images(model_path, loaded, None, check)
+
+    def representative():
+        for image in calibration:
+            yield [image[None].astype(np.float32)]
+
+    rows = []
+    with tempfile.TemporaryDirectory() as folder:
+        saved = Path(folder) / "saved"
+        graph.export(str(saved), format="tf_saved_model", input_signature=export._signature(graph), verbose=False)
+
+        def converter():
+            convert = tf.lite.TFLiteConverter.from_saved_model(str(saved))
+            convert.optimizations = [tf.lite.Optimize.DEFAULT]
+            convert.representative_dataset = representative
+            convert.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+            return convert
+
+        debugger = tf.lite.experimental.QuantizationDebugger(converter=converter(), debug_dataset=representative)
+        debugger.run()
+        dump = io.StringIO()
+        debugger.layer_statistics_dump(dump)
+        stats = list(csv.DictReader(io.StringIO(dump.getvalue())))
+        for op in stats:
+            scale = float(op["scale"])
+            op["error"] = float(op["mean_squared_error"]) ** 0.5 / scale if scale else 0.0
+        stats.sort(key=lambda op: -op["error"])
+        for k in [0, *counts]:
+            options = tf.lite.experimental.QuantizationDebugOptions(
+                denylisted_nodes=[op["tensor_name"] for op in stats[:k]])
+            content = tf.lite.experimental.QuantizationDebugger(
+                converter=converter(), debug_dataset=representative, debug_options=options
+            ).get_nondebug_quantized_model() if k else converter().convert()
+            path = Path(folder) / f"kept{k}.tflite"
+            path.write_bytes(export.add_litert_metadata(content, metadata))
+            report, _ = export.measure_artifact(path, "litert-int8", expected, check)
+            rows.append({"run": run.name, "kept_float": k, "ops": len(stats),
+                         "worst_errors": [round(op["error"], 3) for op in stats[:max(k, 1)]],
+                         "agreement": report.agreement, "confident_images": report.confident_images,
+                         "confident_agreement": report.confident_agreement, "float_accuracy": report.keras_accuracy,
+                         "int8_accuracy": report.export_accuracy, "bytes": path.stat().st_size,
+                         "passes": not export.int8_problems(report)})
+            print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    return rows
+
+
 def table(rows: list[dict]) -> str:
     def pct(value):
         return "—" if value is None else f"{value:.1%}"
@@ -121,11 +189,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", type=Path)
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--keep-worst", help="selective quantization: comma-separated numbers of ops kept float32")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     from imgclf.cli import import_tensorflow_quietly
 
     import_tensorflow_quietly()
+    if args.keep_worst:
+        counts = [int(k) for k in args.keep_worst.split(",")]
+        rows = [row for run in args.runs for row in selective(run, counts)]
+        (args.out / "selective.json").write_text(json.dumps(rows, indent=2))
+        return
     rows = []
     for run in args.runs:
         rows += measure_run(run)

@@ -76,3 +76,15 @@ def test_backbone_defaults_fine_tune_only_from_pretrained_weights():
     scratch = TrainConfig(model="efficientnetv2b0", image_size=96, weights="none").resolved(1000)
     assert (scratch.freeze_epochs, scratch.backbone_lr) == (0, 1.0)
     assert TrainConfig(model="fast").resolved(1000).weights is None
+
+
+def test_a_configuration_file_that_is_a_pipe_or_a_device_is_refused_unread(tmp_path):
+    import os
+
+    from imgclf.config import read_config_file
+
+    os.mkfifo(tmp_path / "config.json")
+    (tmp_path / "zero.json").symlink_to("/dev/zero")
+    for name, kind in (("config.json", "named pipe"), ("zero.json", "character device")):
+        with pytest.raises(ImgclfError, match=f"cannot read configuration file .*{name}: not a regular file: a {kind}"):
+            read_config_file(tmp_path / name)

@@ -69,3 +69,14 @@ def test_cli_refuses_lambda_model_unless_unsafe(tmp_path):
     allowed = run_cli("predict", tmp_path / "lambda.keras", tmp_path / "x.png", "--unsafe")
     assert allowed.returncode == 0, allowed.stderr[-2000:]
     assert "x.png" in allowed.stdout
+
+
+@pytest.mark.parametrize("name", ["pipe.keras", "pipe.onnx", "pipe.tflite"])
+def test_a_named_pipe_is_not_opened_as_a_model(tmp_path, name):
+    from imgclf.runtimes import open_model
+
+    os.mkfifo(tmp_path / name)  # opening it for reading would block until a writer came
+    with pytest.raises(ModelFileError, match="not a regular file"):
+        open_model(tmp_path / name)
+    with pytest.raises(ModelFileError, match="not a regular file"):
+        load_model(tmp_path / name)

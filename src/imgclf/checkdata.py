@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from .atomic import file_hash
-from .data.decode import MAX_IMAGE_PIXELS, BadImage, captured_warnings, read_image_bytes, to_rgb
+from .data.decode import MAX_IMAGE_PIXELS, BadImage, captured_warnings, read_user_file, to_rgb
 from .data.sources import read_labels_csv, scan_folder
 from .errors import DataError
 
@@ -103,7 +103,7 @@ def inspect_file(path: str, label: str, split: str, *, perceptual: bool = True) 
 
     info = FileInfo(path, label, split)
     try:
-        content = read_image_bytes(path)  # regular files only, size-capped: nothing can block here
+        content = read_user_file(path)  # regular files only, size-capped: nothing can block here
     except BadImage as exc:
         info.error = str(exc)
         return info

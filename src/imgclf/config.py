@@ -27,6 +27,7 @@ INIT_BACKBONE_LR = 0.3
 # ...after INIT_FREEZE_EPOCHS epochs of the new classifier alone: 81.3% against 79.2% without
 # (1 epoch: 80.1%, 4: 80.6%; docs/experiments.md).
 INIT_FREEZE_EPOCHS = 2
+MAX_CONFIG_BYTES = 2**20  # a configuration file is a small JSON object
 
 
 @dataclass(frozen=True)
@@ -237,9 +238,11 @@ def parse_image_size(value: int | str) -> tuple[int, int]:
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
     """The JSON object in a configuration file (a run's config.json or a user's --config)."""
+    from .data.decode import BadImage, read_user_file
+
     try:
-        values = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as exc:
+        values = json.loads(read_user_file(path, MAX_CONFIG_BYTES).decode("utf-8"))
+    except (BadImage, ValueError) as exc:
         raise ImgclfError(f"cannot read configuration file {path}: {exc}") from None
     if not isinstance(values, dict):
         raise ImgclfError(f"configuration file {path} must hold a JSON object")

@@ -92,6 +92,8 @@ def load_model(path: str | Path, *, unsafe: bool = False) -> LoadedModel:
         raise ModelFileError(f"model file not found: {path}")
     if path.is_dir():
         raise ModelFileError(f"model path is a folder, not a .keras file: {path}")
+    if not path.is_file():  # a FIFO or a device would block the read, or never end it
+        raise ModelFileError(f"{path} is not a regular file (a named pipe, socket or device): not a model")
     if not zipfile.is_zipfile(path):
         raise ModelFileError(f"not a Keras model file (.keras zip archive): {path}")
     try:

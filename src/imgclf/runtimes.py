@@ -41,6 +41,8 @@ def detect_format(path: str | Path) -> str:
         raise ModelFileError(f"{path} is a folder without saved_model.pb: not a SavedModel")
     if not path.exists():
         raise ModelFileError(f"model file not found: {path}")
+    if not path.is_file():  # a FIFO or a device would block the read, or never end it
+        raise ModelFileError(f"{path} is not a regular file (a named pipe, socket or device): not a model")
     suffix = path.suffix.lower()
     if suffix == ".onnx":
         return "onnx"

@@ -139,21 +139,21 @@ def test_unknown_resize_mode_is_refused(tmp_path):
 
 
 def test_only_regular_files_are_read(tmp_path):
-    from imgclf.data.decode import read_image_bytes
+    from imgclf.data.decode import read_user_file
 
     reasons = {}
     for path in make_hostile_entries(tmp_path / "odd"):
         with pytest.raises(BadImage) as caught:
-            read_image_bytes(path)  # a FIFO would block here for ever if it were opened for reading
+            read_user_file(path)  # a FIFO would block here for ever if it were opened for reading
         reasons[path.name] = str(caught.value)
     assert reasons == {"pipe.jpg": "not a regular file: a named pipe", "zero.jpg": "not a regular file: a character "
                        "device", "urandom.png": "not a regular file: a character device", "loop.jpg": "link loop",
                        "socket.png": "not a regular file: a socket", "folder.jpg": "not a regular file: a folder"}
     (tmp_path / "real.png").write_bytes(b"x" * 100)
     (tmp_path / "link.png").symlink_to(tmp_path / "real.png")  # links to regular files are followed
-    assert read_image_bytes(tmp_path / "link.png") == b"x" * 100
+    assert read_user_file(tmp_path / "link.png") == b"x" * 100
     with pytest.raises(BadImage, match="larger than the file size limit"):
-        read_image_bytes(tmp_path / "link.png", max_bytes=99)
+        read_user_file(tmp_path / "link.png", max_bytes=99)
 
 
 def test_hostile_entries_in_a_folder_are_listed_skipped_and_named(tmp_path, capsys):

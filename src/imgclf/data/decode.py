@@ -6,7 +6,8 @@ file), so an image is converted the same way everywhere: first frame of animatio
 mode (grayscale, RGBA, palette, CMYK, 16-bit) to 8-bit RGB, resized to the model's input
 size by one of RESIZE_MODES. Files that are not decodable images raise `BadImage`.
 
-Files are read by one rule (`read_image_bytes`): only regular files, after resolving links, no
+Files are read by one rule (`read_user_file`, also for CSV file lists and configuration
+files): only regular files, after resolving links, no
 larger than MAX_FILE_BYTES; FIFOs, sockets, devices, folders and link loops are refused
 without being read, so no command can block on a file.
 
@@ -51,7 +52,7 @@ class BadImage(Exception):
     """The file is not a usable image (the message says why)."""
 
 
-def read_image_bytes(path: str | os.PathLike, max_bytes: int = MAX_FILE_BYTES) -> bytes:
+def read_user_file(path: str | os.PathLike, max_bytes: int = MAX_FILE_BYTES) -> bytes:
     """The content of the file at `path`, if it is a regular file (links resolved) of at most
     `max_bytes`; otherwise `BadImage`, without reading it. FIFOs, sockets, devices, folders and
     link loops are refused by their type before they are opened, and the opened file is
@@ -135,12 +136,12 @@ def decode_image(path: str | BinaryIO, size: tuple[int, int], max_pixels: int | 
     """Return the image at `path` (or in a binary file object) as a (height, width, 3) uint8
     array of the given size, resized by `resize` (RESIZE_MODES). Images of more than
     `max_pixels` (default MAX_IMAGE_PIXELS) pixels are refused unread; a path is read by
-    `read_image_bytes`'s rule."""
+    `read_user_file`'s rule."""
     height, width = size
     max_pixels = MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
     if resize not in RESIZE_MODES:  # a caller's mistake, not a bad file
         raise ValueError(f"unknown resize mode {resize!r} (one of {', '.join(RESIZE_MODES)})")
-    source = path if hasattr(path, "read") else io.BytesIO(read_image_bytes(path))
+    source = path if hasattr(path, "read") else io.BytesIO(read_user_file(path))
     try:
         # Pillow's own warnings (a palette image's transparency, a large image) are kept here, not
         # printed from decoding threads; the size limit below is ours, whatever Pillow warns.

@@ -15,7 +15,7 @@ import numpy as np
 
 from ..config import TrainConfig
 from ..errors import DataError
-from .decode import BadImage, decode_paths, read_image_bytes, resize_array
+from .decode import BadImage, decode_paths, read_user_file, resize_array
 from .labelled import Images, LoadedData, encode_labels
 from .split import stratified_sample
 
@@ -106,7 +106,7 @@ def walk_files(folder: str | Path) -> list[str]:
     """Every entry under `folder` that is not a folder, recursively, in sorted order; hidden
     files and folders left out; links to folders not followed. What is not a regular file
     (FIFOs, sockets, devices, link loops) is listed too, for the reader to report as
-    unusable (`decode.read_image_bytes`), and so is a folder named like an image file, which
+    unusable (`decode.read_user_file`), and so is a folder named like an image file, which
     is not searched."""
     found: list[str] = []
     for dirpath, dirnames, filenames in os.walk(folder):
@@ -148,7 +148,7 @@ def read_labels_csv(csv_path: str | Path) -> tuple[list[str], list[str]]:
     """Read `path,label` rows; relative paths resolve against the CSV's folder."""
     csv_path = Path(csv_path)
     try:
-        rows = list(csv.reader(io.StringIO(read_image_bytes(csv_path).decode("utf-8-sig"), newline="")))
+        rows = list(csv.reader(io.StringIO(read_user_file(csv_path).decode("utf-8-sig"), newline="")))
     except BadImage as exc:  # the same rule as image files: no FIFO or device can block the read
         raise DataError(f"cannot read labels file {csv_path}: {exc}") from None
     except UnicodeDecodeError:
