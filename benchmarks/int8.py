@@ -69,7 +69,9 @@ def latency_ms(path: Path, image: np.ndarray) -> float:
     return statistics.median(times) * 1000
 
 
-def measure_run(run: Path) -> list[dict]:
+def prepare(run: Path):
+    """(model path, loaded model, check images, Keras' probabilities on them, the export graph,
+    the int8 metadata), as `imgclf export` has them."""
     from imgclf import export
     from imgclf.modelio import load_model
 
@@ -79,6 +81,13 @@ def measure_run(run: Path) -> list[dict]:
     expected = export.keras_probabilities(export.inference_copy(loaded.model, fold_batch_norm=False), check)
     graph = export.inference_copy(loaded.model)
     metadata = export.artifact_metadata(loaded, model_path, "litert-int8")
+    return model_path, loaded, check, expected, graph, metadata
+
+
+def measure_run(run: Path) -> list[dict]:
+    from imgclf import export
+
+    model_path, loaded, check, expected, graph, metadata = prepare(run)
     recipe_float = tuple(metadata.get("float_layers") or ())
     rows = []
     with tempfile.TemporaryDirectory() as folder:
@@ -117,14 +126,8 @@ def selective(run: Path, counts: list[int]) -> list[dict]:
     import tensorflow as tf
 
     from imgclf import export
-    from imgclf.modelio import load_model
 
-    model_path = run / "best_model.keras"
-    loaded = load_model(model_path)
-    check = export.check_images(model_path, loaded, None)
-    expected = export.keras_probabilities(export.inference_copy(loaded.model, fold_batch_norm=False), check)
-    graph = export.inference_copy(loaded.model)
-    metadata = export.artifact_metadata(loaded, model_path, "litert-int8")
+    model_path, loaded, check, expected, graph, metadata = prepare(run)
     calibration = export.calibration_images(model_path, loaded, None, check)
 
     def representative():

@@ -220,18 +220,23 @@ def create_app(model: str | Path | LoadedModel, limits: Limits = DEFAULT_LIMITS)
     app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)
     page = resources.files(__package__).joinpath("page.html").read_text(encoding="utf-8")
 
-    # HEAD as well as GET on the pages that uptime checkers and load balancers probe
-    @app.api_route("/", methods=["GET", "HEAD"], response_class=HTMLResponse, include_in_schema=False)
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def index() -> str:
         return page
 
-    @app.api_route("/health", methods=["GET", "HEAD"])
+    @app.get("/health")
     async def health() -> dict:
         return {"status": "ok", "model_calls": batcher.calls, "images": batcher.images}
 
-    @app.api_route("/metadata", methods=["GET", "HEAD"])
+    @app.get("/metadata")
     async def metadata() -> dict:
         return info
+
+    # HEAD too, on what uptime checkers and load balancers probe: the GET answer without its
+    # body (Starlette drops it); left out of the OpenAPI schema, where it would repeat the GET
+    app.add_api_route("/", index, methods=["HEAD"], response_class=HTMLResponse, include_in_schema=False)
+    for path, endpoint in (("/health", health), ("/metadata", metadata)):
+        app.add_api_route(path, endpoint, methods=["HEAD"], include_in_schema=False)
 
     @app.post("/predict", response_model=PredictResponse,
               responses={400: {"description": "empty file, too many files"}, 413: {"description": "too large"},
