@@ -26,6 +26,11 @@ def test_bench_writes_report_and_plot(tmp_path):
     assert report["target_val_accuracy"] == 0.01
     assert report["peak_gflops"]["float32"] > 0
     assert (out / "bench.png").read_bytes()[:4] == b"\x89PNG"
+    # a second bench into the same folder: the earlier contender runs are moved aside, not refused or lost
+    result = run_cli("bench", "--data-dir", data, "--image-size", "16", "--only", "reference", "--out", out)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert [p.name.split(".old-")[0] for p in out.glob("reference_run.old-*")] == ["reference_run"]
+    assert (out / "reference_run" / "best_model.keras").exists()
 
 
 def test_bench_rejects_a_target_that_is_not_an_accuracy(tmp_path):

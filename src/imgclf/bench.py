@@ -94,7 +94,8 @@ def bench_notebook(train_set, val_set, config: TrainConfig, epochs: int, budget:
 
 def bench_recipe(label: str, config: TrainConfig, data, out: Path, train_images: int, budget: float | None) -> dict:
     clock = EpochClock(budget)
-    run = RunFolder(train(config.replace(out=str(out), verbose=0), data=data, extra_callbacks=[clock]))
+    # a second bench into the same folder moves the previous contender's run aside (never deletes it)
+    run = RunFolder(train(config.replace(out=str(out), overwrite=True, verbose=0), data=data, extra_callbacks=[clock]))
     history = run.read_history()
     model = keras.models.load_model(run.last_model, compile=False)
     resolved = config.resolved()
