@@ -129,23 +129,9 @@ def selective(run: Path, counts: list[int]) -> list[dict]:
 
     model_path, loaded, check, expected, graph, metadata = prepare(run)
     calibration = export.calibration_images(model_path, loaded, None, check)
-
-    def representative():
-        for image in calibration:
-            yield [image[None].astype(np.float32)]
-
     rows = []
-    with tempfile.TemporaryDirectory() as folder:
-        saved = Path(folder) / "saved"
-        graph.export(str(saved), format="tf_saved_model", input_signature=export._signature(graph), verbose=False)
-
-        def converter():
-            convert = tf.lite.TFLiteConverter.from_saved_model(str(saved))
-            convert.optimizations = [tf.lite.Optimize.DEFAULT]
-            convert.representative_dataset = representative
-            convert.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-            return convert
-
+    with tempfile.TemporaryDirectory() as folder, export.int8_converters(graph, calibration) as (
+            converter, representative):
         debugger = tf.lite.experimental.QuantizationDebugger(converter=converter(), debug_dataset=representative)
         debugger.run()
         dump = io.StringIO()

@@ -39,6 +39,7 @@ import shutil
 import time
 import uuid
 import warnings
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -283,6 +284,23 @@ def _int8_litert(graph, calibration: np.ndarray, float_layers: tuple[str, ...], 
     This calls TFLiteConverter directly, from the SavedModel Keras writes (the path Keras'
     own litert export takes), because Keras' export has no way to keep chosen layers in
     float: that takes the converter's QuantizationDebugger with denylisted nodes."""
+    import tensorflow as tf
+
+    with int8_converters(graph, calibration, per_channel) as (converter, representative):
+        content = converter().convert()
+        keep = _op_outputs(content, float_layers)
+        if not keep:
+            return content
+        options = tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=keep)
+        debugger = tf.lite.experimental.QuantizationDebugger(converter=converter(), debug_dataset=representative,
+                                                              debug_options=options)
+        return debugger.get_nondebug_quantized_model()
+
+
+@contextmanager
+def int8_converters(graph, calibration: np.ndarray, per_channel: bool = True):
+    """(a function making a fresh full-integer TFLiteConverter of `graph`, the representative
+    dataset of `calibration`), while the block runs: the SavedModel it converts lives that long."""
     import tempfile
 
     import tensorflow as tf
@@ -307,14 +325,7 @@ def _int8_litert(graph, calibration: np.ndarray, float_layers: tuple[str, ...], 
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=r"\s*Warning: tf.lite.Interpreter is deprecated",
                                     category=UserWarning)
-            content = converter().convert()
-            keep = _op_outputs(content, float_layers)
-            if not keep:
-                return content
-            options = tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=keep)
-            debugger = tf.lite.experimental.QuantizationDebugger(converter=converter(), debug_dataset=representative,
-                                                                  debug_options=options)
-            return debugger.get_nondebug_quantized_model()
+            yield converter, representative
 
 
 def _op_outputs(content: bytes, layers: tuple[str, ...]) -> list[str]:
