@@ -56,7 +56,7 @@ def first_and_last(model) -> tuple[str, ...]:
 
 
 def latency_ms(path: Path, image: np.ndarray) -> float:
-    from imgclf.runtimes import open_model
+    from imgclf.inference.runtimes import open_model
 
     runtime = open_model(path)
     for _ in range(20):
@@ -72,8 +72,8 @@ def latency_ms(path: Path, image: np.ndarray) -> float:
 def prepare(run: Path):
     """(model path, loaded model, check images, Keras' probabilities on them, the export graph,
     the int8 metadata), as `imgclf export` has them."""
-    from imgclf import export
-    from imgclf.modelio import load_model
+    from imgclf.export import writers as export
+    from imgclf.inference.modelio import load_model
 
     model_path = run / "best_model.keras"
     loaded = load_model(model_path)
@@ -85,8 +85,7 @@ def prepare(run: Path):
 
 
 def measure_run(run: Path) -> list[dict]:
-    from imgclf import export
-
+    from imgclf.export import writers as export
     model_path, loaded, check, expected, graph, metadata = prepare(run)
     recipe_float = tuple(metadata.get("float_layers") or ())
     rows = []
@@ -125,8 +124,7 @@ def selective(run: Path, counts: list[int]) -> list[dict]:
 
     import tensorflow as tf
 
-    from imgclf import export
-
+    from imgclf.export import writers as export
     model_path, loaded, check, expected, graph, metadata = prepare(run)
     calibration = export.calibration_images(model_path, loaded, None, check)
     rows = []

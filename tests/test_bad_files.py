@@ -167,7 +167,7 @@ def test_nothing_usable_is_a_clean_error(odd_data, tmp_path):
     result = run_cli("train", "--data-dir", only_bad, "--epochs", "1", "--out", tmp_path / "run")
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert "usable image" in result.stderr
-    from imgclf.modelio import save_model
+    from imgclf.inference.modelio import save_model
     from imgclf.models.registry import create_model
 
     save_model(create_model("seed", (16, 16, 3), 2), tmp_path / "m.keras", ["a", "b"])

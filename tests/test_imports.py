@@ -12,7 +12,7 @@ import keras, tensorflow  # their own imports set variables (TF2_BEHAVIOR, KMP_*
 def state():
     return (matplotlib.get_backend(), Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES, dict(os.environ))
 before = state()
-import imgclf, imgclf.plots
+import imgclf, imgclf.evaluation.plots
 for module in pkgutil.walk_packages(imgclf.__path__, "imgclf."):
     importlib.import_module(module.name)  # every module of the package
 after = state()

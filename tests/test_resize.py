@@ -6,10 +6,10 @@ from fastapi.testclient import TestClient
 
 from imgclf import TrainConfig, train
 from imgclf.data.decode import decode_image
-from imgclf.evaluation import evaluate
-from imgclf.export import export_model
-from imgclf.predict import predict_files
-from imgclf.runtimes import open_model
+from imgclf.evaluation.evaluate import evaluate
+from imgclf.export.writers import export_model
+from imgclf.inference.predict import predict_files
+from imgclf.inference.runtimes import open_model
 from imgclf.serve.app import create_app
 
 from conftest import make_image_folder

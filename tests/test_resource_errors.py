@@ -41,8 +41,7 @@ class FullDisk:
                 except OSError as exc:
                     assert exc.errno == errno.ENOSPC
             return
-        from imgclf import atomic
-
+        from imgclf.run import atomic
         real = os.replace
         disk = self
 
@@ -100,7 +99,7 @@ def test_disk_full_mid_run_keeps_every_file_whole_and_the_run_resumes(disk, tmp_
 
 def test_best_model_save_on_a_full_disk_names_the_kept_epoch(disk, tmp_path):
     from imgclf.models.registry import create_model
-    from imgclf.runfolder import RunFolder
+    from imgclf.run.folder import RunFolder
     from imgclf.training.callbacks import BestModelCheckpoint
 
     best = BestModelCheckpoint(RunFolder(disk.path), ["a", "b"], model_name="seed")

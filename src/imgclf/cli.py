@@ -328,8 +328,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from .predict import predict_files, write_predictions
-    from .runtimes import open_model
+    from .inference.predict import predict_files, write_predictions
+    from .inference.runtimes import open_model
 
     if args.top_k < 1:
         raise ImgclfError(f"--top-k must be at least 1 (got {args.top_k})")
@@ -361,8 +361,8 @@ def print_predictions(predictions, top_k: int) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .evaluation import evaluate
-    from .runtimes import open_model
+    from .evaluation.evaluate import evaluate
+    from .inference.runtimes import open_model
 
     config = _config_from_args(args, DATA_KEYS)
     with quiet_native_stderr():
@@ -396,7 +396,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .evaluation import write_run_report
+    from .evaluation.evaluate import write_run_report
 
     with quiet_native_stderr():
         path = write_run_report(args.run, unsafe=args.unsafe)
@@ -405,8 +405,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_check_data(args: argparse.Namespace) -> int:
-    from .atomic import write_json
-    from .checkdata import NEAR_BITS, check_data, format_check
+    from .data.check import NEAR_BITS, check_data, format_check
+    from .run.atomic import write_json
 
     near = NEAR_BITS if args.near_bits is None else args.near_bits
     if not 0 <= near <= 32:
@@ -420,7 +420,7 @@ def cmd_check_data(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from .bench import run_bench
+    from .bench.train import run_bench
 
     config = _config_from_args(args, DATA_KEYS + ["image_size", "seed"])
     run_bench(config, epochs=args.epochs, minutes=args.minutes, out=Path(args.out), contenders=tuple(args.only),
@@ -429,7 +429,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .export import export_model, print_report
+    from .export.writers import export_model, print_report
 
     formats = list(EXPORT_FORMATS) if "all" in args.format else list(dict.fromkeys(args.format))
     if args.out and len(formats) > 1:
@@ -452,7 +452,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise ImgclfError("--workers and --max-images must be at least 1, --max-upload-mb and --max-megapixels "
                           "positive numbers")
     with quiet_native_stderr():
-        from .runtimes import open_model
+        from .inference.runtimes import open_model
 
         loaded = open_model(args.model)  # a bad model file fails here, with one line
     limits = Limits(args.max_upload_mb, args.max_images, int(args.max_megapixels * 1_000_000))
@@ -461,7 +461,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_serve(args: argparse.Namespace) -> int:
-    from .serve.bench import run_bench_serve
+    from .bench.serve import run_bench_serve
 
     if min(args.calls, args.http_requests, args.mixed) < 8:
         raise ImgclfError("--calls, --http-requests and --mixed must be at least 8")

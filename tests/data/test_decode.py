@@ -175,7 +175,7 @@ def test_decoding_warnings_are_captured_per_thread_and_filters_untouched(tmp_pat
     import threading
     import warnings
 
-    from imgclf.checkdata import check_data
+    from imgclf.data.check import check_data
     from imgclf.data.decode import captured_warnings
 
     image = Image.fromarray(np.arange(64, dtype=np.uint8).reshape(8, 8)).convert("P")

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 
 from imgclf.errors import DataError
-from imgclf.modelio import load_model, save_model
+from imgclf.inference.modelio import load_model, save_model
 from imgclf.models import backbones
 from imgclf.models.recipes import BACKBONES, RECIPE_DEFAULTS, pick_recipe
 from imgclf.models.registry import create_model, get_recipe
-from imgclf.precision import compute_precision
+from imgclf.training.precision import compute_precision
 
 from conftest import make_image_folder, write_backbone_weights
 
@@ -159,7 +159,7 @@ def test_auto_picks_from_data_size_image_size_and_weights(tmp_path, monkeypatch)
 def test_a_backbone_model_exports_and_matches_keras(tmp_path):
     """The export's inference copy goes inside the nested backbone too (float32 throughout,
     augmentation dropped): ONNX Runtime gives Keras' answers on 210 images."""
-    from imgclf.export import export_model
+    from imgclf.export.writers import export_model
 
     keras.utils.set_random_seed(0)
     weights = write_backbone_weights(tmp_path / "w.weights.h5")

@@ -5,7 +5,7 @@ import pytest
 
 from imgclf import TrainConfig, train
 from imgclf.models.fast import fast_cnn, whitening_weights
-from imgclf.precision import compute_precision
+from imgclf.training.precision import compute_precision
 
 from conftest import CIFAR10_TRAIN, read_csv
 
@@ -142,14 +142,14 @@ def test_saved_fast_model_loads_in_a_fresh_process(tmp_path):
     import subprocess
     import sys
 
-    from imgclf.modelio import save_model
+    from imgclf.inference.modelio import save_model
 
     pixels = np.random.default_rng(0).integers(0, 256, (16, 16, 16, 3), dtype=np.uint8)
     model = fast_cnn((16, 16, 3), 3, pixels, widths=(8, 8, 8))
     save_model(model, tmp_path / "m.keras", ["a", "b", "c"], model_name="fast")
     expected = model.predict(pixels[:2].astype("float32"), verbose=0)
     np.save(tmp_path / "x.npy", pixels[:2])
-    code = ("import numpy as np, sys; from imgclf.modelio import load_model; "
+    code = ("import numpy as np, sys; from imgclf.inference.modelio import load_model; "
             "m = load_model(sys.argv[1]); "
             "np.save(sys.argv[2], m.model.predict(np.load(sys.argv[3]).astype('float32'), verbose=0))")
     result = subprocess.run([sys.executable, "-c", code, str(tmp_path / "m.keras"), str(tmp_path / "y.npy"),

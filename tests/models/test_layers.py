@@ -1,7 +1,7 @@
 import numpy as np
 
 from imgclf.models.layers import FusedBatchNorm, QuickGELU
-from imgclf.precision import compute_precision
+from imgclf.training.precision import compute_precision
 
 
 def test_fused_batchnorm_matches_keras_batchnorm():

@@ -1,10 +1,10 @@
 """The zoo of bad requests and the image helpers shared by the service's tests (they are the
-bench's own: `imgclf.serve.bench`)."""
+bench's own: `imgclf.bench.serve`)."""
 
 from __future__ import annotations
 
+from imgclf.bench.serve import image_bytes, request_zoo
 from imgclf.serve.app import Limits
-from imgclf.serve.bench import image_bytes, request_zoo
 
 LIMITS = Limits(max_body_mb=1, max_images=4)  # what the bad requests are sized against
 BAD_REQUESTS = request_zoo(LIMITS)

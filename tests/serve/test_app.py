@@ -11,7 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from imgclf.runtimes import open_model
+from imgclf.inference.runtimes import open_model
 from imgclf.serve.app import Batcher, create_app
 
 from .conftest import BAD_REQUESTS, LIMITS, image_bytes
@@ -169,7 +169,7 @@ def test_a_failing_model_answers_every_waiting_request():
 
 @pytest.mark.parametrize("fmt", ["onnx", "litert"])
 def test_serves_exports(export_runs, fmt):
-    from imgclf.export import default_path, export_model
+    from imgclf.export.writers import default_path, export_model
 
     model_path = export_runs["fast-tiny"] / "best_model.keras"
     artifact = default_path(model_path, fmt)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from imgclf.serve.bench import Service, client, free_port
+from imgclf.bench.serve import Service, client, free_port
 
 from .conftest import BAD_REQUESTS, LIMITS, image_bytes
 from conftest import headless_chromium
@@ -79,7 +79,7 @@ def test_bad_model_file_fails_with_one_line(tmp_path):
 
 def test_bench_serve_small(export_runs, tmp_path):
     """The benchmark's machinery end to end, with few calls (its figures are not asserted)."""
-    from imgclf.serve.bench import run_bench_serve
+    from imgclf.bench.serve import run_bench_serve
 
     run = tmp_path / "run"
     shutil.copytree(export_runs["fast-tiny"], run, ignore=shutil.ignore_patterns("*.onnx", "*.tflite", "*_savedmodel"))

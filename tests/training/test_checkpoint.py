@@ -4,7 +4,7 @@ import pytest
 
 from imgclf.errors import CheckpointError
 from imgclf.models.registry import create_model
-from imgclf.runfolder import RunFolder
+from imgclf.run.folder import RunFolder
 from imgclf.training.checkpoint import Stateful, TrainingCheckpoint, capture_state, restore_state
 
 

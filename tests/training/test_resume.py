@@ -178,7 +178,7 @@ def test_fine_tuning_resumes_across_the_phase_change_and_mid_phase_two(tmp_path)
     Killed while writing the checkpoint of epoch 2 (so resumed at the phase change) or of
     epoch 3 (resumed in the middle of phase 2), --resume gives the uninterrupted history.
     (The top 2 blocks unfrozen: a smaller training step to trace than all of them.)"""
-    from imgclf.runfolder import RunFolder
+    from imgclf.run.folder import RunFolder
 
     weights = write_backbone_weights(tmp_path / "backbone.weights.h5")
     data = make_image_folder(tmp_path / "images", per_class=16)

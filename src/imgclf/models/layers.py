@@ -1,5 +1,5 @@
 """Keras layers of our own, registered so that saved models load with `keras.saving.load_model`
-once this module is imported (`imgclf.modelio.load_model` imports it)."""
+once this module is imported (`imgclf.inference.modelio.load_model` imports it)."""
 
 from __future__ import annotations
 

@@ -37,8 +37,8 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel
 
 from ..data.decode import BadImage, decode_image
-from ..modelio import LoadedModel
-from ..runtimes import file_hash, open_model
+from ..inference.modelio import LoadedModel
+from ..inference.runtimes import file_hash, open_model
 
 MAX_BATCH = 64  # images per model call when requests are stacked
 DECODERS = max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)

@@ -11,8 +11,8 @@ import keras
 import numpy as np
 
 from ..errors import StorageError
-from ..metrics import ConfusionMatrix, summarize
-from ..runfolder import RunFolder
+from ..evaluation.metrics import ConfusionMatrix, summarize
+from ..run.folder import RunFolder
 from .checkpoint import Stateful
 
 

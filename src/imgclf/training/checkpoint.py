@@ -16,7 +16,7 @@ import keras
 import numpy as np
 
 from ..errors import CheckpointError
-from ..runfolder import RunFolder
+from ..run.folder import RunFolder
 
 
 class Stateful:

@@ -18,23 +18,20 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from ..checkdata import quick_check
 from ..config import TrainConfig
+from ..data.check import quick_check
 from ..data.labelled import Images, LoadedData
 from ..data.pipeline import make_dataset, make_train_dataset, sample_pixels, steps_per_call, train_steps
 from ..data.sources import load_data
 from ..data.split import check_classes, split_indices
 from ..errors import DataError, StorageError
-from ..evaluation import REPORT_KEYS, evaluate_images, summary_metrics, top_loss_pixels
-from ..hardware import available_memory, environment
-from ..metrics import ConfusionMatrix
-from ..modelio import load_model
+from ..evaluation.evaluate import REPORT_KEYS, evaluate_images, summary_metrics, top_loss_pixels
+from ..evaluation.metrics import ConfusionMatrix
+from ..inference.modelio import load_model
 from ..models.backbones import set_phase
 from ..models.recipes import AUTO, Recipe, outside_tuning, pick_recipe, recipe_defaults
 from ..models.registry import create_model, get_recipe
-from ..models.transfer import init_recipe, load_init, transfer_model
-from ..precision import compute_precision, resolve_precision
-from ..runfolder import RunFolder
+from ..run.folder import RunFolder
 from .callbacks import BestModelCheckpoint, EpochMetrics, ReplicatedValidation
 from .checkpoint import Stateful, TrainingCheckpoint, restore_state
 from .distribute import (
@@ -48,6 +45,9 @@ from .distribute import (
     worker_position,
     worker_shard,
 )
+from .hardware import available_memory, environment
+from .precision import compute_precision, resolve_precision
+from .transfer import init_recipe, load_init, transfer_model
 
 EVAL_BATCH = 256  # validation batch size (no gradients, so larger batches are cheaper)
 DATA_INIT_IMAGES = 5000  # training images handed to models with data-dependent initialisation

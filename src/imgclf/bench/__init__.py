@@ -1,0 +1,1 @@
+"""Benchmarks: training (`imgclf bench`), serving (`imgclf bench-serve`), and FLOP counts."""

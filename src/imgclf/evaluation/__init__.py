@@ -1,0 +1,1 @@
+"""Measuring a model: metrics from one confusion matrix, error analysis, figures, the report."""

@@ -1,0 +1,158 @@
+"""Evaluation: a saved model on labelled images, every figure from one confusion matrix and
+the predicted probabilities (`imgclf evaluate`, `imgclf report`, and the final evaluation of
+a training run), with the error analysis of `analysis`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ..config import TrainConfig, model_data_config
+from ..data.decode import decode_paths
+from ..data.labelled import Images
+from ..data.sources import load_data
+from ..data.split import stratified_sample
+from ..errors import DataError
+from ..inference.modelio import LoadedModel
+from ..inference.predict import PREDICT_BATCH, image_probabilities
+from ..inference.runtimes import open_model
+from ..run.folder import RunFolder
+from .analysis import GRID_IMAGES, analyse
+from .metrics import confusion_matrix, summarize
+
+EPSILON = 1e-7  # probability floor in the log-loss, as Keras' cross-entropy clips
+REPORT_KEYS = ("loss", "accuracy", "f1", "precision", "recall", "images")  # the headline figures
+
+
+def evaluate_images(loaded: LoadedModel, images: Images, *, tta: bool = False,
+                    batch_size: int = PREDICT_BATCH) -> dict:
+    """Accuracy, macro and per-class precision/recall/F1, loss, the confusion matrix, and the
+    error analysis (`analysis.analyse`: top-k, weighted averages, most-confused pairs,
+    calibration, the misclassified images)."""
+    if len(images) == 0:
+        raise DataError("no images to evaluate")
+    images = images.with_classes(loaded.class_names)
+    probs = image_probabilities(loaded, images, tta=tta, batch_size=batch_size)
+    predicted = probs.argmax(axis=1)
+    matrix = confusion_matrix(images.labels, predicted, len(loaded.class_names))
+    result = summarize(matrix, loaded.class_names)
+    true_prob = probs[np.arange(len(probs)), images.labels]
+    result["loss"] = float(-np.log(np.clip(true_prob, EPSILON, 1.0)).mean()) + 0.0  # no -0.0
+    result["confusion_matrix"] = matrix.tolist()
+    result["class_names"] = list(loaded.class_names)
+    result["tta"] = tta
+    result["analysis"] = analyse(images.labels, probs, matrix, result["per_class"], loaded.class_names, images.names())
+    return result
+
+
+def summary_metrics(report: dict) -> dict:
+    """What metrics.json keeps of an analysis (the misclassified images go to their CSV)."""
+    analysis = report.get("analysis", {})
+    return {**{k: v for k, v in analysis.items() if k != "misclassified"}, "misclassified": len(
+        analysis.get("misclassified", []))}
+
+
+def top_loss_pixels(images: Images, report: dict, n: int = GRID_IMAGES) -> np.ndarray:
+    """uint8 pixels of the `n` highest-loss misclassified images (the grid's pictures)."""
+    index = [row["index"] for row in report["analysis"]["misclassified"][:n]]
+    if images.in_memory or not index:
+        return images.array[index] if images.in_memory else np.zeros((0, *images.size, 3), np.uint8)
+    return decode_paths([images.paths[i] for i in index], images.size, resize=images.resize).pixels
+
+
+def evaluation_images(config: TrainConfig) -> tuple[Images, str]:
+    """The images to evaluate on: a source's test split when it has one, else all of it."""
+    data = load_data(config)
+    if data.test is not None:
+        return data.test, f"{data.source}, test split"
+    return data.labelled, data.source
+
+
+def evaluate(model: str | Path | LoadedModel, config: TrainConfig, *, out: str | Path | None = None,
+             tta: bool = False, unsafe: bool = False) -> dict:
+    """Evaluate `model` on the data `config` points at; with `out`, write a report folder
+    (metrics.json, the per-class and misclassified tables, figures, report.html)."""
+    loaded = model if isinstance(model, LoadedModel) else open_model(model, unsafe=unsafe)
+    config = model_data_config(config, loaded)
+    images, source = evaluation_images(config)
+    report = evaluate_images(loaded, images, tta=tta)
+    report["source"] = source
+    report["skipped_files"] = len(images.skipped)
+    if out is not None:
+        folder = RunFolder(out)
+        pixels = top_loss_pixels(images, report)
+        folder.write_reports(report, top_pixels=pixels)
+        folder.write_metrics({**{k: v for k, v in report.items() if k not in ("per_class", "confusion_matrix",
+                                                                             "analysis")},
+                              **summary_metrics(report)})
+        name = loaded.path.name if loaded.path else "model"
+        folder.write_html_report(report, title=f"{name} on {source}",
+                                 data={"source": source, "images": len(images), "class_names": loaded.class_names,
+                                       "skipped_files": len(images.skipped),
+                                       "skipped": [{"path": p, "reason": r} for p, r in images.skipped]})
+    return report
+
+
+def split_images(run_dir: str | Path, loaded: LoadedModel, subset: str, limit: int | None = None, *, seed: int = 0,
+                 hint: str = "") -> Images:
+    """The run's `subset` ("train" or "val") images as split.csv lists them (a stratified
+    sample of `limit`), decoded the way `loaded` takes them: image files read again
+    (relative paths from the training's folder), or a built-in dataset loaded again."""
+    run = RunFolder(run_dir)
+    rows = run.read_split() if (run.path / "split.csv").exists() else None
+    if not rows or not (run.path / "config.json").exists():
+        raise DataError(f"{run.path} is not a run folder with split.csv and config.json{hint}")
+    positions = np.array([i for i, row in enumerate(rows) if row[3] == subset])
+    if not len(positions):
+        raise DataError(f"the run {run.path} has no {subset} images{hint}")
+    labels = np.array([int(rows[i][1]) for i in positions], np.int32)
+    chosen = np.arange(len(positions))
+    if limit is not None and len(positions) > limit:
+        chosen = stratified_sample(labels, limit, seed)
+    positions, labels = positions[chosen], labels[chosen]
+    config = run.read_config()
+    names = loaded.class_names
+    if not (config.data_dir or config.labels):  # a built-in dataset: split.csv rows are its indices
+        data = load_data(model_data_config(config, loaded).replace(verbose=0))
+        if data.labelled.array is None or len(data.labelled) != len(rows):
+            raise DataError(f"the run's data ({data.source}) is not what it trained on{hint}")
+        return Images(labels, names, data.labelled.array[positions], None, size=loaded.image_size,
+                      resize=loaded.resize)
+    summary = run.path / "data.json"
+    cwd = json.loads(summary.read_text(encoding="utf-8")).get("cwd") if summary.exists() else None
+    paths = [_resolve(rows[i][0], cwd) for i in positions]
+    missing = [p for p in paths if not Path(p).is_file()]
+    if missing:
+        raise DataError(f"the run's {subset} images are not found from here (first: {missing[0]}){hint}")
+    decoded = decode_paths(paths, loaded.image_size, resize=loaded.resize)
+    return Images(labels[decoded.kept], names, decoded.pixels, [paths[i] for i in decoded.kept],
+                  decoded.skipped, loaded.image_size, loaded.resize)
+
+
+def _resolve(path: str, cwd: str | None) -> str:
+    """A split.csv path as training saw it: relative paths are relative to the training's folder."""
+    if Path(path).is_absolute() or not cwd:
+        return path
+    return str(Path(cwd) / path)
+
+
+def write_run_report(run_dir: str | Path, *, unsafe: bool = False) -> Path:
+    """Evaluate a run's kept model on its validation split again (the test split for runs
+    trained on everything) and write its analysis and report.html; return the report's path."""
+    run = RunFolder.existing(run_dir)
+    if not run.best_model.exists():
+        raise DataError(f"{run.path} has no {run.best_model.name} to report on (did its training finish?)")
+    loaded = open_model(run.best_model, unsafe=unsafe)
+    config = run.read_config()
+    if config.train_on_all:
+        images, source = evaluation_images(model_data_config(config, loaded).replace(verbose=0))
+    else:
+        images, source = split_images(run.path, loaded, "val"), "the run's validation split"
+    report = evaluate_images(loaded, images, tta=config.tta)
+    report["source"] = source
+    pixels = top_loss_pixels(images, report)
+    prefix = "test_" if config.train_on_all else ""
+    run.write_reports(report, prefix=prefix, top_pixels=pixels)
+    return run.write_html_report(report, title=f"{config.model} run {run.path.name}", prefix=prefix)

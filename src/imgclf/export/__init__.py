@@ -1,0 +1,1 @@
+"""Export a .keras model to SavedModel, ONNX and LiteRT, checked against Keras."""

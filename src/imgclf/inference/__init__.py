@@ -1,0 +1,1 @@
+"""A saved model in any runtime (Keras, SavedModel, ONNX Runtime, LiteRT), and prediction."""

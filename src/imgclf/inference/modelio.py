@@ -1,0 +1,135 @@
+"""Saving and loading models that carry their own class names and input size.
+
+A saved `.keras` file is a zip archive; imgclf adds one member, `imgclf.json`
+(class names, input size, model name), next to Keras' own. Keras ignores it, so
+the same file loads with plain `keras.models.load_model` in a session that never
+imports imgclf; `load_model` here reads it back. Files are written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import keras
+import numpy as np
+
+from ..errors import ModelFileError
+from ..models import layers as _registered_layers  # noqa: F401  (registers the custom layers of saved fast models)
+from ..run.atomic import atomic_path
+
+METADATA_MEMBER = "imgclf.json"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class LoadedModel:
+    model: keras.Model | None  # None for an exported artifact (`runtimes.open_model`)
+    class_names: list[str]
+    image_size: tuple[int, int]  # (height, width) in pixels
+    metadata: dict
+    path: Path | None = None
+    # (N, H, W, 3) 0-255 pixels -> (N, classes) probabilities; a compiled Keras function by default
+    runtime: Callable[[np.ndarray], np.ndarray] | None = None
+    format: str = "keras"  # or savedmodel, onnx, litert (runtimes.FORMATS)
+
+    @property
+    def resize(self) -> str:
+        """How images of another shape are resized for this model (`data.decode.RESIZE_MODES`)."""
+        return self.metadata.get("resize", "squash")
+
+    def predict(self, pixels: np.ndarray) -> np.ndarray:
+        """(N, classes) float32 probabilities of raw 0-255 RGB pixels (N, H, W, 3)."""
+        if self.runtime is None:
+            self.runtime = keras_function(self.model)
+        return self.runtime(pixels)
+
+
+def save_model(model: keras.Model, path: str | Path, class_names: list[str], *,
+               weights: list[np.ndarray] | None = None, **extra) -> None:
+    """Save `model` (with `weights` instead of its own, if given) to `path` (.keras) with
+    its class names and input size, atomically.
+
+    What is saved is an uncompiled copy: no optimizer state and no training-only objects
+    (imgclf's metrics, losses), so the file is small and loads with plain Keras.
+    """
+    height, width = model.input_shape[1:3]
+    metadata = {
+        "format_version": FORMAT_VERSION,
+        "class_names": list(class_names),
+        "image_size": [int(height), int(width)],
+        "input": "RGB uint8 pixels 0-255; the model rescales them itself",
+        **extra,
+    }
+    inference = model
+    if getattr(model, "compiled", False) or weights is not None:
+        # from_config builds the same architecture uncompiled (clone_model would compile it).
+        inference = type(model).from_config(model.get_config())
+        inference.set_weights(model.get_weights() if weights is None else weights)
+    with atomic_path(path, suffix=".keras") as tmp:
+        inference.save(tmp)
+        with zipfile.ZipFile(tmp, "a") as archive:
+            archive.writestr(METADATA_MEMBER, json.dumps(metadata, ensure_ascii=False, indent=2))
+
+
+def read_metadata(path: str | Path) -> dict:
+    try:
+        with zipfile.ZipFile(path) as archive:
+            if METADATA_MEMBER not in archive.namelist():
+                return {}
+            return json.loads(archive.read(METADATA_MEMBER))
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return {}
+
+
+def load_model(path: str | Path, *, unsafe: bool = False) -> LoadedModel:
+    """Load a saved model with Keras' safe mode (no arbitrary code) unless `unsafe`."""
+    path = Path(path)
+    if not path.exists():
+        raise ModelFileError(f"model file not found: {path}")
+    if path.is_dir():
+        raise ModelFileError(f"model path is a folder, not a .keras file: {path}")
+    if not path.is_file():  # a FIFO or a device would block the read, or never end it
+        raise ModelFileError(f"{path} is not a regular file (a named pipe, socket or device): not a model")
+    if not zipfile.is_zipfile(path):
+        raise ModelFileError(f"not a Keras model file (.keras zip archive): {path}")
+    try:
+        model = keras.models.load_model(path, compile=False, safe_mode=not unsafe)
+    except ValueError as exc:
+        if "safe_mode" in str(exc) or "Lambda" in str(exc):
+            raise ModelFileError(
+                f"refusing to load {path}: it contains code that would run on loading "
+                "(e.g. a Lambda layer); pass --unsafe only if you trust its source"
+            ) from None
+        raise ModelFileError(f"cannot load model {path}: {_first_line(exc)}") from None
+    except Exception as exc:  # Keras raises many types for a damaged archive
+        raise ModelFileError(f"cannot load model {path}: {type(exc).__name__}: {_first_line(exc)}") from None
+    metadata = read_metadata(path)
+    height, width = model.input_shape[1:3]
+    num_classes = int(model.output_shape[-1])
+    class_names = metadata.get("class_names") or [str(i) for i in range(num_classes)]
+    if len(class_names) != num_classes:
+        raise ModelFileError(f"{path}: metadata names {len(class_names)} classes, the model outputs {num_classes}")
+    return LoadedModel(model, class_names, (int(height), int(width)), metadata, path)
+
+
+def keras_function(model) -> Callable[[np.ndarray], np.ndarray]:
+    """The model's inference pass as one traced TensorFlow function (no `model.predict`
+    machinery per call: ~55 ms of it on small batches)."""
+    import tensorflow as tf
+
+    height, width, channels = model.input_shape[1:]
+    signature = [tf.TensorSpec([None, height, width, channels], tf.float32)]
+    function = tf.function(lambda x: model(x, training=False), input_signature=signature)
+
+    def run(pixels: np.ndarray) -> np.ndarray:
+        return np.asarray(function(np.asarray(pixels, np.float32)), np.float32)
+    return run
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

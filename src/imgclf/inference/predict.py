@@ -1,0 +1,138 @@
+"""Prediction with a saved model: on files, folders, globs or arrays, optionally with
+test-time augmentation; and the predictions file (`--output`)."""
+
+from __future__ import annotations
+
+import glob
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..data.decode import decode_paths
+from ..data.labelled import Images
+from ..data.pipeline import make_dataset
+from ..data.sources import walk_files
+from ..errors import DataError
+from ..run.atomic import write_csv, write_json
+from .modelio import LoadedModel
+
+PREDICT_BATCH = 256  # images per forward pass when predicting
+
+
+@dataclass
+class Prediction:
+    name: str  # file path (or array index)
+    top: list[tuple[str, float]]  # (class name, probability), most likely first
+
+    @property
+    def label(self) -> str:
+        return self.top[0][0]
+
+    @property
+    def confidence(self) -> float:
+        return self.top[0][1]
+
+
+def expand_paths(inputs: list[str]) -> list[str]:
+    """Files as given, folders recursively, and glob patterns; in a stable order."""
+    found: list[str] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            found.extend(walk_files(path))
+        elif path.exists() or path.is_symlink():
+            found.append(str(path))
+        elif glob.has_magic(item):
+            matches = sorted(glob.glob(item, recursive=True))
+            if not matches:
+                raise DataError(f"no files match {item}")
+            found.extend(expand_paths(matches))
+        else:
+            raise DataError(f"no such file or folder: {item}")
+    if not found:
+        raise DataError("no files to predict (the folders given are empty)")
+    return found
+
+
+def predict_probabilities(loaded: LoadedModel, pixels: np.ndarray, *, tta: bool = False,
+                          batch_size: int = PREDICT_BATCH) -> np.ndarray:
+    """Class probabilities for uint8 (or 0-255 float) images of shape (N, H, W, 3)."""
+    pixels = np.asarray(pixels)
+    if pixels.ndim == 3:
+        pixels = pixels[None]
+    if pixels.ndim != 4 or pixels.shape[-1] != 3:
+        raise DataError(f"expected images of shape (N, H, W, 3), got {pixels.shape}")
+    if tuple(pixels.shape[1:3]) != loaded.image_size:
+        raise DataError(f"images are {pixels.shape[1:3]}, the model takes {loaded.image_size}")
+    images = Images(labels=np.zeros(len(pixels), np.int32), class_names=loaded.class_names,
+                    array=pixels.astype(np.uint8) if pixels.dtype != np.uint8 else pixels, size=loaded.image_size)
+    return image_probabilities(loaded, images, tta=tta, batch_size=batch_size)
+
+
+def image_probabilities(loaded: LoadedModel, images: Images, *, tta: bool = False,
+                        batch_size: int = PREDICT_BATCH) -> np.ndarray:
+    """(N, classes) float64 probabilities of `images` (in memory or streamed from disk)."""
+    dataset = make_dataset(images, batch_size).map(lambda x, y: x)
+    if not tta:
+        return _predict_batches(loaded, dataset)
+    # Test-time augmentation: half the weight on the image and its mirror, half on the
+    # mirrored pair shifted one pixel up-left and one pixel down-right (reflect padding).
+    views = [(0.25, lambda x: x), (0.25, _mirror)]
+    for dy in (0, 2):
+        shift = _shifted(dy)
+        views += [(0.125, shift), (0.125, lambda x, shift=shift: _mirror(shift(x)))]
+    return sum(weight * _predict_batches(loaded, dataset.map(view)) for weight, view in views)
+
+
+def _predict_batches(loaded: LoadedModel, dataset) -> np.ndarray:
+    outputs = [loaded.predict(batch.numpy()) for batch in dataset]
+    if not outputs:
+        return np.zeros((0, len(loaded.class_names)))
+    return np.concatenate(outputs).astype(np.float64)
+
+
+def _mirror(x):
+    return x[:, :, ::-1, :]
+
+
+def _shifted(offset: int):
+    import tensorflow as tf
+
+    def shift(x):
+        height, width = tf.shape(x)[1], tf.shape(x)[2]
+        padded = tf.pad(x, [[0, 0], [1, 1], [1, 1], [0, 0]], mode="REFLECT")
+        return padded[:, offset:offset + height, offset:offset + width, :]
+    return shift
+
+
+def predict_files(loaded: LoadedModel, inputs: list[str], *, top_k: int = 1, tta: bool = False,
+                  verbose: int = 0) -> tuple[list[Prediction], list[tuple[str, str]]]:
+    """Predict every image among `inputs` (files, folders, globs). Returns (predictions, skipped)."""
+    paths = expand_paths(inputs)
+    decoded = decode_paths(paths, loaded.image_size, verbose=verbose, resize=loaded.resize)
+    probs = predict_probabilities(loaded, decoded.pixels, tta=tta)
+    return top_predictions(probs, loaded.class_names, [paths[i] for i in decoded.kept], top_k), decoded.skipped
+
+
+def top_predictions(probs: np.ndarray, class_names: list[str], names: list[str], top_k: int = 1) -> list[Prediction]:
+    k = max(1, min(top_k, len(class_names)))
+    order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+    return [
+        Prediction(name, [(class_names[j], float(row[j])) for j in idx])
+        for name, row, idx in zip(names, probs, order)
+    ]
+
+
+def write_predictions(path: str | Path, predictions: list[Prediction]) -> None:
+    """A .json list, or a .csv table with the top-k classes as columns."""
+    if str(path).lower().endswith(".json"):
+        write_json(path, [{"file": p.name, "class": p.label, "confidence": p.confidence,
+                           "top": [{"class": c, "probability": s} for c, s in p.top]} for p in predictions])
+        return
+    k = len(predictions[0].top)
+    header = ["file", "class", "confidence"]
+    header += [f"{kind}_{i}" for i in range(2, k + 1) for kind in ("class", "confidence")]
+    rows = [[p.name, p.label, f"{p.confidence:.6f}"] + [v for c, s in p.top[1:] for v in (c, f"{s:.6f}")]
+            for p in predictions]
+    write_csv(path, header, rows)

@@ -1,0 +1,1 @@
+"""The run folder: its files and readers (`folder`), and atomic writes (`atomic`)."""

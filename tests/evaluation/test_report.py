@@ -1,0 +1,82 @@
+"""The HTML report: written by every training run, by `imgclf report` and `evaluate --out`;
+self-contained (opens offline), renders in a real browser, small at 100 classes."""
+
+import json
+
+import numpy as np
+
+from imgclf.evaluation.analysis import analyse
+from imgclf.evaluation.metrics import confusion_matrix, summarize
+from imgclf.evaluation.plots import history_figures
+from imgclf.evaluation.report import evaluation_figures, render
+
+from conftest import headless_chromium, run_cli
+
+
+def test_report_opens_in_chromium_with_its_figures_and_tables(trained_run, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    report = trained_run / "report.html"
+    text = report.read_text(encoding="utf-8")
+    assert "http://" not in text and "https://" not in text  # nothing to fetch: works offline
+    driver = headless_chromium(tmp_path / "profile")
+    try:
+        driver.get(report.as_uri())
+        for section in ("metrics", "curves", "confusion", "calibration", "top-losses"):
+            assert driver.find_elements(By.ID, section), section
+        images = driver.find_elements(By.TAG_NAME, "img")
+        assert len(images) >= 7  # 4 learning curves, confusion matrix, reliability, top losses
+        assert all(driver.execute_script("return arguments[0].complete && arguments[0].naturalWidth > 0", image)
+                   for image in images)
+        rows = driver.find_elements(By.CSS_SELECTOR, "table.per-class tbody tr")
+        assert sorted(r.find_element(By.TAG_NAME, "td").text for r in rows) == ["blue", "green", "red"]
+        header = driver.find_elements(By.CSS_SELECTOR, "table.per-class th")[4]  # support
+        header.click()
+        first = [int(r.find_elements(By.TAG_NAME, "td")[4].text)
+                 for r in driver.find_elements(By.CSS_SELECTOR, "table.per-class tbody tr")]
+        header.click()
+        second = [int(r.find_elements(By.TAG_NAME, "td")[4].text)
+                  for r in driver.find_elements(By.CSS_SELECTOR, "table.per-class tbody tr")]
+        assert first == sorted(first) and second == sorted(second, reverse=True)
+        assert "Configuration" in driver.page_source and "Environment" in driver.page_source
+        assert driver.get_log("browser") == []  # no console message of any level
+    finally:
+        driver.quit()
+
+
+def test_report_command_and_evaluate_out_write_reports(trained_run, tmp_path):
+    (trained_run / "report.html").rename(tmp_path / "old.html")
+    result = run_cli("report", trained_run)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (trained_run / "report.html").stat().st_size > 10_000
+    data = json.loads((trained_run / "data.json").read_text())
+    out = tmp_path / "eval"
+    result = run_cli("evaluate", trained_run / "best_model.keras", "--data-dir", data["source"].split(" ", 1)[1],
+                     "--out", out)
+    assert result.returncode == 0, result.stderr[-2000:]
+    for name in ("report.html", "misclassified.csv", "reliability.png", "metrics.json"):
+        assert (out / name).exists(), name
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert {"top2_accuracy", "weighted", "calibration", "most_confused"} <= set(metrics)  # top-k: k < classes
+    assert run_cli("report", tmp_path / "nothing").returncode != 0
+
+
+def test_report_of_100_classes_stays_small():
+    rng = np.random.default_rng(0)
+    classes = [f"class-{i:03d}" for i in range(100)]
+    labels = rng.integers(0, 100, 5000)
+    logits = rng.normal(0, 1, (5000, 100))
+    logits[np.arange(5000), labels] += 2.5
+    probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    matrix = confusion_matrix(labels, probs.argmax(axis=1), 100)
+    report = {**summarize(matrix, classes), "loss": 1.0, "confusion_matrix": matrix.tolist(), "class_names": classes}
+    report["analysis"] = analyse(labels, probs, matrix, report["per_class"], classes, [str(i) for i in range(5000)])
+    pixels = rng.integers(0, 256, (16, 32, 32, 3), dtype=np.uint8)
+    epochs = np.arange(1, 51)
+    history = {"epoch": epochs, "loss": 1 / epochs, "val_loss": 1.2 / epochs, "accuracy": 1 - 1 / epochs,
+               "val_accuracy": 1 - 1.2 / epochs, "val_f1": 1 - 1.3 / epochs, "val_precision": 1 - 1.1 / epochs,
+               "val_recall": 1 - 1.25 / epochs}
+    html = render(title="100 classes", evaluation=report, figures=evaluation_figures(report, pixels),
+                  history_figures=history_figures(history), best_epoch=50)
+    assert len(html.encode()) < 3_000_000
+    assert html.count("<tr>") >= 100 + 50  # every class's row, 50 misclassified rows
