@@ -8,7 +8,8 @@ import numpy as np
 from imgclf.evaluation.analysis import analyse
 from imgclf.evaluation.metrics import confusion_matrix, summarize
 from imgclf.evaluation.plots import history_figures
-from imgclf.evaluation.report import evaluation_figures, render
+from imgclf.evaluation.report import evaluation_figures, render, write_history_plots, write_reports
+from imgclf.run.folder import RunFolder
 
 from conftest import headless_chromium, run_cli
 
@@ -80,3 +81,18 @@ def test_report_of_100_classes_stays_small():
                   history_figures=history_figures(history), best_epoch=50)
     assert len(html.encode()) < 3_000_000
     assert html.count("<tr>") >= 100 + 50  # every class's row, 50 misclassified rows
+
+
+def test_reports_and_plots(tmp_path):
+    run = RunFolder(tmp_path)
+    report = {"class_names": ["a", "b"], "confusion_matrix": [[3, 1], [0, 4]],
+              "per_class": [{"class": "a", "precision": 1.0, "recall": 0.75, "f1": 0.857, "support": 4},
+                            {"class": "b", "precision": 0.8, "recall": 1.0, "f1": 0.889, "support": 4}]}
+    write_reports(run, report, prefix="test_")
+    assert (tmp_path / "test_confusion_matrix.csv").read_text().splitlines()[1] == "a,3,1"
+    assert (tmp_path / "test_per_class.csv").read_text().splitlines()[2].startswith("b,0.800000,1.000000")
+    assert (tmp_path / "test_confusion_matrix.png").read_bytes()[:4] == b"\x89PNG"
+    run.write_history([{"epoch": e, "loss": 1.0, "accuracy": 0.5, "val_loss": 2.0 - e / 4, "val_accuracy": 0.5,
+                        "val_f1": 0.5, "val_precision": 0.5, "val_recall": 0.5} for e in (1, 2, 3)])
+    written = write_history_plots(run)
+    assert sorted(p.name for p in written) == ["accuracy.png", "f1.png", "loss.png", "precision_recall.png"]

@@ -36,9 +36,16 @@ def test_history_is_written_with_fixed_columns_first_and_read_back(tmp_path):
 def test_split_rows_round_trip(tmp_path):
     run = RunFolder(tmp_path)
     assert run.read_split() is None
-    rows = [["a.png", "0", "cat", "train"], ["b.png", "1", "dög", "val"]]
+    rows = [{"item": "a.png", "label": "0", "class": "cat", "subset": "train"},
+            {"item": "b.png", "label": "1", "class": "dög", "subset": "val"}]
     run.write_split(rows)
     assert run.read_split() == rows
+    # read by column name: another column order (or an extra column) reads the same
+    (tmp_path / "split.csv").write_text("subset,class,item,label,note\ntrain,cat,a.png,0,x\nval,dög,b.png,1,y\n",
+                                        encoding="utf-8")
+    assert run.read_split() == rows
+    (tmp_path / "split.csv").write_text("item,label\na.png,0\n", encoding="utf-8")
+    assert run.read_split() is None  # columns missing: not a split file imgclf can use
 
 
 def test_checkpoint_round_trip_and_damage(tmp_path):
@@ -51,18 +58,3 @@ def test_checkpoint_round_trip_and_damage(tmp_path):
     (tmp_path / CHECKPOINT).write_bytes(b"PK\x03\x04 damaged")
     with pytest.raises(CheckpointError, match="cannot read checkpoint"):
         run.read_checkpoint()
-
-
-def test_reports_and_plots(tmp_path):
-    run = RunFolder(tmp_path)
-    report = {"class_names": ["a", "b"], "confusion_matrix": [[3, 1], [0, 4]],
-              "per_class": [{"class": "a", "precision": 1.0, "recall": 0.75, "f1": 0.857, "support": 4},
-                            {"class": "b", "precision": 0.8, "recall": 1.0, "f1": 0.889, "support": 4}]}
-    run.write_reports(report, prefix="test_")
-    assert (tmp_path / "test_confusion_matrix.csv").read_text().splitlines()[1] == "a,3,1"
-    assert (tmp_path / "test_per_class.csv").read_text().splitlines()[2].startswith("b,0.800000,1.000000")
-    assert (tmp_path / "test_confusion_matrix.png").read_bytes()[:4] == b"\x89PNG"
-    run.write_history([{"epoch": e, "loss": 1.0, "accuracy": 0.5, "val_loss": 2.0 - e / 4, "val_accuracy": 0.5,
-                        "val_f1": 0.5, "val_precision": 0.5, "val_recall": 0.5} for e in (1, 2, 3)])
-    written = run.write_history_plots()
-    assert sorted(p.name for p in written) == ["accuracy.png", "f1.png", "loss.png", "precision_recall.png"]

@@ -117,7 +117,7 @@ import os, signal, sys
 import numpy as np
 """ + PLAIN + """
 from imgclf import cli
-from imgclf.training import checkpoint, loop
+from imgclf.training import checkpoint, fit as fitting, loop
 
 record, index = os.environ["RECORD"], sys.argv[sys.argv.index("--worker-index") + 1]
 
@@ -128,16 +128,16 @@ def recording(function, name):
         return function(images, *args, **kwargs)
     return wrapped
 
-loop.make_train_dataset = recording(loop.make_train_dataset, "train")
-loop.make_dataset = recording(loop.make_dataset, "val")
-fit = loop._fit
+fitting.make_train_dataset = recording(fitting.make_train_dataset, "train")
+fitting.make_dataset = recording(fitting.make_dataset, "val")
+fit = loop.fit
 
 def fit_and_record(*args, **kwargs):
     fitted = fit(*args, **kwargs)
     np.savez(os.path.join(record, f"weights{index}.npz"), *fitted.best.model.get_weights())
     return fitted
 
-loop._fit = fit_and_record
+loop.fit = fit_and_record
 write = checkpoint.TrainingCheckpoint.on_epoch_end
 
 def write_and_maybe_die(self, epoch, logs=None):

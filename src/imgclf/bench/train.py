@@ -30,6 +30,7 @@ from ..config import TrainConfig
 from ..data.sources import load_data
 from ..data.split import check_classes, split_indices
 from ..errors import ImgclfError
+from ..evaluation.plots import bench_figure
 from ..models.registry import create_model
 from ..run.folder import RunFolder
 from ..training.hardware import environment
@@ -181,7 +182,7 @@ def run_bench(config: TrainConfig, *, epochs: int | None, minutes: float | None,
             result["epoch_speedup"] = round(results["notebook"]["median_epoch_seconds"]
                                             / result["median_epoch_seconds"], 2)
             print(f"  {result['name']}: epoch time {result['epoch_speedup']:.2f}x faster than the notebook")
-    RunFolder(out).write_bench(report)
+    RunFolder(out).write_bench(report, bench_figure(report["contenders"]))
     print(f"wrote {out / 'bench.json'} and {out / 'bench.png'}")
     return report
 

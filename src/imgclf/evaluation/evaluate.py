@@ -4,7 +4,6 @@ a training run), with the error analysis of `analysis`."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -18,9 +17,10 @@ from ..errors import DataError
 from ..inference.modelio import LoadedModel
 from ..inference.predict import PREDICT_BATCH, image_probabilities
 from ..inference.runtimes import open_model
-from ..run.folder import RunFolder
+from ..run.folder import CONFIG, SPLIT, RunFolder
 from .analysis import GRID_IMAGES, analyse
 from .metrics import confusion_matrix, summarize
+from .report import write_html_report, write_reports
 
 EPSILON = 1e-7  # probability floor in the log-loss, as Keras' cross-entropy clips
 REPORT_KEYS = ("loss", "accuracy", "f1", "precision", "recall", "images")  # the headline figures
@@ -82,13 +82,12 @@ def evaluate(model: str | Path | LoadedModel, config: TrainConfig, *, out: str |
     report["skipped_files"] = len(images.skipped)
     if out is not None:
         folder = RunFolder(out)
-        pixels = top_loss_pixels(images, report)
-        folder.write_reports(report, top_pixels=pixels)
+        write_reports(folder, report, top_pixels=top_loss_pixels(images, report))
         folder.write_metrics({**{k: v for k, v in report.items() if k not in ("per_class", "confusion_matrix",
                                                                              "analysis")},
                               **summary_metrics(report)})
         name = loaded.path.name if loaded.path else "model"
-        folder.write_html_report(report, title=f"{name} on {source}",
+        write_html_report(folder, report, title=f"{name} on {source}",
                                  data={"source": source, "images": len(images), "class_names": loaded.class_names,
                                        "skipped_files": len(images.skipped),
                                        "skipped": [{"path": p, "reason": r} for p, r in images.skipped]})
@@ -101,13 +100,13 @@ def split_images(run_dir: str | Path, loaded: LoadedModel, subset: str, limit: i
     sample of `limit`), decoded the way `loaded` takes them: image files read again
     (relative paths from the training's folder), or a built-in dataset loaded again."""
     run = RunFolder(run_dir)
-    rows = run.read_split() if (run.path / "split.csv").exists() else None
-    if not rows or not (run.path / "config.json").exists():
-        raise DataError(f"{run.path} is not a run folder with split.csv and config.json{hint}")
-    positions = np.array([i for i, row in enumerate(rows) if row[3] == subset])
+    rows = run.read_split()
+    if not rows or not (run.path / CONFIG).exists():
+        raise DataError(f"{run.path} is not a run folder with {SPLIT} and {CONFIG}{hint}")
+    positions = np.array([i for i, row in enumerate(rows) if row["subset"] == subset])
     if not len(positions):
         raise DataError(f"the run {run.path} has no {subset} images{hint}")
-    labels = np.array([int(rows[i][1]) for i in positions], np.int32)
+    labels = np.array([int(rows[i]["label"]) for i in positions], np.int32)
     chosen = np.arange(len(positions))
     if limit is not None and len(positions) > limit:
         chosen = stratified_sample(labels, limit, seed)
@@ -120,9 +119,8 @@ def split_images(run_dir: str | Path, loaded: LoadedModel, subset: str, limit: i
             raise DataError(f"the run's data ({data.source}) is not what it trained on{hint}")
         return Images(labels, names, data.labelled.array[positions], None, size=loaded.image_size,
                       resize=loaded.resize)
-    summary = run.path / "data.json"
-    cwd = json.loads(summary.read_text(encoding="utf-8")).get("cwd") if summary.exists() else None
-    paths = [_resolve(rows[i][0], cwd) for i in positions]
+    cwd = run.data_cwd()
+    paths = [_resolve(rows[i]["item"], cwd) for i in positions]
     missing = [p for p in paths if not Path(p).is_file()]
     if missing:
         raise DataError(f"the run's {subset} images are not found from here (first: {missing[0]}){hint}")
@@ -150,9 +148,18 @@ def write_run_report(run_dir: str | Path, *, unsafe: bool = False) -> Path:
         images, source = evaluation_images(model_data_config(config, loaded).replace(verbose=0))
     else:
         images, source = split_images(run.path, loaded, "val"), "the run's validation split"
-    report = evaluate_images(loaded, images, tta=config.tta)
-    report["source"] = source
-    pixels = top_loss_pixels(images, report)
     prefix = "test_" if config.train_on_all else ""
-    run.write_reports(report, prefix=prefix, top_pixels=pixels)
-    return run.write_html_report(report, title=f"{config.model} run {run.path.name}", prefix=prefix)
+    report = report_kept_model(run, loaded, images, tta=config.tta, prefix=prefix, source=source)
+    return write_html_report(run, report, title=f"{config.model} run {run.path.name}", prefix=prefix)
+
+
+def report_kept_model(run: RunFolder, loaded: LoadedModel, images: Images, *, tta: bool, prefix: str = "",
+                      source: str | None = None) -> dict:
+    """Evaluate a run's kept model on one split and write that split's reports into the run
+    (tables, figures, misclassified images; `prefix` "test_" for a test split): the one path
+    of training's final evaluation and of `imgclf report`. Returns the report."""
+    report = evaluate_images(loaded, images, tta=tta)
+    if source is not None:
+        report["source"] = source
+    write_reports(run, report, prefix=prefix, top_pixels=top_loss_pixels(images, report))
+    return report

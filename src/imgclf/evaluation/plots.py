@@ -2,7 +2,8 @@
 the bench's accuracy against wall time.
 
 Each function returns a `matplotlib.figure.Figure` built without pyplot, so no backend is
-chosen and none is changed (notebooks keep their inline plots); `runfolder` saves them.
+chosen and none is changed (notebooks keep their inline plots); `report` writes them
+into the run folder.
 """
 
 from __future__ import annotations
@@ -10,13 +11,14 @@ from __future__ import annotations
 import numpy as np
 from matplotlib.figure import Figure
 
-HISTORY_FIGURES = [  # file name, title, (history column, legend label)...
-    ("loss.png", "Loss", [("loss", "training"), ("val_loss", "validation")]),
-    ("accuracy.png", "Accuracy", [("accuracy", "training"), ("val_accuracy", "validation")]),
-    ("f1.png", "Validation F1 (macro)", [("val_f1", "validation F1")]),
-    ("precision_recall.png", "Validation precision and recall (macro)",
-     [("val_precision", "precision"), ("val_recall", "recall")]),
-]
+from ..run.folder import HISTORY_PNGS
+
+HISTORY_FIGURES = list(zip(HISTORY_PNGS, [  # file name, title, (history column, legend label)...
+    ("Loss", [("loss", "training"), ("val_loss", "validation")]),
+    ("Accuracy", [("accuracy", "training"), ("val_accuracy", "validation")]),
+    ("Validation F1 (macro)", [("val_f1", "validation F1")]),
+    ("Validation precision and recall (macro)", [("val_precision", "precision"), ("val_recall", "recall")]),
+]))
 ANNOTATE_CELLS_UP_TO = 20  # classes: above this, the confusion matrix cells carry no numbers
 CELL_INCHES = 0.22  # above ANNOTATE_CELLS_UP_TO classes: one row per 16 points, names at 5-8 points
 
@@ -27,7 +29,7 @@ def history_figures(history: dict[str, np.ndarray]) -> dict[str, Figure]:
     finite = np.isfinite(history["val_loss"])
     best = int(np.nanargmin(history["val_loss"])) if finite.any() else None
     figures = {}
-    for filename, title, series in HISTORY_FIGURES:
+    for filename, (title, series) in HISTORY_FIGURES:
         fig = Figure(figsize=(6, 4), layout="tight")
         ax = fig.subplots()
         for key, label in series:

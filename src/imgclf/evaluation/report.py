@@ -16,7 +16,23 @@ import json
 
 from matplotlib.figure import Figure
 
-REPORT = "report.html"
+from ..run.folder import (
+    CONFIG,
+    CONFUSION_CSV,
+    CONFUSION_PNG,
+    DATA,
+    ENVIRONMENT,
+    HISTORY_PNGS,
+    MISCLASSIFIED,
+    MISCLASSIFIED_COLUMNS,
+    PER_CLASS,
+    PER_CLASS_COLUMNS,
+    RELIABILITY_PNG,
+    REPORT,
+    TOP_LOSSES_PNG,
+    RunFolder,
+)
+
 FIGURE_DPI = 80  # inline figures: readable, small
 MISCLASSIFIED_ROWS = 50  # rows of the misclassified table (all of them are in misclassified.csv)
 
@@ -67,6 +83,49 @@ def evaluation_figures(report: dict, top_pixels=None) -> dict[str, Figure]:
         if top_pixels is not None:
             figures["top_losses"] = top_losses_figure(top_pixels, analysis["misclassified"])
     return figures
+
+
+FIGURE_FILES = {"confusion": CONFUSION_PNG, "reliability": RELIABILITY_PNG, "top_losses": TOP_LOSSES_PNG}
+
+
+def write_reports(run: RunFolder, report: dict, prefix: str = "", top_pixels=None) -> None:
+    """per_class.csv, confusion_matrix.csv and its figure, for one evaluated split; with
+    its analysis, misclassified.csv, the reliability diagram and the highest-loss images
+    (`top_pixels`). `prefix`: "test_" for the test split's."""
+    import numpy as np
+
+    names = report["class_names"]
+    run.write_table(prefix + PER_CLASS, PER_CLASS_COLUMNS,
+                    [[c["class"], f"{c['precision']:.6f}", f"{c['recall']:.6f}", f"{c['f1']:.6f}", c["support"]]
+                     for c in report["per_class"]])
+    matrix = np.array(report["confusion_matrix"])
+    run.write_table(prefix + CONFUSION_CSV, ["true \\ predicted", *names],
+                    [[name, *row] for name, row in zip(names, matrix.tolist())])
+    for key, figure in evaluation_figures(report, top_pixels).items():
+        run.write_figure(prefix + FIGURE_FILES[key], figure)
+    if "analysis" in report:
+        run.write_table(prefix + MISCLASSIFIED, MISCLASSIFIED_COLUMNS,
+                        [[row[c] if not isinstance(row[c], float) else f"{row[c]:.6f}" for c in MISCLASSIFIED_COLUMNS]
+                         for row in report["analysis"]["misclassified"]])
+
+
+def write_history_plots(run: RunFolder) -> list:
+    """loss.png, accuracy.png, f1.png and precision_recall.png from the run's history.csv."""
+    from .plots import history_figures
+
+    return [run.write_figure(name, figure) for name, figure in history_figures(run.read_history()).items()]
+
+
+def write_html_report(run: RunFolder, report: dict, title: str, prefix: str = "", data: dict | None = None):
+    """report.html: the evaluation `report` with the figures `write_reports(prefix)` and
+    `write_history_plots` wrote (embedded as they are, not drawn again), and the run's
+    configuration, environment and data summary when the folder has them."""
+    curves = {name: run.read_bytes(name) for name in HISTORY_PNGS if run.read_bytes(name)}
+    figures = {key: run.read_bytes(prefix + name) for key, name in FIGURE_FILES.items()}
+    html = render(title=title, evaluation=report, figures={k: v for k, v in figures.items() if v},
+                  history_figures=curves or None, best_epoch=run.best_epoch(), config=run.read_json(CONFIG),
+                  environment=run.read_json(ENVIRONMENT), data=data if data is not None else run.read_json(DATA))
+    return run.write_text(REPORT, html)
 
 
 def figure_tag(figure: Figure | bytes, alt: str) -> str:

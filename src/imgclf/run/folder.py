@@ -18,6 +18,7 @@ bench all write through `RunFolder`, so the names and formats below are the whol
     loss.png, accuracy.png, f1.png, precision_recall.png: the history as figures
     bench.json, bench.png (bench folders)
 
+Figures are drawn by `evaluation/`; this module only names and stores files.
 Every write is atomic (`atomic.py`): a kill leaves the previous complete file or the new one.
 """
 
@@ -52,7 +53,18 @@ BENCH = "bench.json"
 BENCH_PLOT = "bench.png"
 DPI = 110  # dots per inch of saved figures
 SPLIT_COLUMNS = ["item", "label", "class", "subset"]
+# the reports of one evaluated split, each name after an optional prefix ("test_")
+PER_CLASS = "per_class.csv"
+PER_CLASS_COLUMNS = ["class", "precision", "recall", "f1", "support"]
+CONFUSION_CSV = "confusion_matrix.csv"
+CONFUSION_PNG = "confusion_matrix.png"
+MISCLASSIFIED = "misclassified.csv"
 MISCLASSIFIED_COLUMNS = ["item", "true", "predicted", "confidence", "loss"]
+RELIABILITY_PNG = "reliability.png"
+TOP_LOSSES_PNG = "top_losses.png"
+REPORT = "report.html"
+# the history as figures: loss, accuracy, F1, precision and recall per epoch
+HISTORY_PNGS = ("loss.png", "accuracy.png", "f1.png", "precision_recall.png")
 HISTORY_COLUMNS = [  # then val_f1[class], val_precision[class], val_recall[class] for each class
     "epoch", "loss", "accuracy", "val_loss", "val_accuracy",
     "val_f1", "val_precision", "val_recall", "learning_rate", "seconds",
@@ -139,16 +151,25 @@ class RunFolder:
     def write_data_summary(self, summary: dict) -> None:
         write_json(self.path / DATA, summary)
 
-    def write_split(self, rows: list[list[str]]) -> None:
-        write_csv(self.path / SPLIT, SPLIT_COLUMNS, rows)
+    def write_split(self, rows: list[dict[str, str]]) -> None:
+        """split.csv: one row per labelled image, {column: value} for SPLIT_COLUMNS."""
+        write_csv(self.path / SPLIT, SPLIT_COLUMNS, [[row[c] for c in SPLIT_COLUMNS] for row in rows])
 
-    def read_split(self) -> list[list[str]] | None:
+    def read_split(self) -> list[dict[str, str]] | None:
+        """split.csv's rows as {column: value} (read by column name, in any order); None when
+        the file is missing or lacks one of SPLIT_COLUMNS."""
         try:
             with open(self.path / SPLIT, newline="", encoding="utf-8") as handle:
-                rows = list(csv.reader(handle))
+                reader = csv.DictReader(handle)
+                if not set(SPLIT_COLUMNS) <= set(reader.fieldnames or ()):
+                    return None
+                return [{c: row[c] for c in SPLIT_COLUMNS} for row in reader]
         except OSError:
             return None
-        return rows[1:] if rows and rows[0] == SPLIT_COLUMNS else None
+
+    def data_cwd(self) -> str | None:
+        """The folder training ran in: relative paths in split.csv are relative to it."""
+        return (self.read_json(DATA) or {}).get("cwd")
 
     # ------------------------------------------------------------------ per epoch
 
@@ -161,12 +182,6 @@ class RunFolder:
             rows = list(csv.DictReader(handle))
         return {key: np.array([float(r[key]) if r[key] != "" else np.nan for r in rows])
                 for key in (rows[0] if rows else {})}
-
-    def save_model(self, path: Path, model, class_names: list[str], **metadata) -> None:
-        """`best_model` or `last_model`, with class names and `metadata` (see modelio)."""
-        from ..inference.modelio import save_model
-
-        save_model(model, path, class_names, **metadata)
 
     def remove_best_model(self) -> None:
         self.best_model.unlink(missing_ok=True)
@@ -203,72 +218,39 @@ class RunFolder:
     def write_metrics(self, metrics: dict[str, Any]) -> None:
         write_json(self.path / METRICS, metrics)
 
-    def write_reports(self, report: dict, prefix: str = "", top_pixels: np.ndarray | None = None) -> None:
-        """per_class.csv, confusion_matrix.csv and its figure, for one evaluated split; with
-        its analysis, misclassified.csv, the reliability diagram and the highest-loss images
-        (`top_pixels`)."""
-        from ..evaluation.report import evaluation_figures
+    def write_table(self, name: str, columns: list[str], rows: list[list]) -> None:
+        write_csv(self.path / name, columns, rows)
 
-        names = report["class_names"]
-        write_csv(self.path / f"{prefix}per_class.csv", ["class", "precision", "recall", "f1", "support"],
-                  [[c["class"], f"{c['precision']:.6f}", f"{c['recall']:.6f}", f"{c['f1']:.6f}", c["support"]]
-                   for c in report["per_class"]])
-        matrix = np.array(report["confusion_matrix"])
-        write_csv(self.path / f"{prefix}confusion_matrix.csv", ["true \\ predicted", *names],
-                  [[name, *row] for name, row in zip(names, matrix.tolist())])
-        figures = evaluation_figures(report, top_pixels)
-        write_figure(self.path / f"{prefix}confusion_matrix.png", figures.pop("confusion"), DPI)
-        for name, figure in figures.items():
-            write_figure(self.path / f"{prefix}{name}.png", figure, DPI)
-        if "analysis" in report:
-            write_csv(self.path / f"{prefix}misclassified.csv", MISCLASSIFIED_COLUMNS,
-                      [[row[c] if not isinstance(row[c], float) else f"{row[c]:.6f}" for c in MISCLASSIFIED_COLUMNS]
-                       for row in report["analysis"]["misclassified"]])
+    def write_figure(self, name: str, figure) -> Path:
+        """A matplotlib Figure as the PNG `name` (the evaluation stage draws; this folder stores)."""
+        write_figure(self.path / name, figure, DPI)
+        return self.path / name
 
-    def write_html_report(self, report: dict, title: str, prefix: str = "", data: dict | None = None) -> Path:
-        """report.html: the evaluation `report` with the figures `write_reports(prefix)` and
-        `write_history_plots` wrote (embedded as they are, not drawn again), and the run's
-        configuration, environment and data summary when the folder has them."""
-        from ..evaluation.plots import HISTORY_FIGURES
-        from ..evaluation.report import REPORT, render
+    def write_text(self, name: str, text: str) -> Path:
+        with atomic_path(self.path / name, suffix=Path(name).suffix) as tmp:
+            tmp.write_text(text, encoding="utf-8")
+        return self.path / name
 
-        def read(name):
-            path = self.path / name
-            return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
+    def read_json(self, name: str) -> dict | None:
+        path = self.path / name
+        return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
 
-        def png(name):
-            path = self.path / name
-            return path.read_bytes() if path.exists() else None
+    def read_bytes(self, name: str) -> bytes | None:
+        path = self.path / name
+        return path.read_bytes() if path.exists() else None
 
-        best = None
-        if (self.path / HISTORY).exists():
-            history = self.read_history()
-            if np.isfinite(history["val_loss"]).any():
-                best = int(history["epoch"][int(np.nanargmin(history["val_loss"]))])
-        curves = {name: png(name) for name, _, _ in HISTORY_FIGURES if png(name)}
-        figures = {key: png(f"{prefix}{name}.png") for key, name in
-                   (("confusion", "confusion_matrix"), ("reliability", "reliability"), ("top_losses", "top_losses"))}
-        html = render(title=title, evaluation=report, figures={k: v for k, v in figures.items() if v},
-                      history_figures=curves or None, best_epoch=best, config=read(CONFIG),
-                      environment=read(ENVIRONMENT), data=data if data is not None else read(DATA))
-        with atomic_path(self.path / REPORT, suffix=".html") as tmp:
-            tmp.write_text(html, encoding="utf-8")
-        return self.path / REPORT
+    def best_epoch(self) -> int | None:
+        """The epoch of the lowest validation loss in history.csv (None without one)."""
+        if not (self.path / HISTORY).exists():
+            return None
+        history = self.read_history()
+        if "val_loss" not in history or not np.isfinite(history["val_loss"]).any():
+            return None
+        return int(history["epoch"][int(np.nanargmin(history["val_loss"]))])
 
-    def write_history_plots(self) -> list[Path]:
-        from ..evaluation.plots import history_figures
-
-        written = []
-        for name, figure in history_figures(self.read_history()).items():
-            write_figure(self.path / name, figure, DPI)
-            written.append(self.path / name)
-        return written
-
-    def write_bench(self, report: dict) -> None:
-        from ..evaluation.plots import bench_figure
-
+    def write_bench(self, report: dict, figure) -> None:
         write_json(self.path / BENCH, report)
-        write_figure(self.path / BENCH_PLOT, bench_figure(report["contenders"]), DPI)
+        self.write_figure(BENCH_PLOT, figure)
 
 
 def _cell(value):

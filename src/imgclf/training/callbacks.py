@@ -12,6 +12,7 @@ import numpy as np
 
 from ..errors import StorageError
 from ..evaluation.metrics import ConfusionMatrix, summarize
+from ..inference.modelio import save_model
 from ..run.folder import RunFolder
 from .checkpoint import Stateful
 
@@ -105,8 +106,8 @@ class BestModelCheckpoint(keras.callbacks.Callback, Stateful):
                 raise StorageError(exc.reason, exc.path, kept) from None
 
     def _save(self, model, weights=None):
-        self.run.save_model(self.run.best_model, model, self.class_names, weights=weights, epoch=self.best_epoch,
-                            val_loss=self.best, **self.metadata)
+        save_model(model, self.run.best_model, self.class_names, weights=weights, epoch=self.best_epoch,
+                   val_loss=self.best, **self.metadata)
 
     def get_state(self):
         return {"best": self.best, "best_epoch": self.best_epoch}, list(self.best_weights or [])

@@ -21,37 +21,26 @@ import numpy as np
 from ..config import TrainConfig
 from ..data.check import quick_check
 from ..data.labelled import Images, LoadedData
-from ..data.pipeline import make_dataset, make_train_dataset, sample_pixels, steps_per_call, train_steps
 from ..data.sources import load_data
 from ..data.split import check_classes, split_indices
 from ..errors import DataError, StorageError
-from ..evaluation.evaluate import REPORT_KEYS, evaluate_images, summary_metrics, top_loss_pixels
-from ..evaluation.metrics import ConfusionMatrix
+from ..evaluation.evaluate import REPORT_KEYS, report_kept_model, summary_metrics
+from ..evaluation.report import write_history_plots, write_html_report
 from ..inference.modelio import load_model
-from ..models.backbones import set_phase
-from ..models.recipes import AUTO, Recipe, outside_tuning, pick_recipe, recipe_defaults
-from ..models.registry import create_model, get_recipe
+from ..models.recipes import AUTO, outside_tuning, pick_recipe, recipe_defaults
+from ..models.registry import get_recipe
 from ..run.folder import RunFolder
-from .callbacks import BestModelCheckpoint, EpochMetrics, ReplicatedValidation
-from .checkpoint import Stateful, TrainingCheckpoint, restore_state
 from .distribute import (
-    all_sum,
-    fit_replicated,
     is_chief,
     make_strategy,
     replicas,
     strategy_name,
-    tf_strategy,
     worker_position,
-    worker_shard,
 )
+from .fit import Fitted, fit
 from .hardware import available_memory, environment
 from .precision import compute_precision, resolve_precision
-from .transfer import init_recipe, load_init, transfer_model
-
-EVAL_BATCH = 256  # validation batch size (no gradients, so larger batches are cheaper)
-DATA_INIT_IMAGES = 5000  # training images handed to models with data-dependent initialisation
-WORKER_SEED_STRIDE = 1_000_003  # worker i of several shuffles and augments its shard with seed + i * this
+from .transfer import init_recipe
 
 
 def train(config: TrainConfig, data: LoadedData | None = None, extra_callbacks: list | None = None) -> Path | None:
@@ -82,12 +71,6 @@ class Split:
     train: Images
     val: Images  # the validation split, or the test split with train_on_all
     val_name: str  # "validation" or "test"
-
-
-@dataclass
-class Fitted:
-    best: BestModelCheckpoint
-    first_epoch: int  # epochs already done when this process started (resume)
 
 
 def _run(config: TrainConfig, resumed: RunFolder | None, data: LoadedData | None,
@@ -146,7 +129,8 @@ def _train(config: TrainConfig, strategy, resumed: RunFolder | None, data: Loade
     _announce(config, precision, run, data, split, strategy)
     with compute_precision(precision), strategy.scope():
         try:
-            fitted = _fit(config, recipe, run, split, checkpoint, extra_callbacks)
+            fitted = fit(config, recipe, run, split.train, split.val, split.labelled.class_names, checkpoint,
+                         extra_callbacks)
         except StorageError as exc:  # disk full mid-run: every file written so far is whole
             raise StorageError(exc.reason, exc.path, f"{exc.kept}; the run continues from its last completed "
                                                      f"epoch with --resume {run}") from None
@@ -156,9 +140,9 @@ def _train(config: TrainConfig, strategy, resumed: RunFolder | None, data: Loade
     final_name = _keep_final_model(config, run)
     metrics, report = _final_evaluation(config, run, final_name, data, split, fitted, train_seconds, resumed)
     run.write_metrics(metrics)
-    run.write_history_plots()
-    run.write_html_report(report, title=f"{config.model} run {run.path.name}",
-                          prefix="test_" if config.train_on_all else "")
+    write_history_plots(run)
+    write_html_report(run, report, title=f"{config.model} run {run.path.name}",
+                      prefix="test_" if config.train_on_all else "")
     _print_result(config, run, final_name, split, fitted, report, train_seconds)
     return run.path
 
@@ -245,13 +229,14 @@ def _warn_outside_tuning(config: TrainConfig, train_images: int, resumed: RunFol
               "its defaults may not suit it", file=sys.stderr)
 
 
-def _split_rows(split: Split) -> list[list[str]]:
+def _split_rows(split: Split) -> list[dict[str, str]]:
+    """split.csv's rows: item, label, class and subset of every labelled image."""
     images = split.labelled
     subset = np.empty(len(images), dtype=object)
     subset[split.train_idx], subset[split.val_idx] = "train", "val"
     names = images.names()
-    return [[names[i], str(int(images.labels[i])), images.class_names[images.labels[i]], subset[i]]
-            for i in range(len(images))]
+    return [{"item": names[i], "label": str(int(images.labels[i])), "class": images.class_names[images.labels[i]],
+             "subset": subset[i]} for i in range(len(images))]
 
 
 def _open_run_folder(config: TrainConfig, split: Split, resumed: RunFolder | None):
@@ -313,113 +298,6 @@ def _announce(config: TrainConfig, precision: str, run: RunFolder, data: LoadedD
               "the step size")
 
 
-def _phases(config: TrainConfig, recipe: Recipe) -> list[tuple[int, int, int]]:
-    """(phase, first epoch, end epoch) of each part of the training: one phase 0 (everything
-    trains), or for pretrained backbones (and --init with freeze_epochs) phase 1 (the head on the frozen backbone) for
-    `freeze_epochs`, then phase 2 (`unfreeze`) for the rest."""
-    backbone = recipe_defaults(config.model).backbone
-    freeze = min(config.freeze_epochs or 0, config.epochs) if backbone or config.init else 0
-    if not freeze:
-        return [(0, 0, config.epochs)]
-    return [(1, 0, freeze)] + ([(2, freeze, config.epochs)] if freeze < config.epochs else [])
-
-
-def _fit(config: TrainConfig, recipe: Recipe, run: RunFolder, split: Split, checkpoint,
-         extra_callbacks: list | None) -> Fitted:
-    """Build the model, restore a checkpoint if there is one, train the remaining epochs of
-    each phase (compiled for that phase) and save the last model."""
-    class_names = split.labelled.class_names
-    steps_per_epoch = train_steps(len(split.train), config.batch_size)
-    pixels = sample_pixels(split.train, DATA_INIT_IMAGES, seed=config.seed) if recipe.needs_data else None
-    input_shape = (*config.size, 3)
-    if config.init:
-        model = transfer_model(load_init(config.init).model, input_shape, len(class_names))
-    else:
-        model = create_model(config.model, input_shape, len(class_names), train_pixels=pixels,
-                             weights=config.weights)
-    matrix = ConfusionMatrix(len(class_names))
-
-    strategy = tf_strategy()
-    single = replicas(strategy) == 1
-
-    def compile_phase(phase: int, start: int, stop: int) -> None:
-        if phase:
-            set_phase(model, phase, config.unfreeze)
-        model.compile(
-            optimizer=recipe.make_optimizer(config.learning_rate, steps_per_epoch, stop - start,
-                                            backbone_lr=1.0 if phase == 1 else config.backbone_lr),
-            loss=recipe.loss,
-            metrics=["accuracy", matrix],
-            # model.fit's; with several replicas `fit_replicated` runs one step per call (several
-            # fail under MirroredStrategy on TF 2.21, docs/distribute.md)
-            steps_per_execution=steps_per_call(steps_per_epoch, recipe.steps_per_execution),
-        )
-
-    metadata = {"model_name": config.model, "resize": config.resize}
-    best = BestModelCheckpoint(run, class_names, **metadata)
-    history = EpochMetrics(matrix, class_names, run, epochs=config.epochs, verbose=config.verbose)
-    recipe_callbacks = recipe.make_callbacks(steps_per_epoch, config.epochs, pixels) if recipe.make_callbacks else []
-    best.set_model(model)
-    stateful: dict[str, Stateful] = {"history": history, "best": best}
-    stateful.update({f"recipe{i}": cb for i, cb in enumerate(recipe_callbacks) if isinstance(cb, Stateful)})
-    validation = make_dataset(worker_shard(split.val, strategy), max(config.batch_size, EVAL_BATCH), config.cache)
-    own_validation = [] if single else [ReplicatedValidation(validation, matrix, recipe.loss,
-                                                             all_sum=lambda values: all_sum(strategy, values))]
-    class_weight = [config.class_weight[name] for name in class_names] if config.class_weight else None
-    phases = _phases(config, recipe)
-    done = int(checkpoint[0]["epoch"]) if checkpoint is not None else 0
-    # the checkpoint holds the optimizer of the phase its last epoch ran in
-    current = next(p for p in phases if p[1] <= max(done - 1, 0) < p[2])
-    compile_phase(*current)
-    first_epoch = 0
-    if checkpoint is not None:
-        first_epoch = restore_state(*checkpoint, model, stateful)
-        if config.verbose:
-            print(f"resuming after epoch {first_epoch} of {config.epochs} (best so far: epoch {best.best_epoch})")
-    for phase in phases:
-        if phase[2] <= first_epoch:
-            continue
-        if phase != current:
-            compile_phase(*phase)
-            current = phase
-        start, stop = max(first_epoch, phase[1]), phase[2]
-        callbacks = [*own_validation, history, *recipe_callbacks, best, *(extra_callbacks or []),
-                     TrainingCheckpoint(run, stateful)]
-        if not single:  # model.fit fails under multi-worker strategies (docs/distribute.md)
-            batches = _worker_batches(split.train, config, recipe, strategy, steps_per_epoch, start, stop)
-            fit_replicated(model, strategy, batches,
-                           steps_per_epoch=steps_per_epoch, epochs=stop, initial_epoch=start, callbacks=callbacks,
-                           class_weight=class_weight)
-            continue
-        model.fit(
-            make_train_dataset(split.train, config.batch_size, seed=config.seed, epochs=stop, first_epoch=start,
-                               augment=recipe.augment, cache=config.cache),
-            steps_per_epoch=steps_per_epoch,
-            validation_data=validation,
-            epochs=stop,
-            initial_epoch=start,
-            shuffle=False,  # the dataset is already in (seed, epoch) order; Keras cannot shuffle it
-            class_weight=dict(enumerate(class_weight)) if class_weight else None,
-            callbacks=callbacks,
-            verbose=1 if config.verbose and _interactive() else 0,
-        )
-    run.save_model(run.last_model, model, class_names, epoch=config.epochs, **metadata)
-    return Fitted(best, first_epoch)
-
-
-def _worker_batches(train: Images, config: TrainConfig, recipe: Recipe, strategy, steps_per_epoch: int,
-                    start: int, stop: int):
-    """This worker's training batches under a strategy with several replicas: its shard,
-    in per-replica batches (batch_size / replicas), as many per epoch as its replicas take
-    in `steps_per_epoch` steps. With one worker, the batches of one step together are the
-    global batch one device would get."""
-    index, workers = worker_position(strategy)
-    return make_train_dataset(worker_shard(train, strategy), config.batch_size // replicas(strategy),
-                              seed=config.seed + WORKER_SEED_STRIDE * index, epochs=stop, first_epoch=start,
-                              augment=recipe.augment, cache=config.cache,
-                              batches_per_epoch=steps_per_epoch * replicas(strategy) // workers)
-
-
 def _keep_final_model(config: TrainConfig, run: RunFolder) -> str:
     """The file of the model to keep: the best epoch's; with train_on_all there is nothing to
     select on, so the last model is kept (and copied to best_model.keras)."""
@@ -434,9 +312,7 @@ def _final_evaluation(config: TrainConfig, run: RunFolder, final_name: str, data
     """Evaluate the kept model on the validation split (and on the test split, if separate);
     write their reports; return (metrics.json's content, the validation report)."""
     final = load_model(run.path / final_name)
-    report = evaluate_images(final, split.val, tta=config.tta)
-    pixels = top_loss_pixels(split.val, report)
-    run.write_reports(report, prefix="test_" if config.train_on_all else "", top_pixels=pixels)
+    report = report_kept_model(run, final, split.val, tta=config.tta, prefix="test_" if config.train_on_all else "")
     metrics = {
         "split": split.val_name,
         "model_file": final_name,
@@ -448,8 +324,7 @@ def _final_evaluation(config: TrainConfig, run: RunFolder, final_name: str, data
         "skipped_files": len(data.labelled.skipped),
     }
     if data.test is not None and not config.train_on_all:
-        test_report = evaluate_images(final, data.test, tta=config.tta)
-        run.write_reports(test_report, prefix="test_", top_pixels=top_loss_pixels(data.test, test_report))
+        test_report = report_kept_model(run, final, data.test, tta=config.tta, prefix="test_")
         metrics["test"] = {**{k: test_report[k] for k in REPORT_KEYS}, **summary_metrics(test_report)}
         metrics["test"]["per_class_recall"] = {c["class"]: c["recall"] for c in test_report["per_class"]}
     return metrics, report
@@ -464,7 +339,3 @@ def _print_result(config: TrainConfig, run: RunFolder, final_name: str, split: S
           f"f1 {report['f1']:.4f}  precision {report['precision']:.4f}  recall {report['recall']:.4f}  "
           f"[{train_seconds:.0f}s]")
     print(f"saved: {run.path / final_name}")
-
-
-def _interactive() -> bool:
-    return sys.stdout.isatty() or "ipykernel" in sys.modules
