@@ -7,7 +7,7 @@ For each run's best model: the export as `imgclf export --format litert-int8` wr
 (weights quantized per output channel, the recipe's float layers, 500 calibration images from
 the run's training split), and one change at a time: one weight scale per tensor; the first
 and the last layer with weights kept in float32 too; 100 and 2,000 calibration images. Each
-is measured on the images `imgclf export` checks with (`export.check_images`): the share of
+is measured on the images `imgclf export` checks with (`export.verify.check_images`): the share of
 images with Keras' top-1 class (raw, and on the images whose top-two margin is at least 0.1),
 accuracy in float and int8 on the labelled ones, the file size, and the latency of one image
 in LiteRT (median of 300 calls). Writes OUT/int8.json and prints a Markdown table.
@@ -72,44 +72,45 @@ def latency_ms(path: Path, image: np.ndarray) -> float:
 def prepare(run: Path):
     """(model path, loaded model, check images, Keras' probabilities on them, the export graph,
     the int8 metadata), as `imgclf export` has them."""
-    from imgclf.export import writers as export
+    from imgclf.export import graph as export_graph
+    from imgclf.export import verify, writers
     from imgclf.inference.modelio import load_model
 
     model_path = run / "best_model.keras"
     loaded = load_model(model_path)
-    check = export.check_images(model_path, loaded, None)
-    expected = export.keras_probabilities(export.inference_copy(loaded.model, fold_batch_norm=False), check)
-    graph = export.inference_copy(loaded.model)
-    metadata = export.artifact_metadata(loaded, model_path, "litert-int8")
+    check = verify.check_images(model_path, loaded, None)
+    expected = verify.keras_probabilities(export_graph.inference_copy(loaded.model, fold_batch_norm=False), check)
+    graph = export_graph.inference_copy(loaded.model)
+    metadata = writers.artifact_metadata(loaded, model_path, "litert-int8")
     return model_path, loaded, check, expected, graph, metadata
 
 
 def measure_run(run: Path) -> list[dict]:
-    from imgclf.export import writers as export
+    from imgclf.export import verify, writers
     model_path, loaded, check, expected, graph, metadata = prepare(run)
     recipe_float = tuple(metadata.get("float_layers") or ())
     rows = []
     with tempfile.TemporaryDirectory() as folder:
         float_path = Path(folder) / "float.tflite"
-        export._write_litert(graph, float_path, {**metadata, "format": "litert"}, None)
+        writers._write_litert(graph, float_path, {**metadata, "format": "litert"}, None)
         float_ms = latency_ms(float_path, check.pixels[:1].astype(np.float32))
         for name, (per_channel, edges, count) in VARIANTS.items():
             started = time.perf_counter()
-            calibration = export.calibration_images(model_path, loaded, None, check, count)
+            calibration = writers.calibration_images(model_path, loaded, None, check, count)
             keep = recipe_float + (first_and_last(graph) if edges else ())
-            content = export._int8_litert(graph, calibration, keep, per_channel=per_channel)
+            content = writers._int8_litert(graph, calibration, keep, per_channel=per_channel)
             path = Path(folder) / "int8.tflite"
-            path.write_bytes(export.add_litert_metadata(content, metadata))
+            path.write_bytes(writers.add_litert_metadata(content, metadata))
             seconds = time.perf_counter() - started
-            report, _ = export.measure_artifact(path, "litert-int8", expected, check)
+            report, _ = verify.measure_artifact(path, "litert-int8", expected, check)
             one = check.pixels[:1].astype(np.float32)
             rows.append({
-                "run": run.name, "recipe": loaded.metadata.get("model_name"), "variant": name,
+                "run": run.name, "recipe": metadata["recipe"], "variant": name,
                 "float_layers": list(keep), "calibration_images": len(calibration), "check_images": report.images,
                 "check_source": report.check_source, "agreement": report.agreement,
                 "confident_images": report.confident_images, "confident_agreement": report.confident_agreement,
                 "float_accuracy": report.keras_accuracy, "int8_accuracy": report.export_accuracy,
-                "passes": not export.int8_problems(report), "bytes": path.stat().st_size,
+                "passes": not verify.int8_problems(report), "bytes": path.stat().st_size,
                 "float_bytes": float_path.stat().st_size, "int8_ms": latency_ms(path, one),
                 "float_ms": float_ms, "export_seconds": round(seconds, 1),
             })
@@ -124,11 +125,11 @@ def selective(run: Path, counts: list[int]) -> list[dict]:
 
     import tensorflow as tf
 
-    from imgclf.export import writers as export
+    from imgclf.export import verify, writers
     model_path, loaded, check, expected, graph, metadata = prepare(run)
-    calibration = export.calibration_images(model_path, loaded, None, check)
+    calibration = writers.calibration_images(model_path, loaded, None, check)
     rows = []
-    with tempfile.TemporaryDirectory() as folder, export.int8_converters(graph, calibration) as (
+    with tempfile.TemporaryDirectory() as folder, writers.int8_converters(graph, calibration) as (
             converter, representative):
         debugger = tf.lite.experimental.QuantizationDebugger(converter=converter(), debug_dataset=representative)
         debugger.run()
@@ -146,14 +147,14 @@ def selective(run: Path, counts: list[int]) -> list[dict]:
                 converter=converter(), debug_dataset=representative, debug_options=options
             ).get_nondebug_quantized_model() if k else converter().convert()
             path = Path(folder) / f"kept{k}.tflite"
-            path.write_bytes(export.add_litert_metadata(content, metadata))
-            report, _ = export.measure_artifact(path, "litert-int8", expected, check)
+            path.write_bytes(writers.add_litert_metadata(content, metadata))
+            report, _ = verify.measure_artifact(path, "litert-int8", expected, check)
             rows.append({"run": run.name, "kept_float": k, "ops": len(stats),
                          "worst_errors": [round(op["error"], 3) for op in stats[:max(k, 1)]],
                          "agreement": report.agreement, "confident_images": report.confident_images,
                          "confident_agreement": report.confident_agreement, "float_accuracy": report.keras_accuracy,
                          "int8_accuracy": report.export_accuracy, "bytes": path.stat().st_size,
-                         "passes": not export.int8_problems(report)})
+                         "passes": not verify.int8_problems(report)})
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     return rows
 

@@ -12,20 +12,16 @@ import numpy as np
 import pytest
 
 from imgclf.errors import DataError, ModelFileError
-from imgclf.export.writers import (
+from imgclf.export.graph import inference_copy
+from imgclf.export.verify import (
     FLOAT_TOLERANCE,
-    FORMATS,
-    WRITERS,
     ExportError,
-    add_litert_metadata,
     check_images,
-    default_path,
-    export_model,
-    inference_copy,
     int8_problems,
     keras_probabilities,
     verify_artifact,
 )
+from imgclf.export.writers import FORMATS, WRITERS, add_litert_metadata, default_path, export_model
 from imgclf.inference.modelio import load_model
 from imgclf.inference.predict import predict_files
 from imgclf.inference.runtimes import LABELS_FILE, detect_format, open_model, read_litert_metadata
@@ -228,7 +224,7 @@ def test_export_command_then_predict_with_the_export(export_runs, tmp_path):
 
 
 def test_batch_norm_folding_is_exact_up_to_rounding(export_runs):
-    from imgclf.export.writers import batch_norm_folds
+    from imgclf.export.graph import batch_norm_folds
 
     model = load_model(export_runs["fast-tiny"] / "best_model.keras").model
     folds = batch_norm_folds(model)
@@ -241,7 +237,7 @@ def test_batch_norm_folding_is_exact_up_to_rounding(export_runs):
 
 
 def test_no_fold_through_a_pool_with_a_negative_scale():
-    from imgclf.export.writers import batch_norm_folds
+    from imgclf.export.graph import batch_norm_folds
 
     inputs = keras.Input((8, 8, 3))
     x = keras.layers.Conv2D(4, 3, use_bias=False)(inputs)
@@ -371,7 +367,7 @@ def test_a_small_run_exports_without_check_data(tmp_path, capsys):
 
 
 def test_check_images_top_up_with_mirrored_and_shifted_copies():
-    from imgclf.export.writers import _variants
+    from imgclf.export.verify import _variants
 
     rng = np.random.default_rng(0)
     pixels = rng.integers(0, 256, (7, 10, 12, 3)).astype(np.uint8)

@@ -35,8 +35,12 @@ from typing import Any
 
 import numpy as np
 
-from ..config import TrainConfig
-from ..errors import CheckpointError, ImgclfError
+from ..config import TrainConfig, model_data_config
+from ..data.decode import decode_paths, read_config_file
+from ..data.labelled import Images
+from ..data.sources import load_data
+from ..data.split import stratified_sample
+from ..errors import CheckpointError, DataError, ImgclfError
 from .atomic import atomic_path, remove_partial_files, write_csv, write_figure, write_json
 
 RUNS_DIR = Path("runs")  # default parent of run folders, relative to the working directory
@@ -143,7 +147,7 @@ class RunFolder:
         write_json(self.path / CONFIG, config.to_dict())
 
     def read_config(self) -> TrainConfig:
-        return TrainConfig.from_json(self.path / CONFIG)
+        return TrainConfig.from_dict(read_config_file(self.path / CONFIG))
 
     def write_environment(self, environment: dict) -> None:
         write_json(self.path / ENVIRONMENT, environment)
@@ -251,6 +255,49 @@ class RunFolder:
     def write_bench(self, report: dict, figure) -> None:
         write_json(self.path / BENCH, report)
         self.write_figure(BENCH_PLOT, figure)
+
+
+def split_images(run_dir: str | Path, loaded, subset: str, limit: int | None = None, *, seed: int = 0,
+                 hint: str = "") -> Images:
+    """The run's `subset` ("train" or "val") images as split.csv lists them (a stratified
+    sample of `limit`), decoded the way `loaded` (an inference LoadedModel: class names, image
+    size, resize mode) takes them: image files read again
+    (relative paths from the training's folder), or a built-in dataset loaded again."""
+    run = RunFolder(run_dir)
+    rows = run.read_split()
+    if not rows or not (run.path / CONFIG).exists():
+        raise DataError(f"{run.path} is not a run folder with {SPLIT} and {CONFIG}{hint}")
+    positions = np.array([i for i, row in enumerate(rows) if row["subset"] == subset])
+    if not len(positions):
+        raise DataError(f"the run {run.path} has no {subset} images{hint}")
+    labels = np.array([int(rows[i]["label"]) for i in positions], np.int32)
+    chosen = np.arange(len(positions))
+    if limit is not None and len(positions) > limit:
+        chosen = stratified_sample(labels, limit, seed)
+    positions, labels = positions[chosen], labels[chosen]
+    config = run.read_config()
+    names = loaded.class_names
+    if not (config.data_dir or config.labels):  # a built-in dataset: split.csv rows are its indices
+        data = load_data(model_data_config(config, loaded).replace(verbose=0))
+        if data.labelled.array is None or len(data.labelled) != len(rows):
+            raise DataError(f"the run's data ({data.source}) is not what it trained on{hint}")
+        return Images(labels, names, data.labelled.array[positions], None, size=loaded.image_size,
+                      resize=loaded.resize)
+    cwd = run.data_cwd()
+    paths = [_resolve(rows[i]["item"], cwd) for i in positions]
+    missing = [p for p in paths if not Path(p).is_file()]
+    if missing:
+        raise DataError(f"the run's {subset} images are not found from here (first: {missing[0]}){hint}")
+    decoded = decode_paths(paths, loaded.image_size, resize=loaded.resize)
+    return Images(labels[decoded.kept], names, decoded.pixels, [paths[i] for i in decoded.kept],
+                  decoded.skipped, loaded.image_size, loaded.resize)
+
+
+def _resolve(path: str, cwd: str | None) -> str:
+    """A split.csv path as training saw it: relative paths are relative to the training's folder."""
+    if Path(path).is_absolute() or not cwd:
+        return path
+    return str(Path(cwd) / path)
 
 
 def _cell(value):
