@@ -80,3 +80,26 @@ def test_no_module_imports_itself_through_others():
 
     cycles = [name for name in graph if reaches(name, name, set())]
     assert not cycles, cycles
+
+
+# The stages from the bottom up: a module may import its own stage and those below it, never
+# one above (the data and model code know nothing of training; prediction needs no training
+# code; serving needs neither). `imgclf/__init__` and the CLI sit on top of everything.
+LAYERS = ["errors", "config", "data", "run", "models", "inference", "evaluation", "training", "export", "serve",
+          "bench", "cli"]
+
+
+def _layer(module: str) -> int:
+    parts = module.split(".")
+    if len(parts) == 1:  # the package itself: it imports config and errors, the rest lazily (__getattr__)
+        return LAYERS.index("config")
+    return LAYERS.index(parts[1])
+
+
+def test_no_module_imports_a_higher_layer():
+    graph = _imports_of_each_module()
+    assert {_layer(m) for m in graph} >= set(range(len(LAYERS)))  # every stage is in the walk
+    upward = sorted(f"{name} imports {module}" for name, imported in graph.items() for module in imported
+                    if _layer(module) > _layer(name))
+    assert not upward, upward
+    assert graph["imgclf.config"] <= {"imgclf.errors"}, graph["imgclf.config"]

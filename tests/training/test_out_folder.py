@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from imgclf import ImgclfError, TrainConfig, train
-from imgclf.run.atomic import file_hash
+from imgclf.data.decode import file_hash
 
 from conftest import make_image_folder, run_cli
 

@@ -35,9 +35,10 @@ from pathlib import Path
 import numpy as np
 
 from ..config import EXPORT_FORMATS
+from ..data.decode import file_hash
 from ..inference.loaded import LoadedModel, _first_line
 from ..inference.modelio import load_model
-from ..inference.runtimes import INPUT_NAME, LABELS_FILE, METADATA_KEY, SAVEDMODEL_METADATA, file_hash
+from ..inference.runtimes import INPUT_NAME, LABELS_FILE, METADATA_KEY, SAVEDMODEL_METADATA
 from ..run.atomic import PARTIAL_MARK, write_json
 from .graph import inference_copy
 from .verify import (

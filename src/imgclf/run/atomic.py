@@ -1,15 +1,13 @@
 """Atomic file writes: a temporary file in the same folder, then `os.replace`.
 
 A kill at any instant leaves either the previous complete file or the new
-complete one, never a truncated file. Also the one content hash of files and
-folders (`file_hash`), light enough for commands that load no TensorFlow.
+complete one, never a truncated file.
 """
 
 from __future__ import annotations
 
 import csv
 import functools
-import hashlib
 import io
 import json
 import os
@@ -97,17 +95,3 @@ def write_csv(path: str | Path, header: list[str], rows: list[list[Any]]) -> Non
     writer.writerow(header)
     writer.writerows(rows)
     write_text(path, buffer.getvalue())
-
-
-def file_hash(path: str | Path) -> str:
-    """sha256 of a file, or of a folder's files (names and contents, in sorted order)."""
-    path = Path(path)
-    digest = hashlib.sha256()
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    for file in files:
-        if path.is_dir():
-            digest.update(str(file.relative_to(path)).encode())
-        with open(file, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
