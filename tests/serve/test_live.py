@@ -4,17 +4,25 @@ real HTTP, and its page driven in a real browser (Debian's chromium, headless, v
 from __future__ import annotations
 
 import shutil
+import socket
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
-from imgclf.bench.serve import Service, client, free_port
+from imgclf.bench.serve import Service, client
 
 from .conftest import BAD_REQUESTS, LIMITS, image_bytes
 from conftest import headless_chromium
 
 pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    """A port free right now (the CLI test below needs one given on the command line)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def start_service(model: Path, *extra: str) -> Service:
