@@ -16,28 +16,27 @@ from .errors import DataError, ImgclfError, ModelFileError
 __version__ = "0.1.0"
 
 
-def __getattr__(name: str):
-    # The heavy parts (TensorFlow) load on first use, so `imgclf --help` is instant.
-    lazy = {
-        "train": ("training.loop", "train"),
-        "resume": ("training.loop", "resume"),
-        "load_model": ("inference.modelio", "load_model"),
-        "save_model": ("inference.modelio", "save_model"),
-        "predict_files": ("inference.predict", "predict_files"),
-        "predict_probabilities": ("inference.predict", "predict_probabilities"),
-        "evaluate": ("evaluation.evaluate", "evaluate"),
-        "evaluate_images": ("evaluation.evaluate", "evaluate_images"),
-        "load_data": ("data.sources", "load_data"),
-        "create_model": ("models.registry", "create_model"),
-        "export_model": ("export.writers", "export_model"),
-        "open_model": ("inference.runtimes", "open_model"),
-        "create_app": ("serve.app", "create_app"),
-    }
-    if name in lazy:
-        import importlib
+# The heavy parts (TensorFlow) load on first use, so `imgclf --help` is instant: module -> its
+# public names.
+_LAZY = {
+    "training.loop": ("train", "resume"),
+    "inference.modelio": ("load_model", "save_model"),
+    "inference.predict": ("predict_files", "predict_probabilities"),
+    "inference.runtimes": ("open_model",),
+    "evaluation.evaluate": ("evaluate", "evaluate_images"),
+    "data.sources": ("load_data",),
+    "models.registry": ("create_model",),
+    "export.writers": ("export_model",),
+    "serve.app": ("create_app",),
+}
 
-        module, attr = lazy[name]
-        return getattr(importlib.import_module(f".{module}", __name__), attr)
+
+def __getattr__(name: str):
+    for module, names in _LAZY.items():
+        if name in names:
+            import importlib
+
+            return getattr(importlib.import_module(f".{module}", __name__), name)
     raise AttributeError(f"module 'imgclf' has no attribute {name!r}")
 
 
