@@ -258,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ log level, read when it loads
     args = build_parser().parse_args(argv)
     try:
-        if args.command not in WITHOUT_TENSORFLOW:
+        if _needs_tensorflow(args):
             import_tensorflow_quietly()
         return COMMANDS[args.command](args)
     except ImgclfError as exc:
@@ -476,6 +476,17 @@ def cmd_bench_serve(args: argparse.Namespace) -> int:
 
 
 WITHOUT_TENSORFLOW = ("check-data",)  # commands that never load TensorFlow (seconds saved)
+
+
+def _needs_tensorflow(args: argparse.Namespace) -> bool:
+    """predict and serve load TensorFlow only for a model that needs it (not .onnx, .tflite)."""
+    if args.command in ("predict", "serve"):
+        from .inference.runtimes import needs_tensorflow
+
+        return needs_tensorflow(args.model)
+    return args.command not in WITHOUT_TENSORFLOW
+
+
 COMMANDS = {"train": cmd_train, "predict": cmd_predict, "evaluate": cmd_evaluate, "export": cmd_export,
             "serve": cmd_serve, "bench": cmd_bench, "bench-serve": cmd_bench_serve, "report": cmd_report,
             "check-data": cmd_check_data}

@@ -181,7 +181,8 @@ def time_calls(run, images: np.ndarray, calls: int) -> dict:
 
 
 def in_process_latency(model_path: Path, artifacts: dict[str, Path], images: np.ndarray, calls: int) -> dict:
-    from ..inference.modelio import keras_function, load_model
+    from ..inference.loaded import keras_function
+    from ..inference.modelio import load_model
     from ..inference.runtimes import open_model
 
     loaded = load_model(model_path)

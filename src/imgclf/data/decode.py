@@ -20,6 +20,8 @@ by `warnings.catch_warnings`, which swaps process-wide state and is not thread-s
 from __future__ import annotations
 
 import errno
+import functools
+import hashlib
 import io
 import os
 import stat
@@ -27,9 +29,11 @@ import sys
 import threading
 import time
 import warnings
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import BinaryIO, Iterator
+from pathlib import Path
+from typing import BinaryIO, Callable, Iterator
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -40,8 +44,11 @@ MAX_IMAGE_PIXELS = 64_000_000  # refuse decompression bombs: a tiny file that ex
 MAX_FILE_BYTES = 256 * 2**20  # image files larger than this are reported as unusable, not read
 RESAMPLE = Image.Resampling.BILINEAR
 DECODE_BATCH = 256  # images per chunk when resizing many arrays
-CHECK_BATCH = 64  # files per call when decoding many files in parallel
-PROGRESS_FROM = 5000  # files: show a progress bar and the decoding time from this many
+CHECK_BATCH = 64  # files per task when decoding many files in parallel
+# threads decoding files: Pillow releases the GIL while it decodes and resizes
+DECODE_THREADS = max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+PROGRESS_FROM = 5000  # files: show a progress count and the decoding time from this many
+PROGRESS_SECONDS = 0.5  # between redraws of the progress count
 # How an image of another shape becomes the model's (height, width): stretched to it
 # ("squash", every pixel kept, shapes distorted), its centre cut to the model's aspect ratio
 # ("crop", shapes kept, edges lost) or fitted inside with black borders ("pad", all kept).
@@ -94,6 +101,27 @@ def _os_reason(exc: OSError) -> str:
     if exc.errno in (errno.EACCES, errno.EPERM):
         return "permission denied"
     return f"cannot read ({exc.strerror or exc})"
+
+
+def walk_files(folder: str | Path) -> list[str]:
+    """Every entry under `folder` that is not a folder, recursively, in sorted order; hidden
+    files and folders left out; links to folders not followed. What is not a regular file
+    (FIFOs, sockets, devices, link loops) is listed too, for the reader to report as
+    unusable (`read_user_file`), and so is a folder named like an image file, which
+    is not searched."""
+    found: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        named_like_images = {d for d in dirnames if os.path.splitext(d)[1].lower() in image_suffixes()}
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d not in named_like_images)
+        found.extend(os.path.join(dirpath, f) for f in sorted([*filenames, *named_like_images])
+                     if not f.startswith("."))
+    return found
+
+
+@functools.lru_cache(maxsize=1)
+def image_suffixes() -> frozenset[str]:
+    """File name endings of the image formats Pillow reads (.jpg, .png, ...)."""
+    return frozenset(Image.registered_extensions())
 
 
 _capture = threading.local()
@@ -240,50 +268,37 @@ def decode_paths(paths: list[str], size: tuple[int, int], *, keep_pixels: bool =
 def _decode_files(
     paths: list[str], size: tuple[int, int], *, keep_pixels: bool = True, verbose: int = 0, resize: str = "squash"
 ) -> tuple[np.ndarray | None, np.ndarray, list[str]]:
-    """Decode files in parallel with tf.data. Returns (pixels or None, ok flags, reasons)."""
-    import tensorflow as tf
-
-    height, width = size
+    """Decode files in parallel, CHECK_BATCH per task on DECODE_THREADS threads (no
+    TensorFlow: prediction on an exported model needs none). Returns (pixels or None, ok
+    flags, reasons)."""
     n = len(paths)
-    pixels = np.zeros((n, height, width, 3), np.uint8) if keep_pixels else None
+    pixels = np.zeros((n, *size, 3), np.uint8) if keep_pixels else None
     ok = np.zeros(n, bool)
     reasons = [""] * n
-    if n == 0:
-        return pixels, ok, reasons
 
-    def decode_many(raw_paths: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        images = np.zeros((len(raw_paths), height, width, 3), np.uint8)
-        good = np.zeros(len(raw_paths), bool)
-        why = np.full(len(raw_paths), b"", dtype=object)
-        for i, raw in enumerate(raw_paths):
+    def decode_chunk(first: int) -> int:  # each task fills its own rows
+        stop = min(first + CHECK_BATCH, n)
+        for i in range(first, stop):
             try:
-                images[i], good[i] = decode_image(os.fsdecode(raw), size, resize=resize), True
+                image = decode_image(paths[i], size, resize=resize)
             except BadImage as exc:
-                why[i] = str(exc).encode()
-        return images, good, why
+                reasons[i] = str(exc)
+                continue
+            ok[i] = True
+            if pixels is not None:
+                pixels[i] = image
+        return stop - first
 
-    def tf_decode(paths):  # a small batch per call: one Python call per file costs twice the decoding
-        return tf.numpy_function(decode_many, [paths], [tf.uint8, tf.bool, tf.string])
-
-    dataset = (
-        tf.data.Dataset.from_tensor_slices(np.array([os.fsencode(p) for p in paths], dtype=object))
-        .batch(CHECK_BATCH)
-        .map(tf_decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        .prefetch(2)
-    )
     start, done = time.perf_counter(), 0
     progress = _progress(n, "decoding images") if verbose and n >= PROGRESS_FROM and _interactive() else None
-    for images, good, why in dataset.as_numpy_iterator():
-        stop = done + len(good)
-        if pixels is not None:
-            pixels[done:stop] = images
-        ok[done:stop] = good
-        for i, text in enumerate(why):
-            if text:
-                reasons[done + i] = text.decode(errors="replace")
-        done = stop
-        if progress:
-            progress.update(done)
+    pool = ThreadPoolExecutor(DECODE_THREADS, thread_name_prefix="imgclf-decode")
+    try:
+        for task in as_completed([pool.submit(decode_chunk, first) for first in range(0, n, CHECK_BATCH)]):
+            done += task.result()
+            if progress:
+                progress(done)
+    finally:  # on an error or Ctrl-C, the tasks not started yet are dropped
+        pool.shutdown(wait=True, cancel_futures=True)
     if verbose and n >= PROGRESS_FROM:
         print(f"decoded {n} files in {time.perf_counter() - start:.1f}s", file=sys.stderr)
     return pixels, ok, reasons
@@ -309,8 +324,27 @@ def _interactive() -> bool:
     return sys.stderr.isatty() or "ipykernel" in sys.modules
 
 
-def _progress(total: int, what: str):
-    import keras
+def _progress(total: int, what: str) -> Callable[[int], None]:
+    """A count redrawn in place on stderr, at most every PROGRESS_SECONDS."""
+    shown = [0.0]
 
-    print(what, file=sys.stderr)
-    return keras.utils.Progbar(total, unit_name="image")
+    def update(done: int) -> None:
+        now = time.perf_counter()
+        if done == total or now - shown[0] >= PROGRESS_SECONDS:
+            shown[0] = now
+            print(f"\r{what}: {done}/{total}", end="\n" if done == total else "", file=sys.stderr, flush=True)
+    return update
+
+
+def file_hash(path: str | Path) -> str:
+    """sha256 of a file, or of a folder's files (names and contents, in sorted order)."""
+    path = Path(path)
+    digest = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        if path.is_dir():
+            digest.update(str(file.relative_to(path)).encode())
+        with open(file, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()

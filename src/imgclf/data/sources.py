@@ -4,7 +4,6 @@ class (with train/ and test/ inside as splits), or a CSV file list of path,label
 from __future__ import annotations
 
 import csv
-import functools
 import io
 import os
 import socket
@@ -15,7 +14,7 @@ import numpy as np
 
 from ..config import TrainConfig
 from ..errors import DataError
-from .decode import BadImage, decode_paths, read_user_file, resize_array
+from .decode import BadImage, decode_paths, read_user_file, resize_array, walk_files
 from .labelled import Images, LoadedData, encode_labels
 from .split import stratified_sample
 
@@ -100,29 +99,6 @@ def _require_network(host: tuple[str, int], what: str) -> None:
             f"cannot download {what}: {host[0]} is unreachable ({problem}); "
             "this machine needs local data: --data-dir DIR (one subfolder per class) or --labels FILE.csv"
         )
-
-
-def walk_files(folder: str | Path) -> list[str]:
-    """Every entry under `folder` that is not a folder, recursively, in sorted order; hidden
-    files and folders left out; links to folders not followed. What is not a regular file
-    (FIFOs, sockets, devices, link loops) is listed too, for the reader to report as
-    unusable (`decode.read_user_file`), and so is a folder named like an image file, which
-    is not searched."""
-    found: list[str] = []
-    for dirpath, dirnames, filenames in os.walk(folder):
-        named_like_images = {d for d in dirnames if os.path.splitext(d)[1].lower() in image_suffixes()}
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d not in named_like_images)
-        found.extend(os.path.join(dirpath, f) for f in sorted([*filenames, *named_like_images])
-                     if not f.startswith("."))
-    return found
-
-
-@functools.lru_cache(maxsize=1)
-def image_suffixes() -> frozenset[str]:
-    """File name endings of the image formats Pillow reads (.jpg, .png, ...)."""
-    from PIL import Image
-
-    return frozenset(Image.registered_extensions())
 
 
 def scan_folder(root: Path) -> tuple[list[str], list[str]]:

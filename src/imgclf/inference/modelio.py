@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import json
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import keras
 import numpy as np
@@ -20,32 +18,10 @@ import numpy as np
 from ..errors import ModelFileError
 from ..models import layers as _registered_layers  # noqa: F401  (registers the custom layers of saved fast models)
 from ..run.atomic import atomic_path
+from .loaded import LoadedModel, _first_line
 
 METADATA_MEMBER = "imgclf.json"
 FORMAT_VERSION = 1
-
-
-@dataclass
-class LoadedModel:
-    model: keras.Model | None  # None for an exported artifact (`runtimes.open_model`)
-    class_names: list[str]
-    image_size: tuple[int, int]  # (height, width) in pixels
-    metadata: dict
-    path: Path | None = None
-    # (N, H, W, 3) 0-255 pixels -> (N, classes) probabilities; a compiled Keras function by default
-    runtime: Callable[[np.ndarray], np.ndarray] | None = None
-    format: str = "keras"  # or savedmodel, onnx, litert (runtimes.FORMATS)
-
-    @property
-    def resize(self) -> str:
-        """How images of another shape are resized for this model (`data.decode.RESIZE_MODES`)."""
-        return self.metadata.get("resize", "squash")
-
-    def predict(self, pixels: np.ndarray) -> np.ndarray:
-        """(N, classes) float32 probabilities of raw 0-255 RGB pixels (N, H, W, 3)."""
-        if self.runtime is None:
-            self.runtime = keras_function(self.model)
-        return self.runtime(pixels)
 
 
 def save_model(model: keras.Model, path: str | Path, class_names: list[str], *,
@@ -114,22 +90,3 @@ def load_model(path: str | Path, *, unsafe: bool = False) -> LoadedModel:
     if len(class_names) != num_classes:
         raise ModelFileError(f"{path}: metadata names {len(class_names)} classes, the model outputs {num_classes}")
     return LoadedModel(model, class_names, (int(height), int(width)), metadata, path)
-
-
-def keras_function(model) -> Callable[[np.ndarray], np.ndarray]:
-    """The model's inference pass as one traced TensorFlow function (no `model.predict`
-    machinery per call: ~55 ms of it on small batches)."""
-    import tensorflow as tf
-
-    height, width, channels = model.input_shape[1:]
-    signature = [tf.TensorSpec([None, height, width, channels], tf.float32)]
-    function = tf.function(lambda x: model(x, training=False), input_signature=signature)
-
-    def run(pixels: np.ndarray) -> np.ndarray:
-        return np.asarray(function(np.asarray(pixels, np.float32)), np.float32)
-    return run
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__

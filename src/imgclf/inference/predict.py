@@ -1,21 +1,26 @@
 """Prediction with a saved model: on files, folders, globs or arrays, optionally with
-test-time augmentation; and the predictions file (`--output`)."""
+test-time augmentation; and the predictions file (`--output`).
+
+Images held in memory are batched with NumPy, so predicting with an `.onnx` or `.tflite`
+model needs no TensorFlow; only images streamed from disk (`image_probabilities` on a large
+evaluation set) go through tf.data."""
 
 from __future__ import annotations
 
 import glob
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Iterable
 
 import numpy as np
 
-from ..data.decode import decode_paths
-from ..data.labelled import Images
-from ..data.pipeline import make_dataset
-from ..data.sources import walk_files
+from ..data.decode import decode_paths, walk_files
 from ..errors import DataError
 from ..run.atomic import write_csv, write_json
-from .modelio import LoadedModel
+from .loaded import LoadedModel
+
+if TYPE_CHECKING:
+    from ..data.labelled import Images
 
 PREDICT_BATCH = 256  # images per forward pass when predicting
 
@@ -65,43 +70,57 @@ def predict_probabilities(loaded: LoadedModel, pixels: np.ndarray, *, tta: bool 
         raise DataError(f"expected images of shape (N, H, W, 3), got {pixels.shape}")
     if tuple(pixels.shape[1:3]) != loaded.image_size:
         raise DataError(f"images are {pixels.shape[1:3]}, the model takes {loaded.image_size}")
-    images = Images(labels=np.zeros(len(pixels), np.int32), class_names=loaded.class_names,
-                    array=pixels.astype(np.uint8) if pixels.dtype != np.uint8 else pixels, size=loaded.image_size)
-    return image_probabilities(loaded, images, tta=tta, batch_size=batch_size)
+    if pixels.dtype != np.uint8:
+        pixels = pixels.astype(np.uint8)
+    return _probabilities(loaded, lambda: _array_batches(pixels, batch_size), tta)
 
 
 def image_probabilities(loaded: LoadedModel, images: Images, *, tta: bool = False,
                         batch_size: int = PREDICT_BATCH) -> np.ndarray:
     """(N, classes) float64 probabilities of `images` (in memory or streamed from disk)."""
-    dataset = make_dataset(images, batch_size).map(lambda x, y: x)
+    if images.in_memory:
+        return _probabilities(loaded, lambda: _array_batches(images.array, batch_size), tta)
+    from ..data.pipeline import make_dataset
+
+    dataset = make_dataset(images, batch_size)
+    return _probabilities(loaded, lambda: (x.numpy() for x, _ in dataset), tta)
+
+
+def _array_batches(pixels: np.ndarray, batch_size: int) -> Iterable[np.ndarray]:
+    """float32 0-255 batches of uint8 images, in order."""
+    for start in range(0, len(pixels), batch_size):
+        yield pixels[start:start + batch_size].astype(np.float32)
+
+
+def _probabilities(loaded: LoadedModel, batches: Callable[[], Iterable[np.ndarray]], tta: bool) -> np.ndarray:
+    """Probabilities over the float32 batches that each call of `batches` yields afresh."""
     if not tta:
-        return _predict_batches(loaded, dataset)
+        return _predict_batches(loaded, batches())
     # Test-time augmentation: half the weight on the image and its mirror, half on the
     # mirrored pair shifted one pixel up-left and one pixel down-right (reflect padding).
     views = [(0.25, lambda x: x), (0.25, _mirror)]
     for dy in (0, 2):
         shift = _shifted(dy)
         views += [(0.125, shift), (0.125, lambda x, shift=shift: _mirror(shift(x)))]
-    return sum(weight * _predict_batches(loaded, dataset.map(view)) for weight, view in views)
+    return sum(weight * _predict_batches(loaded, map(view, batches())) for weight, view in views)
 
 
-def _predict_batches(loaded: LoadedModel, dataset) -> np.ndarray:
-    outputs = [loaded.predict(batch.numpy()) for batch in dataset]
+def _predict_batches(loaded: LoadedModel, batches: Iterable[np.ndarray]) -> np.ndarray:
+    # contiguous: a mirrored view has negative strides, which not every runtime takes
+    outputs = [loaded.predict(np.ascontiguousarray(batch)) for batch in batches]
     if not outputs:
         return np.zeros((0, len(loaded.class_names)))
     return np.concatenate(outputs).astype(np.float64)
 
 
-def _mirror(x):
+def _mirror(x: np.ndarray) -> np.ndarray:
     return x[:, :, ::-1, :]
 
 
-def _shifted(offset: int):
-    import tensorflow as tf
-
-    def shift(x):
-        height, width = tf.shape(x)[1], tf.shape(x)[2]
-        padded = tf.pad(x, [[0, 0], [1, 1], [1, 1], [0, 0]], mode="REFLECT")
+def _shifted(offset: int) -> Callable[[np.ndarray], np.ndarray]:
+    def shift(x: np.ndarray) -> np.ndarray:
+        height, width = x.shape[1:3]
+        padded = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="reflect")  # as tf.pad's REFLECT
         return padded[:, offset:offset + height, offset:offset + width, :]
     return shift
 

@@ -10,6 +10,9 @@ Every runtime takes raw 0-255 RGB pixels, (N, H, W, 3), and returns (N, classes)
 probabilities. Class names and input size come from inside the artifact (`imgclf.json`
 in a `.keras` zip or a SavedModel's assets.extra/, ONNX metadata_props, LiteRT metadata,
 each under the key `imgclf`), else from the `labels.json` written beside it.
+
+Keras and TensorFlow are imported only in the branches that need them (.keras, SavedModel):
+opening an `.onnx` or `.tflite` file loads neither.
 """
 
 from __future__ import annotations
@@ -23,14 +26,13 @@ import numpy as np
 
 from ..data.decode import RESIZE_MODES
 from ..errors import ModelFileError
-from ..run.atomic import file_hash  # noqa: F401  (part of this module's interface)
-from .modelio import LoadedModel, _first_line, keras_function, load_model
+from .loaded import LoadedModel, _first_line, keras_function
 
 METADATA_KEY = "imgclf"  # name of the metadata entry inside ONNX and LiteRT files
 SAVEDMODEL_METADATA = Path("assets.extra") / "imgclf.json"
 LABELS_FILE = "labels.json"
 INPUT_NAME = "pixels"  # the exports' input: float32 (N, H, W, 3), raw 0-255 RGB
-FORMATS = ("keras", "savedmodel", "onnx", "litert")
+NO_TENSORFLOW_SUFFIXES = {".onnx": "onnx", ".tflite": "litert"}  # file suffix -> its runtime (TensorFlow-free)
 
 
 def detect_format(path: str | Path) -> str:
@@ -43,12 +45,12 @@ def detect_format(path: str | Path) -> str:
         raise ModelFileError(f"model file not found: {path}")
     if not path.is_file():  # a FIFO or a device would block the read, or never end it
         raise ModelFileError(f"{path} is not a regular file (a named pipe, socket or device): not a model")
-    suffix = path.suffix.lower()
-    if suffix == ".onnx":
-        return "onnx"
-    if suffix == ".tflite":
-        return "litert"
-    return "keras"  # load_model says what is wrong with anything else
+    return NO_TENSORFLOW_SUFFIXES.get(path.suffix.lower(), "keras")  # load_model says what is wrong with the rest
+
+
+def needs_tensorflow(path: str | Path) -> bool:
+    """Whether opening the model at `path` loads TensorFlow (all but .onnx and .tflite files)."""
+    return Path(path).suffix.lower() not in NO_TENSORFLOW_SUFFIXES or Path(path).is_dir()
 
 
 def open_model(path: str | Path, *, unsafe: bool = False) -> LoadedModel:
@@ -56,6 +58,8 @@ def open_model(path: str | Path, *, unsafe: bool = False) -> LoadedModel:
     path = Path(path)
     fmt = detect_format(path)
     if fmt == "keras":
+        from .modelio import load_model
+
         loaded = load_model(path, unsafe=unsafe)
         loaded.runtime = keras_function(loaded.model)
         return loaded

@@ -7,7 +7,8 @@
     GET  /docs       the OpenAPI documentation FastAPI generates
 
 The model is loaded once per worker process and run through `runtimes.open_model`: one
-compiled TensorFlow function for a `.keras` file, or the export's own runtime. Requests that
+compiled TensorFlow function for a `.keras` file, or the export's own runtime (an `.onnx` or
+`.tflite` file is served without TensorFlow or Keras, see `requirements-serve.txt`). Requests that
 arrive while the model is busy are stacked into one batch (`Batcher`).
 
 Bad input gets a 4xx JSON answer ({"detail": ...}) and never stops the service: body size
@@ -36,12 +37,12 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel
 
-from ..data.decode import BadImage, decode_image
-from ..inference.modelio import LoadedModel
-from ..inference.runtimes import file_hash, open_model
+from ..data.decode import DECODE_THREADS, BadImage, decode_image, file_hash
+from ..inference.loaded import LoadedModel
+from ..inference.runtimes import open_model
 
 MAX_BATCH = 64  # images per model call when requests are stacked
-DECODERS = max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+DECODERS = DECODE_THREADS  # decodes at a time in a worker
 MODEL_ENV = "IMGCLF_SERVE_MODEL"  # how `--workers N` hands the settings to each worker process
 LIMITS_ENV = "IMGCLF_SERVE_LIMITS"
 
