@@ -100,3 +100,44 @@ def test_cifar10_without_network_fails_fast_with_a_hint(tmp_path, monkeypatch):
     monkeypatch.setenv("IMGCLF_CIFAR10_HOST", "cifar10.invalid")
     result = run_cli("train", "--epochs", "1", "--out", tmp_path / "run", timeout=60)
     assert_clean_error(result, "CIFAR-10", "--data-dir")
+
+
+def _commands() -> dict:
+    import argparse
+
+    from imgclf.cli import build_parser
+
+    return next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
+
+
+def test_every_choice_list_of_the_cli_is_configs():
+    """No list of choices is written twice: every option's choices, in every command, are a
+    list of config.py's (or the recipe table's names)."""
+    from imgclf import config
+    from imgclf.models.recipes import RECIPE_DEFAULTS
+
+    expected = {"dataset": config.DATASETS, "resize": config.RESIZE_MODES, "precision": config.PRECISIONS,
+                "distribute": config.DISTRIBUTE_MODES, "format": (*config.EXPORT_FORMATS, "all"),
+                "only": config.BENCH_CONTENDERS,
+                "fast_model": tuple(name for name in RECIPE_DEFAULTS if name.startswith("fast"))}
+    seen = set()
+    for command, parser in _commands().items():
+        for action in parser._actions:
+            if action.choices is not None:
+                assert tuple(action.choices) == expected[action.dest], (command, action.dest)
+                seen.add(action.dest)
+    assert seen == set(expected)
+
+
+def test_train_options_are_the_config_fields_and_serve_limits_configs():
+    from imgclf.cli import TRAIN_KEYS
+    from imgclf.config import ServeLimits, TrainConfig
+
+    train = _commands()["train"]
+    assert set(TRAIN_KEYS) == set(TrainConfig.__dataclass_fields__) - {"verbose"}
+    assert set(TRAIN_KEYS) <= {action.dest for action in train._actions}
+    serve = _commands()["serve"].parse_args(["model.keras"])
+    limits = ServeLimits()
+    assert (serve.max_upload_mb, serve.max_images, serve.max_megapixels) == \
+        (limits.max_body_mb, limits.max_images, limits.max_megapixels)
+    assert_clean_error(run_cli("serve", "model.keras", "--max-images", "0"), "images per request must be at least 1")

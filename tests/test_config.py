@@ -1,19 +1,26 @@
+import ast
+from pathlib import Path
+
 import pytest
 
 from imgclf import ImgclfError, TrainConfig
+from imgclf.config import ServeLimits
+from imgclf.data.decode import read_config_file
 
 
-def test_defaults_follow_the_original_description():
-    config = TrainConfig().resolved()
-    assert (config.model, config.epochs, config.val_split, config.image_size) == ("seed", 50, 0.2, 32)
-    assert (config.batch_size, config.learning_rate) == (32, 1e-3)
+def test_config_imports_nothing_of_imgclf_but_errors():
+    """config.py is the bottom layer: every module may read its choices, and it reads none."""
+    import imgclf.config
 
-
-def test_recipe_defaults_fill_only_what_is_not_given():
-    config = TrainConfig(model="fast", epochs=3).resolved()
-    assert config.epochs == 3 and config.batch_size == 1000
-    half = TrainConfig(model="fast", batch_size=500).resolved()  # fast: learning rate scales with the batch
-    assert half.learning_rate == pytest.approx(config.learning_rate / 2)
+    imported = set()
+    for node in ast.walk(ast.parse(Path(imgclf.config.__file__).read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level:  # from .x import y; from . import x
+            imported |= {node.module} if node.module else {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module.split(".")[0] == "imgclf":
+            imported.add(node.module.removeprefix("imgclf."))
+        elif isinstance(node, ast.Import):
+            imported |= {alias.name.removeprefix("imgclf.") for alias in node.names if alias.name.startswith("imgclf")}
+    assert imported == {"errors"}
 
 
 def test_unknown_key_is_rejected():
@@ -29,7 +36,7 @@ def test_wrong_type_is_rejected(key, value):
 
 @pytest.mark.parametrize("key,value", [
     ("epochs", 0), ("batch_size", -4), ("val_split", 0.0), ("val_split", 1.0), ("image_size", 0),
-    ("learning_rate", 0.0), ("limit", 1), ("precision", "float8"), ("model", "nope"),
+    ("learning_rate", 0.0), ("limit", 1), ("precision", "float8"), ("distribute", "all"),
     ("image_size", "12x"), ("image_size", "big"), ("image_size", "4x64"), ("resize", "stretch"),
     ("unfreeze", "two"), ("freeze_epochs", -1), ("weights", "no/such/file.h5"),
 ])
@@ -45,13 +52,11 @@ def test_round_trip_through_dict():
 
 
 def test_config_file_must_be_a_json_object(tmp_path):
-    from imgclf.config import read_config_file
-
     (tmp_path / "list.json").write_text("[1, 2]")
     (tmp_path / "bad.json").write_text("{epochs: 3")
     for name, message in (("list.json", "JSON object"), ("bad.json", "cannot read"), ("none.json", "cannot read")):
         with pytest.raises(ImgclfError, match=message):
-            TrainConfig.from_json(tmp_path / name)
+            read_config_file(tmp_path / name)
     (tmp_path / "ok.json").write_text('{"epochs": 3}')
     assert read_config_file(tmp_path / "ok.json") == {"epochs": 3}
 
@@ -62,29 +67,31 @@ def test_image_size_is_a_side_or_height_x_width(value, size):
     assert TrainConfig(image_size=value).size == size
 
 
-def test_backbone_options_belong_to_backbones():
-    with pytest.raises(ImgclfError, match="weights is for the pretrained backbones, not the seed recipe"):
-        TrainConfig.from_dict({"model": "seed", "weights": "imagenet"})
-    with pytest.raises(ImgclfError, match="at least 32x32 pixels"):
-        TrainConfig.from_dict({"model": "mobilenetv3small", "image_size": 24})
-    TrainConfig.from_dict({"model": "auto", "weights": "none"})  # auto may pick a backbone
-
-
-def test_backbone_defaults_fine_tune_only_from_pretrained_weights():
-    pretrained = TrainConfig(model="efficientnetv2b0", image_size=96).resolved(1000)
-    assert (pretrained.weights, pretrained.freeze_epochs, pretrained.backbone_lr) == ("imagenet", 3, 0.1)
-    scratch = TrainConfig(model="efficientnetv2b0", image_size=96, weights="none").resolved(1000)
-    assert (scratch.freeze_epochs, scratch.backbone_lr) == (0, 1.0)
-    assert TrainConfig(model="fast").resolved(1000).weights is None
-
-
 def test_a_configuration_file_that_is_a_pipe_or_a_device_is_refused_unread(tmp_path):
     import os
-
-    from imgclf.config import read_config_file
 
     os.mkfifo(tmp_path / "config.json")
     (tmp_path / "zero.json").symlink_to("/dev/zero")
     for name, kind in (("config.json", "named pipe"), ("zero.json", "character device")):
         with pytest.raises(ImgclfError, match=f"cannot read configuration file .*{name}: not a regular file: a {kind}"):
             read_config_file(tmp_path / name)
+
+
+def test_every_train_option_has_its_help_and_every_choice_its_default():
+    import dataclasses
+
+    for field in dataclasses.fields(TrainConfig):
+        if field.name == "verbose":  # the CLI's --quiet
+            continue
+        assert field.metadata.get("help"), field.name
+        assert field.default in field.metadata.get("choices", (field.default,)), field.name
+
+
+@pytest.mark.parametrize("limits,fragment", [
+    (dict(max_body_mb=0), "request size limit"), (dict(max_body_mb=1e7), "request size limit"),
+    (dict(max_images=0), "images per request"), (dict(max_pixels=0), "image size limit"),
+])
+def test_serve_limits_are_checked_where_they_are_made(limits, fragment):
+    with pytest.raises(ImgclfError, match=fragment):
+        ServeLimits(**limits)
+    assert ServeLimits().max_megapixels == 16.0

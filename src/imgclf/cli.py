@@ -4,26 +4,25 @@ It parses arguments, calls the Python API and prints; errors print one line and 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import re
 import sys
 import tempfile
+import typing
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
-from .config import INIT_FREEZE_EPOCHS, PRECISIONS, TrainConfig, parse_image_size, read_config_file
-from .data.decode import RESIZE_MODES
+from .config import BENCH_CONTENDERS, EXPORT_FORMATS, ServeLimits, TrainConfig
 from .errors import ImgclfError, resource_error
-from .models.recipes import RECIPE_DEFAULTS
-from .training.distribute import DISTRIBUTE
+from .models.recipes import BACKBONES, INIT_BACKBONE_LR, INIT_FREEZE_EPOCHS, RECIPE_DEFAULTS
 
 EXIT_ERROR = 1  # the command ran and failed (bad data, bad model file, ...)
 EXIT_USAGE = 2  # the command line itself is wrong
 EXIT_INTERRUPTED = 130  # Ctrl-C
 TTA_HELP = "test-time augmentation (average over the mirror image and 1-pixel shifts)"
 MODEL_HELP = "saved model (.keras) or an export of one (SavedModel folder, .onnx, .tflite)"
-EXPORT_FORMATS = ("savedmodel", "onnx", "litert", "litert-int8")  # export.FORMATS, without importing TensorFlow
 UNSET = argparse.SUPPRESS  # option not given: leave the key out, so TrainConfig's default applies
 
 
@@ -32,91 +31,79 @@ class Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def add_data_options(parser: argparse.ArgumentParser, *, image_size: bool = True) -> None:
-    defaults = TrainConfig()
-    group = parser.add_argument_group("data")
-    group.add_argument("--dataset", default=UNSET, choices=["cifar10"],
-                       help=f"built-in dataset, downloaded by Keras (default: {defaults.dataset})")
-    group.add_argument("--data-dir", default=UNSET,
-                       help="folder with one subfolder per class (train/ and test/ inside are splits)")
-    group.add_argument("--labels", default=UNSET, help="CSV file with columns path,label")
-    group.add_argument("--limit", type=int, default=UNSET, help="use at most N images (stratified sample)")
-    if image_size:
-        group.add_argument("--image-size", type=_image_size, default=UNSET, metavar="N|HxW",
-                           help=f"pixels the images are resized to: a side N, or HxW (default: {defaults.image_size})")
-        group.add_argument("--resize", default=UNSET, choices=RESIZE_MODES,
-                           help="images of another shape: squash (stretch), crop (centre) or pad (black borders); "
-                                "predict, evaluate, export and serve resize the same way (default: squash)")
+# TrainConfig's fields that are options (those with help), and the ones that pick the data
+TRAIN_KEYS = tuple(f.name for f in dataclasses.fields(TrainConfig) if "help" in f.metadata)
+DATA_KEYS = ("dataset", "data_dir", "labels", "limit")
+IMAGE_KEYS = ("image_size", "resize")
+BENCH_KEYS = (*DATA_KEYS, *IMAGE_KEYS, "seed")
+
+
+def add_config_options(parser: argparse.ArgumentParser, keys: typing.Iterable[str]) -> None:
+    """An option for each of these TrainConfig fields, made from the field's metadata (help,
+    flag, metavar, choices, type, group) and type. An option not given leaves its key out
+    (UNSET), so TrainConfig's default applies."""
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    hints = typing.get_type_hints(TrainConfig)
+    values = _help_values()
+    groups: dict[str, Any] = {}
+    for key in keys:
+        field = fields[key]
+        meta = field.metadata
+        group = meta.get("group")
+        if group and group not in groups:
+            groups[group] = parser.add_argument_group(group)
+        target = groups[group] if group else parser
+        option: dict[str, Any] = {"dest": key, "default": UNSET,
+                                  "help": meta["help"].format(default=field.default, **values)}
+        if hints[key] is bool:
+            option.update(action="store_const", const=True)
+        else:
+            option["type"] = _argument_type(meta["type"]) if "type" in meta else _value_type(hints[key])
+            option.update({name: meta[name] for name in ("metavar", "choices") if name in meta})
+        target.add_argument(meta.get("flag", "--" + key.replace("_", "-")), **option)
+
+
+def _value_type(hint: Any) -> Callable[[str], Any]:
+    """int or float where the field takes one, else the text."""
+    allowed = typing.get_args(hint) or (hint,)
+    return next((typ for typ in (int, float) if typ in allowed), str)
+
+
+def _argument_type(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """A field's own parser as an argparse type: its ImgclfError becomes argparse's one line."""
+    def convert(text: str) -> Any:
+        try:
+            return parse(text)
+        except ImgclfError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return convert
+
+
+def _help_values() -> dict[str, Any]:
+    """What the options' help names from the recipe table (config.py cannot read it)."""
+    backbone = RECIPE_DEFAULTS[BACKBONES[0]]
+    return {"recipes": ", ".join(RECIPE_DEFAULTS), "recipe_epochs": _model_defaults("epochs"),
+            "recipe_batch_size": _model_defaults("batch_size"), "backbone_freeze_epochs": backbone.freeze_epochs,
+            "backbone_backbone_lr": backbone.backbone_lr, "init_freeze_epochs": INIT_FREEZE_EPOCHS,
+            "init_backbone_lr": INIT_BACKBONE_LR}
 
 
 def build_parser() -> Parser:
-    defaults = TrainConfig()
     parser = Parser(prog="imgclf", description="Train, measure, keep and use CNN image classifiers.")
     parser.add_argument("--version", action="version", version=f"imgclf {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     p = commands.add_parser("train", help="train a model; writes a run folder",
                             description="Train a model and write a run folder (models, metrics, plots).")
-    add_data_options(p)
-    p.add_argument("--memory-limit-mb", type=int, default=UNSET,
-                   help=f"hold decoded images in memory up to this size, else stream them from disk "
-                        f"(default: {defaults.memory_limit_mb})")
-    p.add_argument("--cache", metavar="DIR", default=UNSET,
-                   help="images streamed from disk: decode them once into a cache in DIR (tf.data's), which "
-                        "later epochs read instead of the files")
-    p.add_argument("--val-split", type=float, default=UNSET,
-                   help=f"validation fraction (default: {defaults.val_split})")
-    p.add_argument("--model", default=UNSET, help=f"model recipe from the registry: {', '.join(RECIPE_DEFAULTS)}, "
-                                                  "or auto (picked from the data and the weights at hand) "
-                                                  f"(default: {defaults.model})")
-    p.add_argument("--epochs", type=int, default=UNSET, help=f"default: the model's ({_model_defaults('epochs')})")
-    p.add_argument("--batch-size", type=int, default=UNSET,
-                   help=f"default: the model's ({_model_defaults('batch_size')})")
-    p.add_argument("--learning-rate", type=float, default=UNSET, help="peak step size; default: the model's")
-    p.add_argument("--precision", default=UNSET, choices=PRECISIONS,
-                   help="compute precision (default: auto = bfloat16 where the hardware has it, else float32)")
-    p.add_argument("--tta", action="store_const", const=True, default=UNSET,
-                   help="final evaluation with test-time augmentation (mirror image and 1-pixel shifts)")
-    p.add_argument("--train-on-all", action="store_const", const=True, default=UNSET,
-                   help="no validation split: train on all labelled data, monitor on the test split")
-    p.add_argument("--seed", type=int, default=UNSET,
-                   help=f"fixes split, initialisation, augmentation (default: {defaults.seed})")
-    p.add_argument("--distribute", default=UNSET, choices=DISTRIBUTE,
-                   help="devices: auto (every GPU when there are several), none, mirrored (tf.distribute "
-                        "MirroredStrategy; --batch-size is then global), multi-worker (several machines, "
-                        "from TF_CONFIG or --workers) (default: auto)")
+    add_config_options(p, TRAIN_KEYS)
     p.add_argument("--workers", metavar="HOST:PORT,HOST:PORT,...",
                    help="multi-worker training: every worker's address, the same list on each machine "
                         "(sets TF_CONFIG and --distribute multi-worker)")
     p.add_argument("--worker-index", type=int, default=0, metavar="I",
                    help="with --workers: this machine's place in the list (0 is the chief, which writes the run)")
-    p.add_argument("--deterministic", action="store_const", const=True, default=UNSET,
-                   help="deterministic ops: two runs on the same machine give identical histories (slower)")
-    p.add_argument("--init", metavar="RUN_DIR|MODEL.keras", default=UNSET,
-                   help="start from a model trained earlier (its recipe and weights) with a new head for these classes")
-    p.add_argument("--backbone-lr", type=float, default=UNSET,
-                   help="step sizes of all but the new classifier, as a fraction of the recipe's "
-                        "(default: 0.3 with --init, 0.1 for pretrained backbones after --freeze-epochs, else 1)")
-    p.add_argument("--weights", default=UNSET, metavar="imagenet|none|PATH",
-                   help="pretrained backbones: Keras' ImageNet download (cached in ~/.keras/models), none "
-                        "(from scratch) or a weights file of the backbone without its classifier (default: imagenet)")
-    p.add_argument("--freeze-epochs", type=int, default=UNSET,
-                   help="pretrained backbones and --init: epochs training only the new classifier on the frozen "
-                        f"rest (default: {RECIPE_DEFAULTS['mobilenetv3small'].freeze_epochs} for backbones, "
-                        f"{INIT_FREEZE_EPOCHS} with --init)")
-    p.add_argument("--unfreeze", default=UNSET, metavar="all|N",
-                   help="pretrained backbones, after --freeze-epochs: train all layers, or only the top N blocks "
-                        "(default: all)")
-    p.add_argument("--class-weight", default=UNSET, metavar="balanced|none|JSON",
-                   help="weigh each class's loss: balanced (inverse to its images), none (default), or a JSON "
-                        "object such as '{\"cat\": 3}'; config.json keeps the weights used")
     p.add_argument("--resume", metavar="RUN_DIR",
                    help="continue an interrupted run from its last completed epoch, with its own configuration")
-    p.add_argument("--out", default=UNSET, help="run folder (default: runs/<model>-<time>); one that holds a run "
-                                                "is refused (see --resume and --overwrite)")
-    p.add_argument("--overwrite", action="store_const", const=True, default=UNSET,
-                   help="--out holds a run: move it aside to <out>.old-<time> (nothing is deleted) and start afresh")
-    p.add_argument("--name", default=UNSET, help="run name under runs/")
     p.add_argument("--config", help="JSON file of configuration keys; command-line options given override it")
     p.add_argument("--quiet", action="store_true", help="no progress output")
 
@@ -132,7 +119,7 @@ def build_parser() -> Parser:
     p = commands.add_parser("evaluate", help="measure a saved model on labelled data",
                             description="Accuracy, F1, precision, recall, per-class table and confusion matrix.")
     p.add_argument("model", help=MODEL_HELP)
-    add_data_options(p, image_size=False)
+    add_config_options(p, DATA_KEYS)
     p.add_argument("--out", help="folder for the report (report.html, metrics.json, per_class.csv, "
                                  "misclassified.csv, figures)")
     p.add_argument("--tta", action="store_true", help=TTA_HELP)
@@ -177,10 +164,12 @@ def build_parser() -> Parser:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
     p.add_argument("--port", type=int, default=8000, help="port, 0 for any free one (default: %(default)s)")
     p.add_argument("--workers", type=int, default=1, help="worker processes, each with the model (default: 1)")
-    p.add_argument("--max-upload-mb", type=float, default=20.0,
+    limits = ServeLimits()
+    p.add_argument("--max-upload-mb", type=float, default=limits.max_body_mb,
                    help="largest request body in MB (default: %(default)s)")
-    p.add_argument("--max-images", type=int, default=32, help="most images per request (default: %(default)s)")
-    p.add_argument("--max-megapixels", type=float, default=16.0,
+    p.add_argument("--max-images", type=int, default=limits.max_images,
+                   help="most images per request (default: %(default)s)")
+    p.add_argument("--max-megapixels", type=float, default=limits.max_megapixels,
                    help="largest image accepted, in millions of pixels (default: %(default)s)")
 
     p = commands.add_parser("bench-serve", help="benchmark prediction: every runtime in-process, and over HTTP",
@@ -197,7 +186,7 @@ def build_parser() -> Parser:
     p = commands.add_parser("bench", help="benchmark training: notebook vs imgclf reference vs fast recipe",
                             description="Train (a) the seed model as a notebook would, (b) imgclf's reference "
                                         "recipe, (c) the fast recipe, side by side on the same data and split.")
-    add_data_options(p)
+    add_config_options(p, BENCH_KEYS)
     p.add_argument("--epochs", type=int, default=1, help="epochs for (a) and (b) (default: %(default)s)")
     p.add_argument("--fast-epochs", type=int, help="epochs for (c) (default: the fast recipe's own)")
     p.add_argument("--fast-model", default="fast",
@@ -205,12 +194,11 @@ def build_parser() -> Parser:
                    help="recipe for (c) (default: %(default)s)")
     p.add_argument("--minutes", type=float,
                    help="wall-time budget per contender (stops after the epoch that passes it)")
-    p.add_argument("--only", nargs="+", choices=["notebook", "reference", "fast"],
-                   default=["notebook", "reference", "fast"], help="contenders to run (default: all three)")
+    p.add_argument("--only", nargs="+", choices=BENCH_CONTENDERS, default=list(BENCH_CONTENDERS),
+                   help="contenders to run (default: all three)")
     p.add_argument("--target", type=float, help="validation accuracy to time every contender to "
                                                  "(default: the notebook's best)")
     p.add_argument("--out", default="bench_out", help="folder for bench.json (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=UNSET)
     return parser
 
 
@@ -267,6 +255,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("imgclf: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except ModuleNotFoundError as exc:  # the serving-only install (requirements-serve.txt) has no TensorFlow
+        if os.environ.get("IMGCLF_DEBUG"):
+            raise
+        print(f"imgclf: error: {args.command} needs {exc.name}, which is not installed (a serving-only install "
+              "runs .onnx and .tflite files; `pip install .` installs everything)", file=sys.stderr)
+        return EXIT_ERROR
     except Exception as exc:  # a bug: still one line, with the way to the traceback
         if os.environ.get("IMGCLF_DEBUG"):
             raise
@@ -282,30 +276,15 @@ def main(argv: list[str] | None = None) -> int:
 def _config_from_args(args: argparse.Namespace, keys: list[str]) -> TrainConfig:
     """Config file values (if --config), overridden by the options given on the command line;
     options not given keep TrainConfig's defaults (argparse leaves them out: SUPPRESS)."""
+    from .data.decode import read_config_file
+
     values = read_config_file(args.config) if getattr(args, "config", None) else {}
     values.update({key: getattr(args, key) for key in keys if hasattr(args, key)})
     return TrainConfig.from_dict(values)
 
 
-DATA_KEYS = ["dataset", "data_dir", "labels", "limit"]
-
-
-TRAIN_KEYS = DATA_KEYS + ["memory_limit_mb", "cache", "image_size", "resize", "val_split", "model", "weights",
-                          "freeze_epochs", "unfreeze", "init", "backbone_lr", "class_weight", "epochs", "batch_size",
-                          "learning_rate", "precision", "distribute", "tta", "train_on_all", "seed", "deterministic",
-                          "out", "overwrite", "name"]
-
-
-def _image_size(text: str) -> int | str:
-    """--image-size: N (kept an int) or HxW."""
-    try:
-        parse_image_size(text)
-    except ImgclfError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    return int(text) if text.strip().isdigit() else text.strip()
-
-
 def cmd_train(args: argparse.Namespace) -> int:
+    from .models.recipes import check
     from .training.distribute import tf_config
     from .training.loop import resume, train
 
@@ -321,6 +300,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         resume(args.resume, verbose=0 if args.quiet else None)
         return 0
     config = _config_from_args(args, TRAIN_KEYS)
+    check(config)  # the recipe's name and what it takes, before any data is read
     if args.quiet:
         config = config.replace(verbose=0)
     train(config)
@@ -422,14 +402,15 @@ def cmd_check_data(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from .bench.train import run_bench
 
-    config = _config_from_args(args, DATA_KEYS + ["image_size", "seed"])
+    config = _config_from_args(args, BENCH_KEYS)
     run_bench(config, epochs=args.epochs, minutes=args.minutes, out=Path(args.out), contenders=tuple(args.only),
               fast_epochs=args.fast_epochs, fast_model=args.fast_model, target=args.target)
     return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .export.writers import export_model, print_report
+    from .export.verify import print_report
+    from .export.writers import export_model
 
     formats = list(EXPORT_FORMATS) if "all" in args.format else list(dict.fromkeys(args.format))
     if args.out and len(formats) > 1:
@@ -443,19 +424,17 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .serve.app import Limits, serve
+    from .serve.app import serve
 
     if not 0 <= args.port < 65536:
         raise ImgclfError(f"--port must be 0-65535, 0 for any free port (got {args.port})")
-    if args.workers < 1 or args.max_images < 1 or not 0 < args.max_upload_mb < 1e6 \
-            or not 0 < args.max_megapixels < 1e4:
-        raise ImgclfError("--workers and --max-images must be at least 1, --max-upload-mb and --max-megapixels "
-                          "positive numbers")
+    if args.workers < 1:
+        raise ImgclfError(f"--workers must be at least 1 (got {args.workers})")
+    limits = ServeLimits(args.max_upload_mb, args.max_images, round(args.max_megapixels * 1_000_000))  # checked
     with quiet_native_stderr():
         from .inference.runtimes import open_model
 
         loaded = open_model(args.model)  # a bad model file fails here, with one line
-    limits = Limits(args.max_upload_mb, args.max_images, int(args.max_megapixels * 1_000_000))
     serve(loaded if args.workers == 1 else args.model, args.host, args.port, args.workers, limits)
     return 0
 

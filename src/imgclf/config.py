@@ -1,7 +1,11 @@
-"""The training configuration: one frozen dataclass, every field typed and explained.
+"""The training configuration and every list of choices: the bottom of the package.
 
-`TrainConfig.from_dict` rejects unknown keys and wrong types, and `validate`
-rejects impossible values, before any data is read or any model is built.
+`TrainConfig` is one frozen dataclass, every field typed and explained by its help, from
+which the CLI's `train` options are made (`cli.py`). `TrainConfig.from_dict` rejects unknown
+keys and wrong types, and `validate` rejects impossible values, before any data is read. What
+depends on the model recipe (its defaults, the images it takes) is checked and filled in by
+`models/recipes.py` (`check`, `resolve`). This module imports nothing of imgclf but
+`errors`, so every layer can read the choices from it.
 """
 
 from __future__ import annotations
@@ -15,64 +19,112 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .data.decode import MAX_IMAGE_PIXELS, RESIZE_MODES
 from .errors import ImgclfError
-from .models.recipes import AUTO, RECIPE_DEFAULTS, WEIGHT_CHOICES, fitted_batch_size, recipe_defaults
-from .training.distribute import DISTRIBUTE
 
-PRECISIONS = ("auto", "float32", "bfloat16", "float16")
-# Fine-tuning from --init: the pretrained layers at 0.3x the recipe's step sizes. On five new
-# CIFAR-10 classes, 50 images each: 76.1% at 1x, 79.2% at 0.3x, 78.9% at 0.1x (docs/experiments.md).
-INIT_BACKBONE_LR = 0.3
-# ...after INIT_FREEZE_EPOCHS epochs of the new classifier alone: 81.3% against 79.2% without
-# (1 epoch: 80.1%, 4: 80.6%; docs/experiments.md).
-INIT_FREEZE_EPOCHS = 2
-MAX_CONFIG_BYTES = 2**20  # a configuration file is a small JSON object
+AUTO = "auto"  # --model, --precision, --distribute: chosen from the data or the hardware
+DATASETS = ("cifar10",)  # built in: Keras downloads them
+# How an image of another shape becomes the model's (height, width): stretched to it
+# ("squash", every pixel kept, shapes distorted), its centre cut to the model's aspect ratio
+# ("crop", shapes kept, edges lost) or fitted inside with black borders ("pad", all kept).
+RESIZE_MODES = ("squash", "crop", "pad")
+DEFAULT_RESIZE = "squash"  # also how models saved without a resize mode were trained
+PRECISIONS = (AUTO, "float32", "bfloat16", "float16")
+DISTRIBUTE_MODES = (AUTO, "none", "mirrored", "multi-worker")  # training/distribute.py
+WEIGHT_CHOICES = ("imagenet", "none")  # --weights of the pretrained backbones, besides a weights file
+EXPORT_FORMATS = ("savedmodel", "onnx", "litert", "litert-int8")  # export/writers.py
+BENCH_CONTENDERS = ("notebook", "reference", "fast")  # imgclf bench (bench/train.py)
+MAX_IMAGE_PIXELS = 64_000_000  # refuse decompression bombs: a tiny file that expands to gigapixels
+MIN_IMAGE_SIDE = 8  # pixels: the smallest image any recipe takes
+
+
+def parse_image_size(value: int | str) -> tuple[int, int]:
+    """(height, width) from a side N (int or "N") or "HxW"."""
+    if isinstance(value, int):
+        return value, value
+    match = re.fullmatch(r"\s*(\d+)\s*(?:[xX]\s*(\d+)\s*)?", str(value))
+    if not match:
+        raise ImgclfError(f"image_size must be a side N or HxW in pixels, e.g. 96 or 120x160 (got {value!r})")
+    return int(match[1]), int(match[2] or match[1])
+
+
+def image_size_value(text: str) -> int | str:
+    """--image-size as TrainConfig keeps it: N (an int) or "HxW"."""
+    parse_image_size(text)
+    return int(text) if text.strip().isdigit() else text.strip()
+
+
+def _option(default: Any, help: str, **option: Any) -> Any:
+    """A field that is also a `train` option (cli.py makes them). `help` may name {default}
+    and the recipe table's values (cli.py formats it); `option` may give flag, metavar,
+    choices, type (text -> value, raising ImgclfError) and group ("data")."""
+    return dataclasses.field(default=default, metadata={"help": help, **option})
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     # --- data ---
-    dataset: str = "cifar10"  # built-in dataset used when neither data_dir nor labels is given
-    data_dir: str | None = None  # folder with one subfolder per class; train/ and test/ inside are splits
-    labels: str | None = None  # CSV file with columns path,label (paths relative to the CSV's folder)
-    image_size: int | str = 32  # the images the model takes, in pixels: a side N (square) or "HxW"
-    resize: str = "squash"  # images of another shape: squash (stretch), crop (centre) or pad (black borders)
-    val_split: float = 0.2  # fraction of the labelled training data held out for validation
-    limit: int | None = None  # use at most this many training images (stratified sample), for quick tries
-    memory_limit_mb: int = 4096  # decoded images are held in memory (uint8) up to this size, else streamed
-    cache: str | None = None  # images streamed from disk: keep them decoded (uint8) in tf.data's file cache here
+    dataset: str = _option("cifar10", "built-in dataset, downloaded by Keras (default: {default})",
+                           choices=DATASETS, group="data")  # used when neither data_dir nor labels is given
+    data_dir: str | None = _option(None, "folder with one subfolder per class (train/ and test/ inside are splits)",
+                                   group="data")
+    labels: str | None = _option(None, "CSV file with columns path,label (paths relative to the CSV's folder)",
+                                 group="data")
+    image_size: int | str = _option(32, "pixels the images are resized to: a side N, or HxW (default: {default})",
+                                    metavar="N|HxW", type=image_size_value, group="data")
+    resize: str = _option(DEFAULT_RESIZE, "images of another shape: squash (stretch), crop (centre) or pad (black "
+                          "borders); predict, evaluate, export and serve resize the same way (default: {default})",
+                          choices=RESIZE_MODES, group="data")
+    val_split: float = _option(0.2, "fraction of the labelled training data held out for validation "
+                                    "(default: {default})")
+    limit: int | None = _option(None, "use at most N images (stratified sample), for quick tries", metavar="N",
+                                group="data")
+    # decoded images are held in memory (uint8) up to this size, else streamed
+    memory_limit_mb: int = _option(4096, "hold decoded images in memory up to this size, else stream them from "
+                                         "disk (default: {default})")
+    cache: str | None = _option(None, "images streamed from disk: decode them once into a cache in DIR (tf.data's), "
+                                      "which later epochs read instead of the files", metavar="DIR")
     # --- model and optimisation ---
-    model: str = "seed"  # recipe name (`imgclf.models.recipes.RECIPE_DEFAULTS`), or "auto" (picked from the data)
-    # pretrained backbones: "imagenet" (Keras' download and cache), "none" (random) or a weights file;
-    # None: imagenet
-    weights: str | None = None
-    # epochs training only the new classifier on the frozen rest; None: the backbone recipe's, 2 with init
-    freeze_epochs: int | None = None
-    unfreeze: str = "all"  # backbones after freeze_epochs: train "all" layers, or only the top N blocks ("0": none)
-    init: str | None = None  # start from this model (.keras, or a run folder) with a new head; its recipe is used
-    # step sizes of all but the new classifier, as a fraction of the recipe's; None: 0.3 with init,
-    # the recipe's for pretrained backbones (their step size after the unfreeze), else 1
-    backbone_lr: float | None = None
-    epochs: int | None = None  # full passes over the training split; None: the model's default (seed: 50)
-    batch_size: int | None = None  # images per optimisation step; None: the model's default (seed: 32)
-    learning_rate: float | None = None  # peak step size; None: the model's default (seed: Adam 0.001)
-    # devices: auto (all GPUs when there are several), none, mirrored (training/distribute.py)
-    distribute: str = "auto"
-    precision: str = "auto"  # auto (bfloat16 where the CPU/GPU has it), float32, bfloat16 or float16
-    seed: int = 42  # fixes the split, the initialisation and the augmentation
-    deterministic: bool = False  # deterministic TensorFlow ops: two runs on one machine give identical histories
-    # loss weight per class: "balanced" (n_images / (n_classes * images of the class), on the
-    # training split), "none", or {class name: weight} (a JSON object; missing classes weigh 1).
-    # config.json keeps the weights used.
-    class_weight: str | dict | None = None
-    tta: bool = False  # final evaluation with test-time augmentation (mirror image and 1-pixel shifts)
-    train_on_all: bool = False  # no validation split: train on all labelled data, monitor on the test split
+    model: str = _option("seed", "model recipe from the registry: {recipes}, or auto (picked from the data and the "
+                                 "weights at hand) (default: {default})")
+    weights: str | None = _option(  # None: imagenet for the backbones
+        None, "pretrained backbones: Keras' ImageNet download (cached in ~/.keras/models), none (from scratch) or a "
+              "weights file of the backbone without its classifier (default: imagenet)",
+        metavar="|".join(WEIGHT_CHOICES) + "|PATH")
+    freeze_epochs: int | None = _option(
+        None, "pretrained backbones and --init: epochs training only the new classifier on the frozen rest "
+              "(default: {backbone_freeze_epochs} for backbones, {init_freeze_epochs} with --init)")
+    unfreeze: str = _option("all", "pretrained backbones, after --freeze-epochs: train all layers, or only the top "
+                                   "N blocks (0: none) (default: {default})", metavar="all|N")
+    init: str | None = _option(None, "start from a model trained earlier (its recipe and weights) with a new head "
+                                     "for these classes", metavar="RUN_DIR|MODEL.keras")
+    backbone_lr: float | None = _option(
+        None, "step sizes of all but the new classifier, as a fraction of the recipe's (default: {init_backbone_lr} "
+              "with --init, {backbone_backbone_lr} for pretrained backbones after --freeze-epochs, else 1)")
+    epochs: int | None = _option(None, "full passes over the training split; default: the model's ({recipe_epochs})")
+    batch_size: int | None = _option(None, "images per optimisation step; default: the model's ({recipe_batch_size})")
+    learning_rate: float | None = _option(None, "peak step size; default: the model's")
+    distribute: str = _option(AUTO, "devices: auto (every GPU when there are several), none, mirrored (tf.distribute "
+                                    "MirroredStrategy; --batch-size is then global), multi-worker (several machines, "
+                                    "from TF_CONFIG or --workers) (default: {default})", choices=DISTRIBUTE_MODES)
+    precision: str = _option(AUTO, "compute precision (default: auto = bfloat16 where the hardware has it, else "
+                                   "float32)", choices=PRECISIONS)
+    seed: int = _option(42, "fixes split, initialisation, augmentation (default: {default})")
+    deterministic: bool = _option(False, "deterministic ops: two runs on the same machine give identical histories "
+                                         "(slower)")
+    # "balanced": n_images / (n_classes * images of the class), on the training split; a JSON
+    # object's missing classes weigh 1
+    class_weight: str | dict | None = _option(
+        None, "weigh each class's loss: balanced (inverse to its images), none (default), or a JSON object such as "
+              "'{{\"cat\": 3}}'; config.json keeps the weights used", metavar="balanced|none|JSON")
+    tta: bool = _option(False, "final evaluation with test-time augmentation (mirror image and 1-pixel shifts)")
+    train_on_all: bool = _option(False, "no validation split: train on all labelled data, monitor on the test split")
     # --- output ---
-    out: str | None = None  # run folder; default runs/<name>
-    overwrite: bool = False  # out holds a run: move it aside to <out>.old-<time> and start afresh (else refuse)
-    name: str | None = None  # run name used for the default run folder; default <model>-<timestamp>
-    verbose: int = 1  # 0 silent, 1 progress bar and one line per epoch
+    out: str | None = _option(None, "run folder (default: runs/<model>-<time>); one that holds a run is refused "
+                                    "(see --resume and --overwrite)")
+    overwrite: bool = _option(False, "--out holds a run: move it aside to <out>.old-<time> (nothing is deleted) "
+                                     "and start afresh")
+    name: str | None = _option(None, "run name under runs/ (default: <model>-<time>)")
+    verbose: int = 1  # 0 silent, 1 progress bar and one line per epoch (the CLI's --quiet: 0)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
@@ -87,10 +139,6 @@ class TrainConfig:
         config = cls(**values)
         config.validate()
         return config
-
-    @classmethod
-    def from_json(cls, path: str | Path) -> "TrainConfig":
-        return cls.from_dict(read_config_file(path))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -117,41 +165,15 @@ class TrainConfig:
         """(height, width) of the images the model takes."""
         return parse_image_size(self.image_size)
 
-    @property
-    def pretrained(self) -> bool:
-        """A backbone recipe starting from pretrained weights (imagenet or a file)."""
-        return backbone_recipe(self.model) and self.weights != "none"
-
-    def resolved(self, train_images: int | None = None, replicas: int = 1) -> "TrainConfig":
-        """This config with the model recipe's defaults filled in where a value is None; with
-        `train_images`, a batch size fitted to a training set that small (`fitted_batch_size`).
-        The batch is global: the recipe's per-device batch times `replicas` by default."""
-        recipe = recipe_defaults(self.model)
-        batch_size = self.batch_size
-        if batch_size is None:
-            per_device = recipe.batch_size if train_images is None else fitted_batch_size(recipe, train_images)
-            batch_size = per_device * replicas
-        learning_rate = self.learning_rate
-        if learning_rate is None:
-            scale = batch_size / recipe.batch_size if recipe.scale_lr_with_batch else 1.0
-            learning_rate = recipe.learning_rate * scale
-        backbone_lr = self.backbone_lr
-        if backbone_lr is None:
-            backbone_lr = INIT_BACKBONE_LR if self.init else recipe.backbone_lr if self.pretrained else 1.0
-        freeze_epochs = self.freeze_epochs
-        if freeze_epochs is None:
-            freeze_epochs = recipe.freeze_epochs if self.pretrained else INIT_FREEZE_EPOCHS if self.init else 0
-        return self.replace(
-            backbone_lr=backbone_lr,
-            weights=(self.weights or "imagenet") if recipe.backbone else None,
-            freeze_epochs=freeze_epochs,
-            epochs=self.epochs if self.epochs is not None else recipe.epochs,
-            batch_size=batch_size,
-            learning_rate=learning_rate,
-        )
-
     def validate(self) -> None:
-        """Reject impossible values with a one-line message."""
+        """Reject impossible values with a one-line message (what the recipe allows:
+        `models.recipes.check`)."""
+        problems = self.problems()
+        if problems:
+            raise ImgclfError("; ".join(problems))
+
+    def problems(self) -> list[str]:
+        """What `validate` rejects, one line each."""
         problems = []
         if self.epochs is not None and self.epochs < 1:
             problems.append(f"epochs must be at least 1 (got {self.epochs})")
@@ -160,8 +182,8 @@ class TrainConfig:
         if not 0.0 < self.val_split < 1.0:
             problems.append(f"val_split must be between 0 and 1, exclusive (got {self.val_split})")
         try:
-            if min(self.size) < 8:
-                problems.append(f"image_size must be at least 8 pixels a side (got {self.image_size})")
+            if min(self.size) < MIN_IMAGE_SIDE:
+                problems.append(f"image_size must be at least {MIN_IMAGE_SIDE} pixels a side (got {self.image_size})")
             height, width = self.size
             if height * width > MAX_IMAGE_PIXELS:
                 problems.append(f"image_size {height}x{width} is {height * width / 1e6:,.0f} megapixels: one image "
@@ -178,21 +200,10 @@ class TrainConfig:
                 self.class_weights()
             except ImgclfError as exc:
                 problems.append(str(exc))
-        if self.freeze_epochs and not (self.init or backbone_recipe(self.model)):
-            problems.append("freeze_epochs needs a model to fine-tune: a pretrained backbone or --init")
         if not (self.unfreeze == "all" or self.unfreeze.isdigit()):
             problems.append(f"unfreeze must be 'all' or a number of blocks (got {self.unfreeze!r})")
         if self.weights is not None and self.weights not in WEIGHT_CHOICES and not Path(self.weights).is_file():
             problems.append(f"weights must be {' or '.join(WEIGHT_CHOICES)} or a weights file (no file {self.weights})")
-        smallest = recipe_defaults(self.model).min_image_size if self.model in RECIPE_DEFAULTS else 8
-        try:
-            if min(self.size) < smallest:
-                problems.append(f"the {self.model} recipe takes images of at least {smallest}x{smallest} pixels "
-                                f"(got image_size {self.image_size})")
-        except ImgclfError:
-            pass  # said above
-        if self.weights is not None and self.model != AUTO and not backbone_recipe(self.model):
-            problems.append(f"weights is for the pretrained backbones, not the {self.model} recipe")
         if self.learning_rate is not None and not self.learning_rate > 0:
             problems.append(f"learning_rate must be positive (got {self.learning_rate})")
         if self.backbone_lr is not None and not 0 < self.backbone_lr <= 1:
@@ -203,20 +214,13 @@ class TrainConfig:
             problems.append(f"memory_limit_mb must not be negative (got {self.memory_limit_mb})")
         if self.verbose not in (0, 1):
             problems.append(f"verbose must be 0 or 1 (got {self.verbose})")
-        if self.distribute not in DISTRIBUTE:
-            problems.append(f"distribute must be one of {', '.join(DISTRIBUTE)} (got {self.distribute!r})")
+        if self.distribute not in DISTRIBUTE_MODES:
+            problems.append(f"distribute must be one of {', '.join(DISTRIBUTE_MODES)} (got {self.distribute!r})")
         if self.precision not in PRECISIONS:
             problems.append(f"precision must be one of {', '.join(PRECISIONS)} (got {self.precision!r})")
-        if self.model not in RECIPE_DEFAULTS and self.model != AUTO:
-            problems.append(f"unknown model '{self.model}' (available: {AUTO}, {', '.join(sorted(RECIPE_DEFAULTS))})")
         if self.data_dir is not None and self.labels is not None:
             problems.append("give either data_dir or labels, not both")
-        if problems:
-            raise ImgclfError("; ".join(problems))
-
-
-def backbone_recipe(model: str) -> bool:
-    return model in RECIPE_DEFAULTS and recipe_defaults(model).backbone
+        return problems
 
 
 def model_data_config(config: TrainConfig, loaded) -> TrainConfig:
@@ -224,29 +228,6 @@ def model_data_config(config: TrainConfig, loaded) -> TrainConfig:
     image size and resize mode."""
     height, width = loaded.image_size
     return config.replace(image_size=height if height == width else f"{height}x{width}", resize=loaded.resize)
-
-
-def parse_image_size(value: int | str) -> tuple[int, int]:
-    """(height, width) from a side N (int or "N") or "HxW"."""
-    if isinstance(value, int):
-        return value, value
-    match = re.fullmatch(r"\s*(\d+)\s*(?:[xX]\s*(\d+)\s*)?", str(value))
-    if not match:
-        raise ImgclfError(f"image_size must be a side N or HxW in pixels, e.g. 96 or 120x160 (got {value!r})")
-    return int(match[1]), int(match[2] or match[1])
-
-
-def read_config_file(path: str | Path) -> dict[str, Any]:
-    """The JSON object in a configuration file (a run's config.json or a user's --config)."""
-    from .data.decode import BadImage, read_user_file
-
-    try:
-        values = json.loads(read_user_file(path, MAX_CONFIG_BYTES).decode("utf-8"))
-    except (BadImage, ValueError) as exc:
-        raise ImgclfError(f"cannot read configuration file {path}: {exc}") from None
-    if not isinstance(values, dict):
-        raise ImgclfError(f"configuration file {path} must hold a JSON object")
-    return values
 
 
 def _check_type(key: str, value: Any, hint: Any) -> None:
@@ -264,3 +245,38 @@ def _check_type(key: str, value: Any, hint: Any) -> None:
             return
     names = " or ".join("null" if t is type(None) else t.__name__ for t in allowed)
     raise ImgclfError(f"configuration key '{key}' must be {names} (got {value!r})")
+
+
+# `imgclf serve`: what one request may hold; more gets a 4xx answer, and the service goes on.
+MAX_BODY_MB_CEILING = 1e6  # MB: larger limits are typing mistakes
+MAX_MEGAPIXELS_CEILING = 1e4  # megapixels, likewise
+
+
+@dataclass(frozen=True)
+class ServeLimits:
+    max_body_mb: float = 20.0  # whole request, files and multipart overhead (1 MB = 10^6 bytes)
+    max_images: int = 32  # files per request
+    # Decoding an image takes several bytes per pixel before it is shrunk: 16 Mpx (~200 MB at
+    # most in flight per decode, a few decodes at a time) keeps a worker's memory bounded.
+    max_pixels: int = 16_000_000
+
+    def __post_init__(self):  # the one check, for the CLI and `create_app` alike
+        problems = []
+        if not 0 < self.max_body_mb < MAX_BODY_MB_CEILING:
+            problems.append(f"the request size limit must be above 0 and below {MAX_BODY_MB_CEILING:,.0f} MB "
+                            f"(got {self.max_body_mb})")
+        if not self.max_images >= 1:
+            problems.append(f"the images per request must be at least 1 (got {self.max_images})")
+        if not 0 < self.max_pixels < MAX_MEGAPIXELS_CEILING * 1e6:
+            problems.append(f"the image size limit must be above 0 and below {MAX_MEGAPIXELS_CEILING:,.0f} "
+                            f"megapixels (got {self.max_pixels / 1e6:g})")
+        if problems:
+            raise ImgclfError("; ".join(problems))
+
+    @property
+    def max_body_bytes(self) -> int:
+        return int(self.max_body_mb * 1_000_000)
+
+    @property
+    def max_megapixels(self) -> float:
+        return self.max_pixels / 1e6

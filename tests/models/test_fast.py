@@ -5,6 +5,7 @@ import pytest
 
 from imgclf import TrainConfig, train
 from imgclf.models.fast import fast_cnn, whitening_weights
+from imgclf.models.recipes import resolve
 from imgclf.training.precision import compute_precision
 
 from conftest import CIFAR10_TRAIN, read_csv
@@ -114,8 +115,8 @@ def test_auto_and_fast_train_stably_on_a_few_hundred_photos(photos, tmp_path, ca
     assert "--model auto: fast, because no ImageNet weights in" in err
     assert "was tuned for other data than this run's" in err
     config = json.loads((run / "config.json").read_text())
-    fast = TrainConfig(model="fast", data_dir=str(photos), image_size=96, epochs=3, out=str(tmp_path / "run"),
-                       verbose=0).resolved(360).replace(precision=config["precision"])
+    fast = resolve(TrainConfig(model="fast", data_dir=str(photos), image_size=96, epochs=3,
+                               out=str(tmp_path / "run"), verbose=0), 360).replace(precision=config["precision"])
     assert config == fast.to_dict()
     assert config["batch_size"] == 32  # fitted: 20 steps an epoch would need batches of 18
     loss = [float(row["loss"]) for row in read_csv(run / "history.csv")]

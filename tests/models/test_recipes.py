@@ -8,12 +8,6 @@ from imgclf.models.recipes import RECIPE_DEFAULTS
 from conftest import run_cli
 
 
-def test_every_registered_recipe_has_defaults_and_every_row_a_recipe():
-    from imgclf.models.registry import RECIPES
-
-    assert sorted(RECIPES) == sorted(RECIPE_DEFAULTS)
-
-
 def test_the_defaults_table_loads_without_keras():
     code = ("import sys; from imgclf.models.recipes import RECIPE_DEFAULTS; import imgclf.cli; "
             "assert 'keras' not in sys.modules and 'tensorflow' not in sys.modules, sorted(sys.modules)")
@@ -32,7 +26,7 @@ def test_cli_help_shows_each_recipes_defaults_from_the_table(monkeypatch):
 
 def test_fast_batches_fit_small_training_sets():
     from imgclf.config import TrainConfig
-    from imgclf.models.recipes import FAST_BATCH_SIZE, MIN_BATCH, RECIPE_DEFAULTS, fitted_batch_size
+    from imgclf.models.recipes import FAST_BATCH_SIZE, MIN_BATCH, RECIPE_DEFAULTS, fitted_batch_size, resolve
 
     fast, seed = RECIPE_DEFAULTS["fast"], RECIPE_DEFAULTS["seed"]
     assert fitted_batch_size(fast, 40_000) == FAST_BATCH_SIZE  # CIFAR-10 keeps the tuned recipe
@@ -40,10 +34,10 @@ def test_fast_batches_fit_small_training_sets():
     assert fitted_batch_size(fast, 360) == MIN_BATCH
     assert fitted_batch_size(fast, 20) == 20  # never more than the training set
     assert fitted_batch_size(seed, 360) == seed.batch_size
-    small = TrainConfig(model="fast").resolved(360)
+    small = resolve(TrainConfig(model="fast"), 360)
     assert small.batch_size == MIN_BATCH
     assert small.learning_rate == pytest.approx(fast.learning_rate * MIN_BATCH / FAST_BATCH_SIZE)
-    assert TrainConfig(model="fast", batch_size=500).resolved(360).batch_size == 500  # asked for: kept
+    assert resolve(TrainConfig(model="fast", batch_size=500), 360).batch_size == 500  # asked for: kept
 
 
 def test_runs_far_outside_the_tuning_are_named():
@@ -53,3 +47,56 @@ def test_runs_far_outside_the_tuning_are_named():
     notes = outside_tuning(RECIPE_DEFAULTS["fast"], 360, 96)
     assert notes == ["360 training images (tuned on 10,000-50,000)", "96-pixel images (tuned on 32-32)"]
     assert outside_tuning(RECIPE_DEFAULTS["seed"], 360, 96) == []
+
+
+def test_defaults_follow_the_original_description():
+    from imgclf.config import TrainConfig
+    from imgclf.models.recipes import resolve
+
+    config = resolve(TrainConfig())
+    assert (config.model, config.epochs, config.val_split, config.image_size) == ("seed", 50, 0.2, 32)
+    assert (config.batch_size, config.learning_rate) == (32, 1e-3)
+
+
+def test_recipe_defaults_fill_only_what_is_not_given():
+    from imgclf.config import TrainConfig
+    from imgclf.models.recipes import resolve
+
+    config = resolve(TrainConfig(model="fast", epochs=3))
+    assert config.epochs == 3 and config.batch_size == 1000
+    half = resolve(TrainConfig(model="fast", batch_size=500))  # fast: learning rate scales with the batch
+    assert half.learning_rate == pytest.approx(config.learning_rate / 2)
+
+
+def test_backbone_options_belong_to_backbones():
+    from imgclf.config import TrainConfig
+    from imgclf.errors import ImgclfError
+    from imgclf.models.recipes import check
+
+    with pytest.raises(ImgclfError, match="weights is for the pretrained backbones, not the seed recipe"):
+        check(TrainConfig.from_dict({"model": "seed", "weights": "imagenet"}))
+    with pytest.raises(ImgclfError, match="at least 32x32 pixels"):
+        check(TrainConfig.from_dict({"model": "mobilenetv3small", "image_size": 24}))
+    with pytest.raises(ImgclfError, match="freeze_epochs needs a model to fine-tune"):
+        check(TrainConfig.from_dict({"model": "fast", "freeze_epochs": 2}))
+    with pytest.raises(ImgclfError, match="^epochs must be at least 1 .*; unknown model 'nope' .available: auto, "):
+        check(TrainConfig(model="nope", epochs=0))  # both in one line
+    check(TrainConfig.from_dict({"model": "auto", "weights": "none"}))  # auto may pick a backbone
+
+
+def test_backbone_defaults_fine_tune_only_from_pretrained_weights():
+    from imgclf.config import TrainConfig
+    from imgclf.models.recipes import resolve
+
+    pretrained = resolve(TrainConfig(model="efficientnetv2b0", image_size=96), 1000)
+    assert (pretrained.weights, pretrained.freeze_epochs, pretrained.backbone_lr) == ("imagenet", 3, 0.1)
+    scratch = resolve(TrainConfig(model="efficientnetv2b0", image_size=96, weights="none"), 1000)
+    assert (scratch.freeze_epochs, scratch.backbone_lr) == (0, 1.0)
+    assert resolve(TrainConfig(model="fast"), 1000).weights is None
+
+
+def test_the_recipe_a_saved_model_names_is_read_from_new_and_old_files():
+    from imgclf.models.recipes import saved_recipe
+
+    assert saved_recipe({"recipe": "fast"}) == "fast" and saved_recipe({"model_name": "seed"}) == "seed"
+    assert saved_recipe({}) is None

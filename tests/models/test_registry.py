@@ -2,11 +2,11 @@ import numpy as np
 import pytest
 
 from imgclf import ImgclfError
-from imgclf.models.recipes import RECIPE_DEFAULTS
-from imgclf.models.registry import RECIPES, create_model, get_recipe
+from imgclf.models.recipes import RECIPE_DEFAULTS, Recipe
+from imgclf.models.registry import create_model, get_recipe
 
 
-@pytest.mark.parametrize("name", sorted(RECIPES))
+@pytest.mark.parametrize("name", sorted(RECIPE_DEFAULTS))
 @pytest.mark.parametrize("size", [16, 32])
 def test_every_registered_model_builds_and_outputs_probabilities(name, size):
     if size < RECIPE_DEFAULTS[name].min_image_size:  # the ImageNet backbones take 32 pixels and more
@@ -24,6 +24,11 @@ def test_unknown_model_is_a_clear_error():
         create_model("nope", (32, 32, 3), 10)
     with pytest.raises(ImgclfError, match="unknown model 'nope'"):
         get_recipe("nope")
+
+
+def test_every_row_names_a_module_that_builds_its_recipe():
+    for name, row in RECIPE_DEFAULTS.items():
+        assert isinstance(get_recipe(name), Recipe), (name, row.module)
 
 
 def test_data_dependent_models_take_training_pixels():

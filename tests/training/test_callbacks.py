@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 from sklearn.metrics import f1_score, precision_score, recall_score
 
-from imgclf import TrainConfig, load_data, load_model, predict_probabilities
+from imgclf import load_data, load_model, predict_probabilities
 from imgclf.data.split import split_indices
+from imgclf.run.folder import RunFolder
 
 from conftest import read_csv
 
@@ -20,7 +21,7 @@ def test_history_has_every_metric_per_epoch(trained_run):
 
 def test_per_epoch_metrics_equal_a_separate_prediction_pass(trained_run):
     """The one-pass validation metrics equal scikit-learn's on the saved last model."""
-    config = TrainConfig.from_json(trained_run / "config.json")
+    config = RunFolder(trained_run).read_config()
     images = load_data(config).labelled
     _, val_idx = split_indices(images.labels, config.val_split, config.seed)
     val = images.subset(val_idx)

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow  # trainings in a subprocess (the CPU split must p
 # replica by design), in float32: two devices must then compute what one device computes.
 PLAIN = """
 import keras
-from imgclf.models import recipes, registry
+from imgclf.models import recipes
 from imgclf.models.recipes import Recipe, RecipeDefaults
 
 def plain(input_shape, num_classes):
@@ -32,8 +32,10 @@ def plain(input_shape, num_classes):
 def sgd(lr, steps, epochs, backbone_lr=1.0):
     return keras.optimizers.SGD(lr)
 
-registry.RECIPES["plain"] = Recipe(build=plain, make_optimizer=sgd)
-recipes.RECIPE_DEFAULTS["plain"] = RecipeDefaults(4, 16, 0.05, False, "test recipe")
+def recipe(name):
+    return Recipe(build=plain, make_optimizer=sgd)
+
+recipes.RECIPE_DEFAULTS["plain"] = RecipeDefaults(4, 16, 0.05, False, "test recipe", "__main__")  # recipe() above
 """
 
 SCRIPT = """

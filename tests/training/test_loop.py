@@ -41,11 +41,9 @@ def test_training_learns_a_separable_problem(tmp_path, image_folder):
 def test_several_steps_per_call_train_exactly_as_one(tmp_path, image_folder, monkeypatch):
     """The reference recipe runs up to 25 steps per graph call (a divisor of the epoch's
     steps); the batches, the updates and every logged number stay those of one step per call."""
-    import dataclasses
-
     import keras
 
-    from imgclf.models.registry import RECIPES
+    from imgclf.models import seed
 
     class Record(keras.callbacks.Callback):
         def on_train_begin(self, logs=None):
@@ -59,7 +57,7 @@ def test_several_steps_per_call_train_exactly_as_one(tmp_path, image_folder, mon
         return record.steps_per_execution, [{k: v for k, v in row.items() if "seconds" not in k} for row in rows]
 
     several, history = run("several")
-    monkeypatch.setitem(RECIPES, "seed", dataclasses.replace(RECIPES["seed"], steps_per_execution=1))
+    monkeypatch.setattr(seed, "STEPS_PER_CALL", 1)
     one, reference = run("one")
     assert (several, one) == (9, 1)  # 38 training images at batch 4: 9 steps per epoch, in one call
     assert history == reference

@@ -11,6 +11,7 @@ import pytest
 from imgclf import TrainConfig, train
 from imgclf.errors import DataError
 from imgclf.inference.modelio import load_model
+from imgclf.models.recipes import resolve
 from imgclf.training.transfer import init_recipe, transfer_model
 
 from conftest import make_image_folder
@@ -55,7 +56,7 @@ def test_training_from_init_on_new_classes(export_runs, tmp_path):
     assert config["model"] == "fast-tiny" and config["init"] == str(export_runs["fast-tiny"])
     assert config["backbone_lr"] == 0.3  # fine-tuning's default
     loaded = load_model(run / "best_model.keras")
-    assert loaded.class_names == ["purple", "yellow"] and loaded.metadata["model_name"] == "fast-tiny"
+    assert loaded.class_names == ["purple", "yellow"] and loaded.metadata["recipe"] == "fast-tiny"
     assert json.loads((run / "metrics.json").read_text())["accuracy"] > 0.8
 
 
@@ -77,7 +78,7 @@ def test_backbone_lr_scales_all_but_the_classifier():
     assert tuned.lr_multipliers["beta"] == pytest.approx(0.1 * full.lr_multipliers["beta"])
     with pytest.raises(Exception, match="backbone_lr must be in"):
         TrainConfig(backbone_lr=0.0).validate()
-    assert TrainConfig().resolved().backbone_lr == 1.0 and TrainConfig(init="run").resolved().backbone_lr == 0.3
+    assert resolve(TrainConfig()).backbone_lr == 1.0 and resolve(TrainConfig(init="run")).backbone_lr == 0.3
 
 
 def test_a_backbone_model_becomes_a_backbone_at_another_size(tmp_path):
@@ -107,4 +108,4 @@ def test_init_trains_the_classifier_alone_first(export_runs):
     weighted = [layer for layer in model.layers if layer.trainable_weights and layer is not head]
     set_phase(model, 2, "1")
     assert [layer for layer in model.layers if layer.trainable and layer.weights] == [weighted[-1], head]
-    assert TrainConfig(init="x").resolved(100).freeze_epochs == 2
+    assert resolve(TrainConfig(init="x"), 100).freeze_epochs == 2

@@ -259,13 +259,14 @@ def run_bench_serve(models: list[str | Path], out: str | Path, *, calls: int = 1
                     mixed: int = 1000) -> dict:
     from ..export.writers import FORMATS, check_images, default_path, export_model
     from ..inference.modelio import load_model
+    from ..models.recipes import saved_recipe
     from ..training.hardware import environment
 
     report: dict = {"environment": environment(0), "calls": calls, "models": {}}
     for model in models:
         model_path = Path(model)
         loaded = load_model(model_path)
-        name = loaded.metadata.get("model_name") or model_path.stem
+        name = saved_recipe(loaded.metadata) or model_path.stem
         print(f"== {model_path} ({name})", flush=True)
         artifacts, export_errors = {}, {}
         for fmt in FORMATS:

@@ -26,11 +26,12 @@ import keras
 import numpy as np
 from sklearn.metrics import f1_score, precision_score, recall_score
 
-from ..config import TrainConfig
+from ..config import BENCH_CONTENDERS, TrainConfig
 from ..data.sources import load_data
 from ..data.split import check_classes, split_indices
 from ..errors import ImgclfError
 from ..evaluation.plots import bench_figure
+from ..models.recipes import resolve
 from ..models.registry import create_model
 from ..run.folder import RunFolder
 from ..training.hardware import environment
@@ -39,7 +40,6 @@ from ..training.precision import resolve_precision
 from .flops import measure_peak_gflops, training_flops_per_image
 
 NOTEBOOK_BATCH = 32  # Keras' default batch size, what a notebook uses
-CONTENDERS = ("notebook", "reference", "fast")
 
 
 class EpochClock(keras.callbacks.Callback):
@@ -99,7 +99,7 @@ def bench_recipe(label: str, config: TrainConfig, data, out: Path, train_images:
     run = RunFolder(train(config.replace(out=str(out), overwrite=True, verbose=0), data=data, extra_callbacks=[clock]))
     history = run.read_history()
     model = keras.models.load_model(run.last_model, compile=False)
-    resolved = config.resolved()
+    resolved = resolve(config)
     name = f"{label}, batch {resolved.batch_size}, {resolve_precision(resolved.precision)}"
     return summarize(name, clock.seconds, history["val_accuracy"].tolist(), train_images,
                      training_flops_per_image(model))
@@ -131,7 +131,7 @@ def time_to_reach(result: dict, target: float) -> float | None:
 
 
 def run_bench(config: TrainConfig, *, epochs: int | None, minutes: float | None, out: Path,
-              contenders: tuple[str, ...] = CONTENDERS, fast_epochs: int | None = None,
+              contenders: tuple[str, ...] = BENCH_CONTENDERS, fast_epochs: int | None = None,
               fast_model: str = "fast", target: float | None = None) -> dict:
     """`target`: the validation accuracy each contender is timed to (default: the notebook's best)."""
     if target is not None and not 0 < target <= 1:

@@ -25,9 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..config import MAX_IMAGE_PIXELS
 from ..errors import DataError
-from ..run.atomic import file_hash
-from .decode import MAX_IMAGE_PIXELS, BadImage, captured_warnings, read_user_file, to_rgb
+from .decode import BadImage, captured_warnings, file_hash, read_user_file, to_rgb
 from .sources import read_labels_csv, scan_folder
 
 NEAR_BITS = 4  # perceptual hashes this close (of 64 bits) are near-duplicates

@@ -4,7 +4,7 @@ Training, evaluation and prediction all go through `decode_paths` (many files: d
 parallel, skip the unusable ones and name them in one warning) and `decode_image` (one
 file), so an image is converted the same way everywhere: first frame of animations, any
 mode (grayscale, RGBA, palette, CMYK, 16-bit) to 8-bit RGB, resized to the model's input
-size by one of RESIZE_MODES. Files that are not decodable images raise `BadImage`.
+size by one of `config.RESIZE_MODES`. Files that are not decodable images raise `BadImage`.
 
 Files are read by one rule (`read_user_file`, also for CSV file lists and configuration
 files): only regular files, after resolving links, no
@@ -23,6 +23,7 @@ import errno
 import functools
 import hashlib
 import io
+import json
 import os
 import stat
 import sys
@@ -38,9 +39,9 @@ from typing import BinaryIO, Callable, Iterator
 import numpy as np
 from PIL import Image, ImageOps
 
-from ..errors import DataError
+from ..config import DEFAULT_RESIZE, MAX_IMAGE_PIXELS, RESIZE_MODES
+from ..errors import DataError, ImgclfError
 
-MAX_IMAGE_PIXELS = 64_000_000  # refuse decompression bombs: a tiny file that expands to gigapixels
 MAX_FILE_BYTES = 256 * 2**20  # image files larger than this are reported as unusable, not read
 RESAMPLE = Image.Resampling.BILINEAR
 DECODE_BATCH = 256  # images per chunk when resizing many arrays
@@ -49,10 +50,7 @@ CHECK_BATCH = 64  # files per task when decoding many files in parallel
 DECODE_THREADS = max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 PROGRESS_FROM = 5000  # files: show a progress count and the decoding time from this many
 PROGRESS_SECONDS = 0.5  # between redraws of the progress count
-# How an image of another shape becomes the model's (height, width): stretched to it
-# ("squash", every pixel kept, shapes distorted), its centre cut to the model's aspect ratio
-# ("crop", shapes kept, edges lost) or fitted inside with black borders ("pad", all kept).
-RESIZE_MODES = ("squash", "crop", "pad")
+MAX_CONFIG_BYTES = 2**20  # a configuration file is a small JSON object
 
 
 class BadImage(Exception):
@@ -78,6 +76,18 @@ def read_user_file(path: str | os.PathLike, max_bytes: int = MAX_FILE_BYTES) -> 
     if len(content) > max_bytes:  # grew since its size was read
         raise BadImage(f"larger than the file size limit of {max_bytes / 2**20:.0f} MiB")
     return content
+
+
+def read_config_file(path: str | os.PathLike) -> dict:
+    """The JSON object in a configuration file (a run's config.json or a user's --config),
+    read by `read_user_file`'s rule."""
+    try:
+        values = json.loads(read_user_file(path, MAX_CONFIG_BYTES).decode("utf-8"))
+    except (BadImage, ValueError) as exc:
+        raise ImgclfError(f"cannot read configuration file {path}: {exc}") from None
+    if not isinstance(values, dict):
+        raise ImgclfError(f"configuration file {path} must hold a JSON object")
+    return values
 
 
 FILE_KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a named pipe"), (stat.S_ISSOCK, "a socket"),
@@ -160,7 +170,7 @@ def captured_warnings() -> Iterator[list[warnings.WarningMessage]]:
 
 
 def decode_image(path: str | BinaryIO, size: tuple[int, int], max_pixels: int | None = None,
-                 resize: str = "squash") -> np.ndarray:
+                 resize: str = DEFAULT_RESIZE) -> np.ndarray:
     """Return the image at `path` (or in a binary file object) as a (height, width, 3) uint8
     array of the given size, resized by `resize` (RESIZE_MODES). Images of more than
     `max_pixels` (default MAX_IMAGE_PIXELS) pixels are refused unread; a path is read by
@@ -195,7 +205,7 @@ def decode_image(path: str | BinaryIO, size: tuple[int, int], max_pixels: int | 
     return array
 
 
-def resize_image(rgb: Image.Image, size: tuple[int, int], resize: str = "squash") -> Image.Image:
+def resize_image(rgb: Image.Image, size: tuple[int, int], resize: str = DEFAULT_RESIZE) -> Image.Image:
     """`rgb` at (height, width) `size` by the RESIZE_MODES `resize`, with Pillow."""
     height, width = size
     if rgb.size == (width, height):
@@ -207,7 +217,7 @@ def resize_image(rgb: Image.Image, size: tuple[int, int], resize: str = "squash"
     return rgb.resize((width, height), RESAMPLE)
 
 
-def resize_array(array: np.ndarray, size: tuple[int, int], resize: str = "squash") -> np.ndarray:
+def resize_array(array: np.ndarray, size: tuple[int, int], resize: str = DEFAULT_RESIZE) -> np.ndarray:
     """uint8 images (N, H, W, 3) at (height, width) `size` by the RESIZE_MODES `resize`,
     with Keras' image resize (which crops or pads to the aspect ratio the same way)."""
     if array.shape[1:3] == tuple(size):
@@ -253,7 +263,7 @@ class Decoded:
 
 
 def decode_paths(paths: list[str], size: tuple[int, int], *, keep_pixels: bool = True,
-                 verbose: int = 0, resize: str = "squash") -> Decoded:
+                 verbose: int = 0, resize: str = DEFAULT_RESIZE) -> Decoded:
     """Decode every file, skip the unusable ones and name them in one warning; an error when
     none is usable."""
     pixels, ok, reasons = _decode_files(paths, size, keep_pixels=keep_pixels, verbose=verbose, resize=resize)
@@ -266,7 +276,7 @@ def decode_paths(paths: list[str], size: tuple[int, int], *, keep_pixels: bool =
 
 
 def _decode_files(
-    paths: list[str], size: tuple[int, int], *, keep_pixels: bool = True, verbose: int = 0, resize: str = "squash"
+    paths: list[str], size: tuple[int, int], *, keep_pixels: bool = True, verbose: int = 0, resize: str = DEFAULT_RESIZE
 ) -> tuple[np.ndarray | None, np.ndarray, list[str]]:
     """Decode files in parallel, CHECK_BATCH per task on DECODE_THREADS threads (no
     TensorFlow: prediction on an exported model needs none). Returns (pixels or None, ok
@@ -304,7 +314,7 @@ def _decode_files(
     return pixels, ok, reasons
 
 
-def decode_or_black(raw: bytes, size: tuple[int, int], resize: str = "squash") -> np.ndarray:
+def decode_or_black(raw: bytes, size: tuple[int, int], resize: str = DEFAULT_RESIZE) -> np.ndarray:
     """Streaming decode; files were checked when loading, so a failure here means the file
     changed on disk mid-training: train on black rather than crash hours in."""
     try:

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from sklearn.preprocessing import LabelEncoder
 
+from ..config import DEFAULT_RESIZE
 from ..errors import DataError
 
 
@@ -20,7 +21,7 @@ class Images:
     paths: list[str] | None = None  # file of each image (None for built-in arrays)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason) not usable
     size: tuple[int, int] = (32, 32)  # (height, width) of every image
-    resize: str = "squash"  # how files of another shape were or will be resized (decode.RESIZE_MODES)
+    resize: str = DEFAULT_RESIZE  # how files of another shape were or will be resized (config.RESIZE_MODES)
 
     def __len__(self) -> int:
         return len(self.labels)

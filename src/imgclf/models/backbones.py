@@ -22,18 +22,8 @@ from keras import layers
 
 from ..errors import DataError
 from .layers import CaffePreprocess
-from .recipes import BACKBONES, Recipe, cached_weights, keras_weights_cache, recipe_defaults
+from .recipes import Recipe, cached_weights, keras_weights_cache, recipe_defaults
 
-# name -> (keras.applications constructor, whether it takes include_preprocessing)
-APPLICATIONS = {
-    "mobilenetv3small": ("MobileNetV3Small", True),
-    "mobilenetv3large": ("MobileNetV3Large", True),
-    "efficientnetv2b0": ("EfficientNetV2B0", True),
-    "resnet50": ("ResNet50", False),  # its preprocessing is a layer of ours (CaffePreprocess)
-    "convnexttiny": ("ConvNeXtTiny", True),
-}
-if sorted(APPLICATIONS) != sorted(BACKBONES):
-    raise RuntimeError("every backbone row of recipes.RECIPE_DEFAULTS needs its application here")
 DROPOUT = 0.2  # before the classifier
 DOWNLOAD_TIMEOUT = 20.0  # seconds without an answer before the ImageNet download is given up
 # The blocks of each backbone, by layer name (`unfreeze`): MobileNetV3's expanded_conv_N,
@@ -44,11 +34,13 @@ STEPS_PER_CALL = 8
 
 def build_backbone_model(name: str, input_shape: tuple[int, int, int], num_classes: int,
                          weights: str | None = "imagenet") -> keras.Model:
-    """The `name` backbone (APPLICATIONS) with a new classifier of `num_classes` units;
-    `weights`: "imagenet", a weights file of the backbone without its classifier, or
-    None/"none" (random initialisation)."""
-    constructor, has_preprocessing = APPLICATIONS[name]
-    smallest = recipe_defaults(name).min_image_size
+    """The `name` backbone (the keras.applications constructor its row in
+    `recipes.RECIPE_DEFAULTS` names) with a new classifier of `num_classes` units; `weights`:
+    "imagenet", a weights file of the backbone without its classifier, or None/"none" (random
+    initialisation)."""
+    row = recipe_defaults(name)
+    constructor, has_preprocessing = row.options["application"], row.options["preprocessing"]
+    smallest = row.min_image_size
     if min(input_shape[:2]) < smallest:
         raise DataError(f"the {name} backbone takes images of at least {smallest}x{smallest} pixels "
                         f"(got {input_shape[0]}x{input_shape[1]}): use a larger --image-size")
@@ -56,7 +48,7 @@ def build_backbone_model(name: str, input_shape: tuple[int, int, int], num_class
     options = {"include_preprocessing": True} if has_preprocessing else {}
     base = _application(name, constructor, input_shape, weights, options)
     inputs = keras.Input(shape=input_shape)
-    x = inputs if has_preprocessing else CaffePreprocess(name="caffe_preprocess")(inputs)
+    x = inputs if has_preprocessing else CaffePreprocess(name="caffe_preprocess")(inputs)  # ResNet50's
     # Pretrained: BatchNorm in inference mode, frozen or not. From scratch it must learn its statistics.
     x = base(x, training=False) if weights else base(x)
     x = layers.GlobalAveragePooling2D(name="pool")(x)
@@ -190,11 +182,10 @@ def photo_augment(images, seed, index, epoch):
     return tf.clip_by_value(out, 0.0, 255.0)
 
 
-RECIPES = {
-    name: Recipe(build=partial(build_backbone_model, name), make_optimizer=make_optimizer, augment=photo_augment,
-                 steps_per_execution=STEPS_PER_CALL)
-    for name in APPLICATIONS
-}
+def recipe(name: str) -> Recipe:
+    """The backbone recipe `name` (registered in `recipes.RECIPE_DEFAULTS`)."""
+    return Recipe(build=partial(build_backbone_model, name), make_optimizer=make_optimizer, augment=photo_augment,
+                  steps_per_execution=STEPS_PER_CALL)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -21,13 +21,9 @@ from keras import layers, ops
 from .augment import flip_translate
 from .layers import FusedBatchNorm, QuickGELU
 from .muon import LinearDecay, Muon
-from .recipes import FAST_BIAS_LR_PER_IMAGE, Recipe
+from .recipes import FAST_BIAS_LR_PER_IMAGE, Recipe, recipe_defaults
 
-WIDTHS = (64, 256, 256)  # channels of the three conv blocks
-SMALL_WIDTHS = (64, 128, 128)  # `fast-small`: ~45% of the FLOPs per image
-# `fast-tiny`: the first usable model soonest. The first block, at full resolution, costs the
-# most per channel, the last the least: 16/64/128 beat 32/64/64 in accuracy and in time.
-TINY_WIDTHS = (16, 64, 128)
+WIDTHS = recipe_defaults("fast").options["widths"]  # channels of the three conv blocks (each recipe's: its row)
 WHITEN_PATCH = 2  # side of the whitened patches, pixels
 WHITEN_IMAGES = 5000  # training images used to estimate the patch covariance
 WHITEN_EPS = 5e-4  # added to eigenvalues (of channel-standardised patches) before the inverse square root
@@ -182,7 +178,9 @@ def make_callbacks(steps_per_epoch: int, epochs: int, pixels: np.ndarray | None 
     return [PreciseBatchNorm(pixels, steps_per_epoch)] if pixels is not None and len(pixels) else []
 
 
-def fast_recipe(widths: tuple[int, int, int]) -> Recipe:
+def recipe(name: str) -> Recipe:
+    """The fast recipe `name` at the widths of its row in `recipes.RECIPE_DEFAULTS`."""
+    widths = recipe_defaults(name).options["widths"]
     return Recipe(
         build=lambda input_shape, num_classes, train_pixels=None: fast_cnn(input_shape, num_classes, train_pixels,
                                                                            widths=widths),
@@ -196,5 +194,3 @@ def fast_recipe(widths: tuple[int, int, int]) -> Recipe:
         float_layers=("whiten",),
     )
 
-
-RECIPES = {"fast": fast_recipe(WIDTHS), "fast-small": fast_recipe(SMALL_WIDTHS), "fast-tiny": fast_recipe(TINY_WIDTHS)}

@@ -1,16 +1,18 @@
-"""What a recipe is (an architecture plus how to train it), and every recipe's defaults in
-one table. Nothing here imports Keras: the CLI's help, `TrainConfig.resolved` and the
-registry (`registry.py`) all read the table, so `imgclf --help` stays instant and no copy
-of it can drift.
+"""Every recipe registered once: one row of `RECIPE_DEFAULTS` per recipe holds its defaults
+and the module that builds it (imported on first use, by `registry.get_recipe`), so the
+table, and everything read from it (the CLI's help, `check`, `resolve`), needs no Keras.
+`check` and `resolve` are where a `TrainConfig` meets its recipe.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from ..config import AUTO, MIN_IMAGE_SIDE, TrainConfig
 from ..errors import ImgclfError
 
 
@@ -32,11 +34,17 @@ class Recipe:
 
 @dataclass(frozen=True)
 class RecipeDefaults:
+    """One recipe's registration: its defaults, and where its `Recipe` is built."""
+
     epochs: int  # full passes over the training split
     batch_size: int  # images per optimisation step
     learning_rate: float  # peak step size at `batch_size`
     scale_lr_with_batch: bool  # another batch size scales the default step size in proportion
     description: str  # one line for the CLI and the run's log
+    # the module (relative to imgclf.models) whose `recipe(name)` returns the `Recipe`; it may
+    # read `options`, this row's settings of its architecture
+    module: str
+    options: dict[str, Any] = dataclasses.field(default_factory=dict)
     # Smaller training sets get smaller batches (`fitted_batch_size`), step sizes in proportion.
     fit_batch_to_data: bool = False
     # What the recipe was tuned on: (smallest, largest) training-set size and image side. A run
@@ -47,7 +55,7 @@ class RecipeDefaults:
     # Keras' cache, the epochs of phase 1 (head only) and phase 2's step size as a fraction of
     # phase 1's.
     backbone: bool = False
-    min_image_size: int = 8  # the smallest image side the architecture takes
+    min_image_size: int = MIN_IMAGE_SIDE  # the smallest image side the architecture takes
     weights_file: str = ""
     freeze_epochs: int = 0
     backbone_lr: float = 1.0
@@ -84,50 +92,53 @@ def outside_tuning(defaults: RecipeDefaults, train_images: int, image_size: int)
 # sizes); the BatchNorm offsets' step at the default batch is this x the batch size.
 FAST_BATCH_SIZE = 1000  # images per step (airbench94_muon: 2000; 1000 is as accurate per epoch here)
 FAST_BIAS_LR_PER_IMAGE = 0.053  # BatchNorm offsets and the whitening bias
-_FAST_LR = FAST_BIAS_LR_PER_IMAGE * FAST_BATCH_SIZE
 
-# The fast recipes were tuned on CIFAR-10: 32-pixel images, 10,000-50,000 training images.
-_FAST_FIT = dict(fit_batch_to_data=True, tuned_train_images=(10_000, 50_000), tuned_image_sizes=(32, 32))
+
+def _fast(epochs: int, widths: tuple[int, int, int], description: str) -> RecipeDefaults:
+    """A fast recipe: `widths` are the channels of its three conv blocks. They were tuned on
+    CIFAR-10: 32-pixel images, 10,000-50,000 training images."""
+    return RecipeDefaults(epochs, FAST_BATCH_SIZE, FAST_BIAS_LR_PER_IMAGE * FAST_BATCH_SIZE, True,
+                          description.format(widths="/".join(map(str, widths))), ".fast", {"widths": widths},
+                          fit_batch_to_data=True, tuned_train_images=(10_000, 50_000), tuned_image_sizes=(32, 32))
+
 
 RECIPE_DEFAULTS: dict[str, RecipeDefaults] = {
     "seed": RecipeDefaults(50, 32, 1e-3, False,
-                           "the original project's CNN: Adam, 50 epochs, augmentation layers in the model"),
-    "fast": RecipeDefaults(8, FAST_BATCH_SIZE, _FAST_LR, True,
-                           "airbench94_muon-style recipe, widths 64/256/256: whitening, BatchNorm, GELU, "
-                           "label smoothing, Muon + Nesterov SGD", **_FAST_FIT),
-    # 9 epochs fit a 10-minute budget on 2 cores, loading and evaluation included
-    "fast-small": RecipeDefaults(9, FAST_BATCH_SIZE, _FAST_LR, True,
-                                 "the fast recipe at widths 64/128/128: about half the compute per image", **_FAST_FIT),
-    "fast-tiny": RecipeDefaults(3, FAST_BATCH_SIZE, _FAST_LR, True,
-                                "the fast recipe at widths 16/64/128: a usable model in about a minute", **_FAST_FIT),
+                           "the original project's CNN: Adam, 50 epochs, augmentation layers in the model", ".seed"),
+    "fast": _fast(8, (64, 256, 256), "airbench94_muon-style recipe, widths {widths}: whitening, BatchNorm, GELU, "
+                                     "label smoothing, Muon + Nesterov SGD"),
+    # 9 epochs fit a 10-minute budget on 2 cores, loading and evaluation included; ~45% of the
+    # fast recipe's FLOPs per image
+    "fast-small": _fast(9, (64, 128, 128), "the fast recipe at widths {widths}: about half the compute per image"),
+    # the first usable model soonest. The first block, at full resolution, costs the most per
+    # channel, the last the least: 16/64/128 beat 32/64/64 in accuracy and in time.
+    "fast-tiny": _fast(3, (16, 64, 128), "the fast recipe at widths {widths}: a usable model in about a minute"),
 }
 
 
 # Pretrained backbones: 10 epochs, 3 of them on the frozen base (the head alone, Adam at 1e-3),
 # then the unfrozen layers at 0.1x that step size with cosine decay to 0 (the keras-io transfer
-# guide's two phases; fastai's fine_tune). Batches of 32, fewer for tiny sets.
-def _backbone(description: str, weights_file: str) -> RecipeDefaults:
-    return RecipeDefaults(10, 32, 1e-3, False, description, fit_batch_to_data=True,
-                          tuned_image_sizes=(96, 320), backbone=True, min_image_size=32, weights_file=weights_file,
-                          freeze_epochs=3, backbone_lr=0.1)
+# guide's two phases; fastai's fine_tune). Batches of 32, fewer for tiny sets. `application`:
+# the keras.applications constructor; `preprocessing`: whether it takes include_preprocessing
+# (ResNet50's preprocessing is a layer of ours).
+def _backbone(application: str, parameters: str, weights_file: str, preprocessing: bool = True) -> RecipeDefaults:
+    return RecipeDefaults(10, 32, 1e-3, False,
+                          f"keras.applications {application} ({parameters} parameters), ImageNet weights",
+                          ".backbones", {"application": application, "preprocessing": preprocessing},
+                          fit_batch_to_data=True, tuned_image_sizes=(96, 320), backbone=True, min_image_size=32,
+                          weights_file=weights_file, freeze_epochs=3, backbone_lr=0.1)
 
 
 RECIPE_DEFAULTS.update({
-    "mobilenetv3small": _backbone("keras.applications MobileNetV3Small (0.9M parameters), ImageNet weights",
-                                  "weights_mobilenet_v3_small_224_1.0_float_no_top_v2.h5"),
-    "mobilenetv3large": _backbone("keras.applications MobileNetV3Large (3.0M parameters), ImageNet weights",
-                                  "weights_mobilenet_v3_large_224_1.0_float_no_top_v2.h5"),
-    "efficientnetv2b0": _backbone("keras.applications EfficientNetV2B0 (5.9M parameters), ImageNet weights",
-                                  "efficientnetv2-b0_notop.h5"),
-    "resnet50": _backbone("keras.applications ResNet50 (23.6M parameters), ImageNet weights",
-                          "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"),
-    "convnexttiny": _backbone("keras.applications ConvNeXtTiny (27.8M parameters), ImageNet weights",
-                              "convnext_tiny_notop.h5"),
+    "mobilenetv3small": _backbone("MobileNetV3Small", "0.9M", "weights_mobilenet_v3_small_224_1.0_float_no_top_v2.h5"),
+    "mobilenetv3large": _backbone("MobileNetV3Large", "3.0M", "weights_mobilenet_v3_large_224_1.0_float_no_top_v2.h5"),
+    "efficientnetv2b0": _backbone("EfficientNetV2B0", "5.9M", "efficientnetv2-b0_notop.h5"),
+    "resnet50": _backbone("ResNet50", "23.6M", "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
+                          preprocessing=False),
+    "convnexttiny": _backbone("ConvNeXtTiny", "27.8M", "convnext_tiny_notop.h5"),
 })
 BACKBONES = tuple(name for name, row in RECIPE_DEFAULTS.items() if row.backbone)
-WEIGHT_CHOICES = ("imagenet", "none")
 
-AUTO = "auto"
 # --model auto: the backbone it prefers, in order, when their ImageNet weights are at hand
 # (MobileNetV3Large first: the cheapest per image of those above 75% on ImageNet)
 AUTO_BACKBONES = ("mobilenetv3large", "efficientnetv2b0", "mobilenetv3small", "convnexttiny", "resnet50")
@@ -172,3 +183,83 @@ def recipe_defaults(name: str) -> RecipeDefaults:
         return RECIPE_DEFAULTS[name]
     except KeyError:
         raise ImgclfError(f"unknown model '{name}' (available: {', '.join(sorted(RECIPE_DEFAULTS))})") from None
+
+
+# Fine-tuning from --init: the pretrained layers at 0.3x the recipe's step sizes. On five new
+# CIFAR-10 classes, 50 images each: 76.1% at 1x, 79.2% at 0.3x, 78.9% at 0.1x (docs/experiments.md).
+INIT_BACKBONE_LR = 0.3
+# ...after INIT_FREEZE_EPOCHS epochs of the new classifier alone: 81.3% against 79.2% without
+# (1 epoch: 80.1%, 4: 80.6%; docs/experiments.md).
+INIT_FREEZE_EPOCHS = 2
+
+
+def is_backbone(model: str) -> bool:
+    return model in RECIPE_DEFAULTS and RECIPE_DEFAULTS[model].backbone
+
+
+def pretrained(config: TrainConfig) -> bool:
+    """A backbone recipe starting from pretrained weights (imagenet or a file)."""
+    return is_backbone(config.model) and config.weights != "none"
+
+
+def check(config: TrainConfig) -> None:
+    """Reject, in one line, what `TrainConfig.validate` rejects and what the recipe cannot do:
+    an unknown name, images smaller than it takes, options for backbones only. Cheap (no
+    Keras): run it before any data is read."""
+    problems = config.problems()
+    known = config.model in RECIPE_DEFAULTS
+    if config.freeze_epochs and not (config.init or is_backbone(config.model)):
+        problems.append("freeze_epochs needs a model to fine-tune: a pretrained backbone or --init")
+    smallest = RECIPE_DEFAULTS[config.model].min_image_size if known else MIN_IMAGE_SIDE
+    try:
+        if min(config.size) < smallest:
+            problems.append(f"the {config.model} recipe takes images of at least {smallest}x{smallest} pixels "
+                            f"(got image_size {config.image_size})")
+    except ImgclfError:
+        pass  # said by config.problems()
+    if config.weights is not None and config.model != AUTO and not is_backbone(config.model):
+        problems.append(f"weights is for the pretrained backbones, not the {config.model} recipe")
+    if not known and config.model != AUTO:
+        problems.append(f"unknown model '{config.model}' (available: {AUTO}, {', '.join(sorted(RECIPE_DEFAULTS))})")
+    if problems:
+        raise ImgclfError("; ".join(problems))
+
+
+def resolve(config: TrainConfig, train_images: int | None = None, replicas: int = 1) -> TrainConfig:
+    """`config` with its recipe's defaults filled in where a value is None; with
+    `train_images`, a batch size fitted to a training set that small (`fitted_batch_size`).
+    The batch is global: the recipe's per-device batch times `replicas` by default."""
+    recipe = recipe_defaults(config.model)
+    batch_size = config.batch_size
+    if batch_size is None:
+        per_device = recipe.batch_size if train_images is None else fitted_batch_size(recipe, train_images)
+        batch_size = per_device * replicas
+    learning_rate = config.learning_rate
+    if learning_rate is None:
+        scale = batch_size / recipe.batch_size if recipe.scale_lr_with_batch else 1.0
+        learning_rate = recipe.learning_rate * scale
+    backbone_lr = config.backbone_lr
+    if backbone_lr is None:
+        backbone_lr = INIT_BACKBONE_LR if config.init else recipe.backbone_lr if pretrained(config) else 1.0
+    freeze_epochs = config.freeze_epochs
+    if freeze_epochs is None:
+        freeze_epochs = recipe.freeze_epochs if pretrained(config) else INIT_FREEZE_EPOCHS if config.init else 0
+    return config.replace(
+        backbone_lr=backbone_lr,
+        weights=(config.weights or "imagenet") if recipe.backbone else None,
+        freeze_epochs=freeze_epochs,
+        epochs=config.epochs if config.epochs is not None else recipe.epochs,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+    )
+
+
+# A saved model names the recipe that trained it under this key of its metadata (modelio);
+# files written before it was unified used the other.
+SAVED_RECIPE_KEY = "recipe"
+OLD_SAVED_RECIPE_KEY = "model_name"
+
+
+def saved_recipe(metadata: dict) -> str | None:
+    """The recipe named in a saved model's metadata, new files or old."""
+    return metadata.get(SAVED_RECIPE_KEY) or metadata.get(OLD_SAVED_RECIPE_KEY)

@@ -1,5 +1,6 @@
-"""The model registry: each name maps to a `Recipe` (architecture + how to train it) and to
-its defaults in `recipes.RECIPE_DEFAULTS`, so one `--model` flag selects a whole recipe.
+"""The model registry: a recipe's name gives its `Recipe` (architecture + how to train it),
+built by the module its row in `recipes.RECIPE_DEFAULTS` names, so one `--model` flag selects
+a whole recipe and a recipe is registered in one place.
 
 Every model takes raw 0-255 RGB pixels (scaling to [0, 1] is its first layer, so a saved
 model can be used on raw images and can never scale twice) and outputs float32 softmax
@@ -8,19 +9,17 @@ probabilities, whatever the compute precision.
 
 from __future__ import annotations
 
+import importlib
+
 import numpy as np
 
-from . import backbones, fast, seed
-from .recipes import RECIPE_DEFAULTS, Recipe, recipe_defaults
-
-RECIPES: dict[str, Recipe] = {"seed": seed.RECIPE, **fast.RECIPES, **backbones.RECIPES}
-if sorted(RECIPES) != sorted(RECIPE_DEFAULTS):
-    raise RuntimeError("every recipe needs its row in recipes.RECIPE_DEFAULTS, and every row a recipe")
+from .recipes import Recipe, recipe_defaults
 
 
 def get_recipe(name: str) -> Recipe:
-    recipe_defaults(name)  # the one error message for an unknown name
-    return RECIPES[name]
+    """The recipe `name`: `recipe(name)` of the module its row names (imported now, with Keras)."""
+    module = importlib.import_module(recipe_defaults(name).module, __package__)  # one error for an unknown name
+    return module.recipe(name)
 
 
 def create_model(name: str, input_shape: tuple[int, int, int], num_classes: int,
@@ -32,7 +31,7 @@ def create_model(name: str, input_shape: tuple[int, int, int], num_classes: int,
     the pretrained backbones' starting point ("imagenet", "none" or a weights file).
     """
     recipe = get_recipe(name)
-    if RECIPE_DEFAULTS[name].backbone:  # build() takes weights=; training runs in two phases
+    if recipe_defaults(name).backbone:  # build() takes weights=; training runs in two phases
         return recipe.build(input_shape, num_classes, weights=weights)
     if recipe.needs_data:
         return recipe.build(input_shape, num_classes, train_pixels)

@@ -41,8 +41,10 @@ def seed_cnn(input_shape: tuple[int, int, int], num_classes: int) -> keras.Model
     )
 
 
-RECIPE = Recipe(
-    build=seed_cnn,
-    make_optimizer=lambda lr, steps, epochs, backbone_lr=1.0: keras.optimizers.Adam(lr * backbone_lr),
-    steps_per_execution=STEPS_PER_CALL,
-)
+def recipe(name: str) -> Recipe:
+    """The seed recipe (registered in `recipes.RECIPE_DEFAULTS`)."""
+    return Recipe(
+        build=seed_cnn,
+        make_optimizer=lambda lr, steps, epochs, backbone_lr=1.0: keras.optimizers.Adam(lr * backbone_lr),
+        steps_per_execution=STEPS_PER_CALL,
+    )

@@ -26,7 +26,7 @@ import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from importlib import resources
 from pathlib import Path
 from typing import Annotated
@@ -37,6 +37,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel
 
+from ..config import ServeLimits
 from ..data.decode import DECODE_THREADS, BadImage, decode_image, file_hash
 from ..inference.loaded import LoadedModel
 from ..inference.runtimes import open_model
@@ -47,19 +48,7 @@ MODEL_ENV = "IMGCLF_SERVE_MODEL"  # how `--workers N` hands the settings to each
 LIMITS_ENV = "IMGCLF_SERVE_LIMITS"
 
 
-@dataclass(frozen=True)
-class Limits:
-    max_body_mb: float = 20.0  # whole request, files and multipart overhead (1 MB = 10^6 bytes)
-    max_images: int = 32  # files per request
-    # Decoding an image takes several bytes per pixel before it is shrunk: 16 Mpx (~200 MB at
-    # most in flight per decode, DECODERS at a time) keeps a worker's memory bounded.
-    max_pixels: int = 16_000_000
-
-    @property
-    def max_body_bytes(self) -> int:
-        return int(self.max_body_mb * 1_000_000)
-
-
+Limits = ServeLimits  # what a request may hold: defined and checked in config, for the CLI too
 DEFAULT_LIMITS = Limits()
 
 

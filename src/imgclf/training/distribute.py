@@ -32,7 +32,6 @@ import os
 
 from ..errors import ImgclfError
 
-DISTRIBUTE = ("auto", "none", "mirrored", "multi-worker")
 LOGICAL_CPUS = "IMGCLF_LOGICAL_CPUS"  # split the CPU into this many logical devices (before TensorFlow starts)
 
 
@@ -73,7 +72,7 @@ def local_workers(count: int) -> str:
 
 
 def make_strategy(distribute: str):
-    """The tf.distribute strategy for `distribute` (DISTRIBUTE). Create it before any other
+    """The tf.distribute strategy for `distribute` (config.DISTRIBUTE_MODES). Create it before any other
     TensorFlow work: multi-worker collectives are configured when the strategy starts."""
     import tensorflow as tf
 

@@ -19,7 +19,7 @@ from ..data.pipeline import make_dataset, make_train_dataset, sample_pixels, ste
 from ..evaluation.metrics import ConfusionMatrix
 from ..inference.modelio import save_model
 from ..models.backbones import set_phase
-from ..models.recipes import Recipe, recipe_defaults
+from ..models.recipes import SAVED_RECIPE_KEY, Recipe, recipe_defaults
 from ..models.registry import create_model
 from ..run.folder import RunFolder
 from .callbacks import BestModelCheckpoint, EpochMetrics, ReplicatedValidation
@@ -65,7 +65,7 @@ def fit(config: TrainConfig, recipe: Recipe, run: RunFolder, train: Images, val:
     model = build_model(config, len(class_names), pixels)
     matrix = ConfusionMatrix(len(class_names))
     strategy = tf_strategy()
-    metadata = {"model_name": config.model, "resize": config.resize}
+    metadata = {SAVED_RECIPE_KEY: config.model, "resize": config.resize}
     callbacks = make_callbacks(config, recipe, run, model, matrix, class_names, steps_per_epoch, pixels, metadata,
                                extra_callbacks)
     validation = make_dataset(worker_shard(val, strategy), max(config.batch_size, EVAL_BATCH), config.cache)

@@ -18,7 +18,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from ..config import TrainConfig
+from ..config import AUTO, TrainConfig
 from ..data.check import quick_check
 from ..data.labelled import Images, LoadedData
 from ..data.sources import load_data
@@ -27,7 +27,7 @@ from ..errors import DataError, StorageError
 from ..evaluation.evaluate import REPORT_KEYS, report_kept_model, summary_metrics
 from ..evaluation.report import write_history_plots, write_html_report
 from ..inference.modelio import load_model
-from ..models.recipes import AUTO, outside_tuning, pick_recipe, recipe_defaults
+from ..models.recipes import check, outside_tuning, pick_recipe, recipe_defaults, resolve
 from ..models.registry import get_recipe
 from ..run.folder import RunFolder
 from .distribute import (
@@ -75,7 +75,7 @@ class Split:
 
 def _run(config: TrainConfig, resumed: RunFolder | None, data: LoadedData | None,
          extra_callbacks: list | None) -> Path | None:
-    config.validate()
+    check(config)  # the config and its recipe, before anything is loaded
     strategy = make_strategy(config.distribute)  # first: multi-worker collectives start with it
     if is_chief(strategy):
         return _train(config, strategy, resumed, data, extra_callbacks)
@@ -116,7 +116,7 @@ def _train(config: TrainConfig, strategy, resumed: RunFolder | None, data: Loade
     if config.model == AUTO:
         config = _pick_recipe(config, len(split.train))
     # the recipe's defaults, the batch fitted to the data (global: per device x replicas)
-    config = config.resolved(len(split.train), replicas=replicas(strategy))
+    config = resolve(config, len(split.train), replicas=replicas(strategy))
     config = _split_batch(config, len(split.train), replicas(strategy))
     config = _resolve_class_weight(config, split)
     _warn_outside_tuning(config, len(split.train), resumed)

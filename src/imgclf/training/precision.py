@@ -9,9 +9,11 @@ from __future__ import annotations
 from contextlib import contextmanager
 from typing import Iterator
 
+from ..config import AUTO, PRECISIONS
 from .hardware import cpu_flags, gpu_details
 
-POLICIES = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
+# Keras' dtype policy of each precision: the 16-bit ones are mixed (float32 variables)
+POLICIES = {name: name if name == "float32" else f"mixed_{name}" for name in PRECISIONS if name != AUTO}
 CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo flags of CPUs with native bfloat16
 GPU_BF16_MIN_CAPABILITY = (8, 0)  # NVIDIA Ampere and newer compute in bfloat16 natively
 
@@ -31,7 +33,7 @@ def auto_precision(gpus: list[dict] | None = None, flags: set[str] | None = None
 
 
 def resolve_precision(requested: str) -> str:
-    return auto_precision() if requested == "auto" else requested
+    return auto_precision() if requested == AUTO else requested
 
 
 @contextmanager

@@ -17,6 +17,7 @@ import keras
 
 from ..errors import DataError
 from ..inference.modelio import LoadedModel, load_model, read_metadata
+from ..models.recipes import saved_recipe
 
 MIXED_POLICIES = ("mixed_bfloat16", "mixed_float16")
 
@@ -34,7 +35,7 @@ def init_model_path(init: str | Path) -> Path:
 def init_recipe(init: str | Path) -> str:
     """The recipe that trained the model at `init` (read from the file, without loading the model)."""
     path = init_model_path(init)
-    name = read_metadata(path).get("model_name")
+    name = saved_recipe(read_metadata(path))
     if not name:
         raise DataError(f"--init: {path} does not say which recipe trained it (not a model saved by imgclf)")
     return name
