@@ -92,3 +92,25 @@ def test_opening_an_export_needs_no_tensorflow_the_rest_does(tmp_path):
     (tmp_path / "folder.onnx").mkdir()  # a folder is a SavedModel or nothing
     assert not needs_tensorflow("model.onnx") and not needs_tensorflow(Path("m.TFLITE"))
     assert needs_tensorflow("model.keras") and needs_tensorflow(tmp_path / "folder.onnx")
+
+
+def test_without_tensorflow_a_keras_model_is_a_one_line_error(exports):
+    blocked = ("import sys\nsys.modules['tensorflow'] = sys.modules['keras'] = None  # as if not installed\n"
+               "from imgclf.cli import main\nsys.exit(main(sys.argv[1:]))")
+    child = subprocess.run([sys.executable, "-c", blocked, "predict", str(exports["keras"]), str(exports["images"])],
+                           capture_output=True, text=True, timeout=120)
+    assert child.returncode == 1
+    assert child.stderr.strip().splitlines() == [
+        "imgclf: error: predict needs tensorflow, which is not installed (a serving-only install runs .onnx and "
+        ".tflite files; `pip install .` installs everything)"]
+
+
+def test_the_serving_requirements_are_pyprojects_pins():
+    tomllib = pytest.importorskip("tomllib")
+    repo = Path(__file__).resolve().parents[2]
+    pins = {line.split("#")[0].strip() for line in tomllib.loads((repo / "pyproject.toml").read_text())
+            ["project"]["dependencies"]}
+    serving = [line.strip() for line in (repo / "requirements-serve.txt").read_text().splitlines()
+               if line.strip() and not line.startswith("#")]
+    assert serving and set(serving) <= pins, set(serving) - pins
+    assert not any(name in line for line in serving for name in ("tensorflow", "keras", "scikit-learn"))
