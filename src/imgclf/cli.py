@@ -261,12 +261,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"imgclf: error: {args.command} needs {exc.name}, which is not installed (a serving-only install "
               "runs .onnx and .tflite files; `pip install .` installs everything)", file=sys.stderr)
         return EXIT_ERROR
-    except ModuleNotFoundError as exc:  # the serving-only install (requirements-serve.txt) has no TensorFlow
-        if os.environ.get("IMGCLF_DEBUG"):
-            raise
-        print(f"imgclf: error: {args.command} needs {exc.name}, which is not installed (a serving-only install "
-              "runs .onnx and .tflite files; `pip install .` installs everything)", file=sys.stderr)
-        return EXIT_ERROR
     except Exception as exc:  # a bug: still one line, with the way to the traceback
         if os.environ.get("IMGCLF_DEBUG"):
             raise
