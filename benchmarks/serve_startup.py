@@ -50,7 +50,7 @@ def make_models(out: Path, check_data: Path) -> dict[str, Path]:
 
     out.mkdir(parents=True, exist_ok=True)
     model = create_model(RECIPE, (IMAGE_SIZE, IMAGE_SIZE, 3), CLASSES)
-    save_model(model, paths["keras"], [f"class{i}" for i in range(CLASSES)], model_name=RECIPE)
+    save_model(model, paths["keras"], [f"class{i}" for i in range(CLASSES)], recipe=RECIPE)
     for fmt in ("onnx", "litert"):
         export_model(paths["keras"], fmt, paths[fmt], check_data=check_data, verbose=False)
     return paths
