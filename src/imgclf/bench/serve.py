@@ -21,7 +21,6 @@ from __future__ import annotations
 import io
 import os
 import re
-import socket
 import subprocess
 import sys
 import tempfile
@@ -42,7 +41,6 @@ WARMUP_CALLS = 20
 KERAS_PREDICT_CALLS = 100  # model.predict costs ~50 ms a call: fewer of them
 START_TIMEOUT = 120  # seconds for a service to start
 BENCH_LIMITS = Limits(max_body_mb=1, max_images=4)  # the service under the mixed requests
-RUNTIMES = ("keras predict", "compiled function", "savedmodel", "onnxruntime", "litert", "litert-int8")
 
 
 # --- requests -------------------------------------------------------------------------------
@@ -95,12 +93,6 @@ def request_zoo(limits: Limits) -> dict[str, tuple[dict, int]]:
 
 
 # --- the service in its own process -----------------------------------------------------------
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
 
 def client(url: str, timeout: float = 60):
     """An HTTP client for the service on loopback: proxy settings from the environment ignored."""
@@ -257,7 +249,8 @@ def sizes(model_path: Path, artifacts: dict[str, Path]) -> dict:
 
 def run_bench_serve(models: list[str | Path], out: str | Path, *, calls: int = 1000, http_requests: int = 400,
                     mixed: int = 1000) -> dict:
-    from ..export.writers import FORMATS, check_images, default_path, export_model
+    from ..export.verify import check_images
+    from ..export.writers import FORMATS, default_path, export_model
     from ..inference.modelio import load_model
     from ..models.recipes import saved_recipe
     from ..training.hardware import environment
@@ -310,7 +303,8 @@ def run_bench_serve(models: list[str | Path], out: str | Path, *, calls: int = 1
 
 def _exported_from(artifact: Path, model_path: Path) -> bool:
     """Whether the export at `artifact` was made from this very model file."""
-    from ..inference.runtimes import file_hash, open_model
+    from ..data.decode import file_hash
+    from ..inference.runtimes import open_model
 
     try:
         return open_model(artifact).metadata.get("source_sha256") == file_hash(model_path)
