@@ -67,6 +67,7 @@ def test_config_file_and_overrides_streamed_with_a_cache(tmp_path):
     (lambda t: ["train", "--frobnicate"], "unrecognized arguments"),
     (lambda t: ["train", "--epochs", "zero"], "invalid int"),
     (lambda t: ["train", "--epochs", "0"], "epochs must be at least 1"),
+    (lambda t: ["train", "--model", "nope", "--epochs", "0"], "at least 1 (got 0); unknown model 'nope'"),
     (lambda t: ["train", "--val-split", "1"], "val_split"),
     (lambda t: ["train", "--workers", "10.0.0.1:2222"], "two or more host:port"),
     (lambda t: ["train", "--distribute", "multi-worker"], "needs TF_CONFIG"),

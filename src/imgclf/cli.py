@@ -273,14 +273,14 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_ERROR
 
 
-def _config_from_args(args: argparse.Namespace, keys: list[str]) -> TrainConfig:
+def _config_from_args(args: argparse.Namespace, keys: typing.Iterable[str], validate: bool = True) -> TrainConfig:
     """Config file values (if --config), overridden by the options given on the command line;
     options not given keep TrainConfig's defaults (argparse leaves them out: SUPPRESS)."""
     from .data.decode import read_config_file
 
     values = read_config_file(args.config) if getattr(args, "config", None) else {}
     values.update({key: getattr(args, key) for key in keys if hasattr(args, key)})
-    return TrainConfig.from_dict(values)
+    return TrainConfig.from_dict(values, validate)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -299,8 +299,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise ImgclfError(f"--resume continues a run with its own configuration; drop {options}")
         resume(args.resume, verbose=0 if args.quiet else None)
         return 0
-    config = _config_from_args(args, TRAIN_KEYS)
-    check(config)  # the recipe's name and what it takes, before any data is read
+    config = _config_from_args(args, TRAIN_KEYS, validate=False)
+    check(config)  # the values, the recipe's name and what it takes, in one line, before any data is read
     if args.quiet:
         config = config.replace(verbose=0)
     train(config)

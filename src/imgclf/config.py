@@ -127,8 +127,10 @@ class TrainConfig:
     verbose: int = 1  # 0 silent, 1 progress bar and one line per epoch (the CLI's --quiet: 0)
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
-        """Build a config from plain values, rejecting unknown keys and wrong types."""
+    def from_dict(cls, values: dict[str, Any], validate: bool = True) -> "TrainConfig":
+        """Build a config from plain values, rejecting unknown keys and wrong types, and
+        impossible values unless `validate` is false (`models.recipes.check` will say them,
+        with the recipe's, in one line)."""
         known = {f.name: f for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - set(known))
         if unknown:
@@ -137,7 +139,8 @@ class TrainConfig:
         for key, value in values.items():
             _check_type(key, value, hints[key])
         config = cls(**values)
-        config.validate()
+        if validate:
+            config.validate()
         return config
 
     def to_dict(self) -> dict[str, Any]:
