@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data.decode import RESIZE_MODES
+from ..config import DEFAULT_RESIZE, RESIZE_MODES
 from ..errors import ModelFileError
 from .loaded import LoadedModel, _first_line, keras_function
 
@@ -78,7 +78,7 @@ def open_model(path: str | Path, *, unsafe: bool = False) -> LoadedModel:
     if not (isinstance(size, (list, tuple)) and len(size) == 2 and all(isinstance(v, int) and v > 0 for v in size)):
         raise ModelFileError(f"{path}: no input size (height, width) inside the file or in {LABELS_FILE} beside it")
     image_size = (int(size[0]), int(size[1]))
-    if metadata.get("resize", "squash") not in RESIZE_MODES:
+    if metadata.get("resize", DEFAULT_RESIZE) not in RESIZE_MODES:
         raise ModelFileError(f"{path}: unknown resize mode {metadata.get('resize')!r} in its metadata")
     if input_size and tuple(input_size) != image_size:
         raise ModelFileError(f"{path}: metadata says {image_size} pixels, the model takes {tuple(input_size)}")
