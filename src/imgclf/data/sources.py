@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import TrainConfig
+from ..config import DATASETS, TrainConfig
 from ..errors import DataError
 from .decode import BadImage, decode_paths, read_user_file, resize_array, walk_files
 from .labelled import Images, LoadedData, encode_labels
@@ -43,9 +43,10 @@ def load_data(config: TrainConfig) -> LoadedData:
                               known_as="the classes of train/", sample=False)
             return LoadedData(labelled, test, f"folder {root} (train/ and test/)")
         return LoadedData(load_files(*scan_folder(root), size, config), None, f"folder {root}")
-    if config.dataset == "cifar10":
+    if config.dataset == "cifar10":  # the one entry of config.DATASETS
         return load_cifar10(config)
-    raise DataError(f"unknown dataset '{config.dataset}' (built in: cifar10); or give --data-dir / --labels")
+    raise DataError(f"unknown dataset '{config.dataset}' (built in: {', '.join(DATASETS)}); "
+                    "or give --data-dir / --labels")
 
 
 def load_cifar10(config: TrainConfig) -> LoadedData:

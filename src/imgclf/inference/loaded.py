@@ -13,6 +13,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ..config import DEFAULT_RESIZE
+
 
 @dataclass
 class LoadedModel:
@@ -28,7 +30,7 @@ class LoadedModel:
     @property
     def resize(self) -> str:
         """How images of another shape are resized for this model (`data.decode.RESIZE_MODES`)."""
-        return self.metadata.get("resize", "squash")
+        return self.metadata.get("resize", DEFAULT_RESIZE)
 
     def predict(self, pixels: np.ndarray) -> np.ndarray:
         """(N, classes) float32 probabilities of raw 0-255 RGB pixels (N, H, W, 3)."""

@@ -37,7 +37,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel
 
-from ..config import ServeLimits
+from ..config import DEFAULT_RESIZE, ServeLimits
 from ..data.decode import DECODE_THREADS, BadImage, decode_image, file_hash
 from ..inference.loaded import LoadedModel
 from ..inference.runtimes import open_model
@@ -251,7 +251,7 @@ def create_app(model: str | Path | LoadedModel, limits: Limits = DEFAULT_LIMITS)
 
 
 def _decode(content: bytes, name: str | None, size: tuple[int, int], max_pixels: int,
-            resize: str = "squash") -> np.ndarray:
+            resize: str = DEFAULT_RESIZE) -> np.ndarray:
     name = name or "upload"
     if not content:
         raise HTTPException(400, f"{name}: empty file")
