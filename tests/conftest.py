@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
 import os
 import socket
 import subprocess
@@ -50,15 +52,27 @@ def trained_run(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def export_runs(tmp_path_factory) -> dict[str, Path]:
-    """Short trainings of the `seed` and `fast-tiny` recipes with a validation split of 204
-    images, enough for an export's parity check (export.MIN_CHECK_IMAGES): recipe -> run folder."""
+    """Short trainings of the `seed` and `fast-tiny` recipes on 210 images (42 for validation):
+    an export's check takes them all, at least its MIN_CHECK_IMAGES without copies, and both
+    recipes classify them all correctly: recipe -> run folder."""
     from imgclf import TrainConfig, train
 
     root = tmp_path_factory.mktemp("export")
-    data = make_image_folder(root / "images", per_class=340, size=(16, 16))
+    data = make_image_folder(root / "images", per_class=70, size=(16, 16))
     return {model: train(TrainConfig(data_dir=str(data), model=model, epochs=2, image_size=16,
                                      out=str(root / model), verbose=0))
             for model in ("seed", "fast-tiny")}
+
+
+def pytest_collection_modifyitems(items):
+    """Tests that use a fixture which trains models beyond `trained_run` are slow, marked here
+    once rather than test by test."""
+    for item in items:
+        if TRAINING_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
+TRAINING_FIXTURES = {"export_runs"}
 
 
 def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -68,6 +82,22 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300) -> subpro
         capture_output=True, text=True, cwd=cwd, timeout=timeout,
         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
     )
+
+
+def run_main(*args: str) -> subprocess.CompletedProcess:
+    """Run `imgclf ARGS` in this process, through the command's own entry point
+    (`imgclf.cli.main`): its exit status and what it printed, as `run_cli` gives them, without
+    the ~6 s start of a new process. (`run_cli` stays for what only a new process shows: a
+    start without TensorFlow's chatter, kills, native output.)"""
+    from imgclf.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main([str(arg) for arg in args])
+        except SystemExit as exc:  # argparse's usage errors
+            code = exc.code
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
 
 
 def make_hostile_entries(folder):

@@ -2,6 +2,7 @@
 every image the same way in prediction, evaluation, export and serving (its metadata says how)."""
 
 import numpy as np
+import pytest
 from fastapi.testclient import TestClient
 
 from imgclf import TrainConfig, train
@@ -15,9 +16,10 @@ from imgclf.serve.app import create_app
 from conftest import make_image_folder
 
 
+@pytest.mark.slow  # a training and an export
 def test_a_padded_non_square_model_resizes_the_same_way_everywhere(tmp_path):
     # 20x40 images, trained at 16x24: squash, crop and pad give different pixels
-    data = make_image_folder(tmp_path / "images", per_class=340, size=(20, 40))
+    data = make_image_folder(tmp_path / "images", per_class=70, size=(20, 40))
     run = train(TrainConfig(data_dir=str(data), model="seed", epochs=1, image_size="16x24", resize="pad",
                             out=str(tmp_path / "run"), verbose=0))
     loaded = open_model(run / "best_model.keras")
@@ -31,7 +33,7 @@ def test_a_padded_non_square_model_resizes_the_same_way_everywhere(tmp_path):
     np.testing.assert_allclose([p for _, p in prediction.top], sorted(expected, reverse=True), atol=1e-6)
 
     report = evaluate(loaded, TrainConfig(data_dir=str(data)))
-    assert report["images"] == 1020
+    assert report["images"] == 210
 
     exported = export_model(run / "best_model.keras", "onnx", verbose=False)  # checked on the run's images
     assert exported.agreement == 1.0

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import keras
@@ -42,9 +43,9 @@ def test_every_format_matches_keras(exported, export_runs, recipe, fmt):
     report = exported[recipe, fmt]
     path = Path(report.path)
     assert path == default_path(export_runs[recipe] / "best_model.keras", fmt) and path.exists()
-    # 1,000 images: the whole validation split, then training images (same pixels in both runtimes)
-    assert report.images == 1000 and report.labelled_images == 1000
-    assert report.check_source == "the run's validation split (204), the run's training split (796)"
+    # the whole validation split, then training images (same pixels in both runtimes)
+    assert report.images == 210 and report.labelled_images == 210
+    assert report.check_source == "the run's validation split (42), the run's training split (168)"
     if fmt == "litert-int8":
         assert not int8_problems(report) and report.confident_images > 0
         assert report.export_accuracy is not None
@@ -160,7 +161,9 @@ def test_check_data_folder_gives_accuracy(export_runs, tmp_path):
     model_path = export_runs["seed"] / "best_model.keras"
     data = Path(json.loads((export_runs["seed"] / "config.json").read_text())["data_dir"])
     report = export_model(model_path, "onnx", tmp_path / "m.onnx", check_data=data, verbose=False)
-    assert report.check_source == str(data) and report.images == 1000
+    # --check-data's images first, then the run's, up to 1,000
+    assert report.check_source == f"{data} (210), the run's validation split (42), the run's training split (168)"
+    assert report.images == 420
     assert report.keras_accuracy == report.export_accuracy and report.keras_accuracy > 0.9
     assert (tmp_path / LABELS_FILE).exists()
 
@@ -204,7 +207,9 @@ def test_export_rejects_bad_paths(export_runs, tmp_path):
 
 @pytest.mark.slow
 def test_export_command_then_predict_with_the_export(export_runs, tmp_path):
-    from conftest import run_cli
+    """`imgclf export` in a new process (what it prints there, native output included), then
+    the command's other uses through its entry point."""
+    from conftest import run_cli, run_main
 
     run = tmp_path / "run"
     shutil.copytree(export_runs["seed"], run, ignore=shutil.ignore_patterns("*.onnx", "*.tflite", "*_savedmodel"))
@@ -214,12 +219,12 @@ def test_export_command_then_predict_with_the_export(export_runs, tmp_path):
     assert done.stderr == ""  # converters' and runtimes' native chatter filtered out
     image = next(Path(json.loads((run / "config.json").read_text())["data_dir"]).glob("red/*.png"))
     for artifact in ("best_model.onnx", "best_model.tflite"):
-        done = run_cli("predict", run / artifact, image)
+        done = run_main("predict", run / artifact, image)
         assert done.returncode == 0, done.stderr
         assert done.stdout.splitlines()[1].split()[1] == "red"
-    done = run_cli("export", run / "best_model.keras", "--format", "onnx", "litert", "--out", tmp_path / "x.onnx")
+    done = run_main("export", run / "best_model.keras", "--format", "onnx", "litert", "--out", tmp_path / "x.onnx")
     assert done.returncode == 1 and done.stderr.count("\n") == 1 and "one --format" in done.stderr
-    done = run_cli("export", run / "best_model.keras", "--format", "coreml")
+    done = run_main("export", run / "best_model.keras", "--format", "coreml")
     assert done.returncode == 2 and "invalid choice" in done.stderr
 
 
@@ -270,6 +275,7 @@ def test_int8_keeps_the_recipes_float_layers(exported):
         assert sum(t == schema.TensorType.INT8 for t in types.values()) > len(types) // 2  # mostly int8
 
 
+@pytest.mark.slow  # a training
 def test_run_on_a_built_in_dataset_checks_on_its_arrays(tmp_path, monkeypatch):
     """A run on CIFAR-10 through Keras lists array indices in split.csv: the check loads the
     dataset again (here a stand-in LoadedData, since Keras cannot download in tests)."""
@@ -278,7 +284,7 @@ def test_run_on_a_built_in_dataset_checks_on_its_arrays(tmp_path, monkeypatch):
     from imgclf.data.labelled import Images, LoadedData
 
     rng = np.random.default_rng(0)
-    labels = np.repeat(np.arange(3), 340).astype(np.int32)
+    labels = np.repeat(np.arange(3), 70).astype(np.int32)
     colors = np.array([(200, 40, 40), (40, 190, 40), (40, 40, 200)])
     pixels = np.clip(colors[labels][:, None, None, :] + rng.normal(0, 30, (len(labels), 16, 16, 3)), 0, 255)
     data = LoadedData(Images(labels, ["red", "green", "blue"], array=pixels.astype(np.uint8), size=(16, 16)),
@@ -287,7 +293,7 @@ def test_run_on_a_built_in_dataset_checks_on_its_arrays(tmp_path, monkeypatch):
     asked = []
     monkeypatch.setattr(imgclf.evaluation.evaluate, "load_data", lambda config: asked.append(config) or data)
     report = export_model(run / "best_model.keras", "onnx", verbose=False)
-    assert asked and asked[0].dataset == "cifar10" and report.images == 1000
+    assert asked and asked[0].dataset == "cifar10" and report.images == 210
     assert report.keras_accuracy is not None and report.agreement == 1.0
 
 
@@ -332,7 +338,25 @@ def test_check_images_found_from_another_folder(export_runs, monkeypatch, tmp_pa
     monkeypatch.chdir(tmp_path / "elsewhere")
     assert not Path(os.path.relpath(rows[1][0], data.parent)).exists()  # not found from here as written
     report = export_model(run / "best_model.keras", "onnx", verbose=False)
-    assert report.images == 1000 and report.agreement == 1.0
+    assert report.images == 210 and report.agreement == 1.0
+
+
+def test_check_images_are_capped_validation_split_first(export_runs, monkeypatch):
+    """At most MAX_CHECK_IMAGES (the README's 1,000): the whole validation split first, then a
+    stratified sample of the training split; or a sample of --check-data's. (Here the cap is
+    lowered to 100, below the run's 210 images.)"""
+    module = sys.modules[check_images.__module__]
+    assert module.MAX_CHECK_IMAGES == 1000
+    monkeypatch.setattr(module, "MAX_CHECK_IMAGES", 100)
+    monkeypatch.setattr(module, "MIN_CHECK_IMAGES", 50)
+    model_path = export_runs["seed"] / "best_model.keras"
+    loaded = load_model(model_path)
+    check = check_images(model_path, loaded, None)
+    assert check.source == "the run's validation split (42), the run's training split (58)"
+    assert len(check.pixels) == 100 and sorted(np.bincount(check.labels[42:])) == [19, 19, 20]
+    data = Path(json.loads((export_runs["seed"] / "config.json").read_text())["data_dir"])
+    check = check_images(model_path, loaded, data)
+    assert check.source == str(data) and len(check.pixels) == 100
 
 
 def test_the_cli_lists_the_export_formats():
@@ -341,6 +365,7 @@ def test_the_cli_lists_the_export_formats():
     assert EXPORT_FORMATS == FORMATS
 
 
+@pytest.mark.slow  # a training
 def test_a_small_run_exports_without_check_data(tmp_path, capsys):
     """150 images (30 for validation): the check takes the validation split, then the training
     split, then mirrored and shifted copies up to 200; every float format passes, and int8

@@ -18,13 +18,13 @@ from .conftest import BAD_REQUESTS, LIMITS, image_bytes
 
 
 @pytest.fixture(scope="module")
-def client(export_runs):
-    app = create_app(export_runs["seed"] / "best_model.keras", LIMITS)
+def client(trained_run):
+    app = create_app(trained_run / "best_model.keras", LIMITS)
     with TestClient(app) as client:
         yield client
 
 
-def test_health_metadata_page_and_docs(client, export_runs):
+def test_health_metadata_page_and_docs(client):
     assert client.get("/health").json()["status"] == "ok"
     info = client.get("/metadata").json()
     assert info["class_names"] == ["blue", "green", "red"] and info["image_size"] == [16, 16]
@@ -56,8 +56,8 @@ def test_predicts_one_and_several_images(client):
     assert len(answer.json()["predictions"][0]["top"]) == 3
 
 
-def test_probabilities_are_the_models(client, export_runs):
-    loaded = open_model(export_runs["seed"] / "best_model.keras")
+def test_probabilities_are_the_models(client, trained_run):
+    loaded = open_model(trained_run / "best_model.keras")
     content = image_bytes((120, 90, 60), fmt="PNG")
     expected = loaded.predict(np.asarray(Image.open(io.BytesIO(content)).convert("RGB"), np.float32)[None])[0]
     top = client.post("/predict", files={"files": ("x.png", content, "image/png")},
@@ -102,9 +102,9 @@ def test_an_unexpected_decoder_error_is_a_422(client, monkeypatch):
     assert answer.status_code == 422 and "cannot decode (error)" in answer.json()["detail"]
 
 
-def test_works_without_the_lifespan(export_runs):
+def test_works_without_the_lifespan(trained_run):
     """Mounted in another app, or in a client that skips startup: the batcher starts on first use."""
-    app = create_app(open_model(export_runs["seed"] / "best_model.keras"))
+    app = create_app(open_model(trained_run / "best_model.keras"))
     answer = TestClient(app).post("/predict", files={"files": ("r.png", image_bytes(), "image/png")})
     assert answer.status_code == 200 and answer.json()["predictions"][0]["top"][0]["label"] == "red"
 

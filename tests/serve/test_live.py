@@ -78,10 +78,10 @@ def test_several_workers(export_runs):
 
 
 def test_bad_model_file_fails_with_one_line(tmp_path):
-    from conftest import run_cli
+    from conftest import run_main
 
     (tmp_path / "model.onnx").write_bytes(b"junk")
-    done = run_cli("serve", tmp_path / "model.onnx", "--port", str(free_port()))
+    done = run_main("serve", tmp_path / "model.onnx", "--port", str(free_port()))
     assert done.returncode == 1 and done.stderr.count("\n") == 1 and "cannot load onnx model" in done.stderr
 
 
