@@ -1,21 +1,30 @@
 """Never lose a run: SIGKILL at random moments (some during a checkpoint write), resume,
-and get exactly the run an uninterrupted training gives; --deterministic reproducibility."""
+and get exactly the run an uninterrupted training gives; --deterministic reproducibility.
+
+With --deterministic, histories are compared exactly: that they are identical is what the
+README promises (deterministic ops, the whole state in the checkpoint, the data's order and
+augmentation a function of (seed, epoch) alone)."""
 
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
 import time
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 
+import keras
 import numpy as np
 import pytest
 
-from conftest import make_image_folder, read_csv, run_cli, write_backbone_weights
+from imgclf import TrainConfig, resume, train
 
-pytestmark = pytest.mark.slow  # trainings in subprocesses, killed and resumed
+from conftest import make_image_folder, read_csv, run_cli, run_main, write_backbone_weights
+
+pytestmark = pytest.mark.slow  # trainings, killed and resumed
 
 EPOCHS = 6
 # 48x48 images make the seed model's Dense layer large (0.6 M weights: a checkpoint of ~10 MB),
@@ -53,12 +62,18 @@ def start(args):
                             stderr=subprocess.DEVNULL, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
 
 
+def partial_checkpoints(run):
+    return set(run.glob(".checkpoint.npz.partial-*")) if run.exists() else set()
+
+
 def kill_during_checkpoint_write(process, run, nth):
-    """SIGKILL as soon as the nth write of checkpoint.npz has begun (its temporary file exists)."""
+    """SIGKILL as soon as this process's nth write of checkpoint.npz has begun (its temporary
+    file exists; those a killed process left before are not its own)."""
+    stale = partial_checkpoints(run)
     seen, writing = 0, False
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and process.poll() is None:
-        partial = any(run.glob(".checkpoint.npz.partial-*")) if run.exists() else False
+        partial = bool(partial_checkpoints(run) - stale)
         if partial and not writing:
             seen += 1
             if seen == nth:
@@ -80,64 +95,85 @@ def kill_after(process, run, seconds):
     process.wait()
 
 
+def assert_files_whole(run):
+    """Whatever a kill interrupted, every file already in the folder is complete."""
+    if (run / "history.csv").exists():
+        read_csv(run / "history.csv")
+    if (run / "checkpoint.npz").exists():
+        np.load(run / "checkpoint.npz")["meta"]
+    if (run / "best_model.keras").exists():
+        best_val_loss(run)
+
+
+def assert_resumes_to(run, expected, what):
+    result = run_cli("train", "--resume", run)
+    assert result.returncode == 0, f"{what}: {result.stderr[-3000:]}"
+    assert not list(run.glob(".*.partial-*")), "temporary files left behind"
+    got = history(run)
+    assert [row[0] for row in got] == [str(e) for e in range(1, EPOCHS + 1)]  # every epoch exactly once
+    assert got == expected, f"{what}: resumed history differs from the uninterrupted run"
+    losses = [float(row[3]) for row in got]
+    assert best_val_loss(run) == pytest.approx(min(losses), rel=1e-5)
+    assert json.loads((run / "metrics.json").read_text())["best_epoch"] == 1 + int(np.argmin(losses))
+
+
+def kill_at_random_moment(data, run, seconds, expected):
+    process = start(["train", "--data-dir", data, *TRAIN_ARGS, "--out", run])
+    kill_after(process, run, seconds)
+    assert process.returncode == -signal.SIGKILL, f"kill at {seconds:.1f} s: the run ended before the kill"
+    assert_files_whole(run)
+    assert_resumes_to(run, expected, f"killed at {seconds:.1f} s")
+
+
 def test_sigkill_at_random_moments_then_resume(data, uninterrupted, tmp_path):
+    """One run killed three times inside a checkpoint write (the first write of the fresh
+    process, so before any checkpoint was complete, then the second write of each resumed
+    one), and, meanwhile, fresh runs killed at random moments; each then resumed to the end."""
     expected = history(uninterrupted)
     assert [row[0] for row in expected] == [str(e) for e in range(1, EPOCHS + 1)]
     rng = random.Random(7)
     seconds = json.loads((uninterrupted / "metrics.json").read_text())["train_seconds"]  # loading included
-    trials = [("checkpoint", 1), ("checkpoint", 3), ("checkpoint", 5),
-              *[("time", rng.uniform(0.1, 0.9) * seconds) for _ in range(3)]]
-    killed_mid_write = 0
-    for i, (how, when) in enumerate(trials):
-        run = tmp_path / f"trial{i}"
-        process = start(["train", "--data-dir", data, *TRAIN_ARGS, "--out", run])
-        if how == "checkpoint":
-            assert kill_during_checkpoint_write(process, run, when), f"trial {i}: no checkpoint write seen"
-            killed_mid_write += any(run.glob(".checkpoint.npz.partial-*"))
-        else:
-            kill_after(process, run, when)
-        assert process.returncode == -signal.SIGKILL, f"trial {i}: the run ended before the kill"
-        # Whatever the kill interrupted, every file already in the folder is complete.
-        if (run / "history.csv").exists():
-            read_csv(run / "history.csv")
-        if (run / "checkpoint.npz").exists():
-            np.load(run / "checkpoint.npz")["meta"]
-        if (run / "best_model.keras").exists():
-            best_val_loss(run)
-
-        result = run_cli("train", "--resume", run)
-        assert result.returncode == 0, f"trial {i}: {result.stderr[-3000:]}"
-        assert not list(run.glob(".*.partial-*")), "temporary files left behind"
-        got = history(run)
-        assert [row[0] for row in got] == [str(e) for e in range(1, EPOCHS + 1)]  # every epoch exactly once
-        assert got == expected, f"trial {i} ({how} {when}): resumed history differs from the uninterrupted run"
-        losses = [float(row[3]) for row in got]
-        assert best_val_loss(run) == pytest.approx(min(losses), rel=1e-5)
-        assert json.loads((run / "metrics.json").read_text())["best_epoch"] == 1 + int(np.argmin(losses))
-    assert killed_mid_write >= 2, "fewer than two kills landed inside a checkpoint write"
+    moments = [rng.uniform(0.1, 0.9) * seconds for _ in range(2)]
+    with ThreadPoolExecutor(1) as pool:  # beside the other runs: this process only waits for them
+        timed = pool.submit(lambda: [kill_at_random_moment(data, tmp_path / f"killed_at{i}", when, expected)
+                                     for i, when in enumerate(moments)])
+        run = tmp_path / "killed_writing"
+        killed_mid_write = 0
+        for i, nth in enumerate((1, 2, 2)):  # at most 1 + 2 + 2 epochs done: the last resume still trains
+            args = ["train", "--resume", run] if i else ["train", "--data-dir", data, *TRAIN_ARGS, "--out", run]
+            process = start(args)
+            assert kill_during_checkpoint_write(process, run, nth), f"kill {i}: no checkpoint write seen"
+            assert process.returncode == -signal.SIGKILL, f"kill {i}: the run ended before the kill"
+            killed_mid_write += bool(partial_checkpoints(run))
+            assert_files_whole(run)
+        assert killed_mid_write >= 2, "fewer than two kills landed inside a checkpoint write"
+        assert_resumes_to(run, expected, "killed in checkpoint writes")
+        timed.result()
 
 
 def test_deterministic_runs_have_identical_histories(data, uninterrupted, tmp_path):
-    run = tmp_path / "again"
-    result = run_cli("train", "--data-dir", data, *TRAIN_ARGS, "--out", run)
+    """The same command again (here through the command's entry point, in this process)."""
+    result = run_main("train", "--data-dir", data, *TRAIN_ARGS, "--out", tmp_path / "again", "--quiet")
     assert result.returncode == 0, result.stderr[-3000:]
-    assert history(run) == history(uninterrupted)
-    assert len({row[3] for row in history(run)}) > 1  # the losses do move: not a frozen model
+    assert history(tmp_path / "again") == history(uninterrupted)
+    assert len({row[3] for row in history(uninterrupted)}) > 1  # the losses do move: not a frozen model
+
+
+def assert_clean_error(result, fragment):
+    assert result.returncode != 0 and "Traceback" not in result.stderr and fragment in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
 def test_resume_rejects_other_options_and_non_runs(tmp_path):
-    result = run_cli("train", "--resume", tmp_path, "--epochs", "3")
-    assert result.returncode != 0 and "--epochs" in result.stderr and "Traceback" not in result.stderr
-    result = run_cli("train", "--resume", tmp_path)
-    assert result.returncode != 0 and "not a run folder" in result.stderr and "Traceback" not in result.stderr
+    assert_clean_error(run_main("train", "--resume", tmp_path, "--epochs", "3"), "--epochs")
+    assert_clean_error(run_main("train", "--resume", tmp_path), "not a run folder")
 
 
 def test_resume_refuses_changed_data_and_finishes_a_completed_run(data, uninterrupted, tmp_path):
-    import shutil
-
     run = tmp_path / "copy"
     shutil.copytree(uninterrupted, run)
-    result = run_cli("train", "--resume", run)  # already complete: only the final evaluation runs again
+    keras.backend.clear_session()  # layer names restart, as in the fresh process that resumes a run
+    result = run_main("train", "--resume", run)  # already complete: only the final evaluation runs again
     assert result.returncode == 0, result.stderr[-3000:]
     assert history(run) == history(uninterrupted)
     assert json.loads((run / "metrics.json").read_text())["resumed_after_epoch"] == EPOCHS
@@ -147,57 +183,60 @@ def test_resume_refuses_changed_data_and_finishes_a_completed_run(data, uninterr
     next(changed.glob("red/*.png")).unlink()
     config = json.loads((run / "config.json").read_text())
     (run / "config.json").write_text(json.dumps({**config, "data_dir": str(changed)}))
-    result = run_cli("train", "--resume", run)
-    assert result.returncode != 0 and "data differs" in result.stderr and "Traceback" not in result.stderr
+    assert_clean_error(run_main("train", "--resume", run), "data differs")
+
+
+class CopyRunFolder(keras.callbacks.Callback):
+    """Copies the run folder as a SIGKILL right after the checkpoint of epoch k leaves it: at
+    the start of epoch k + 1, every file of epoch k is written (the checkpoint last)."""
+
+    def __init__(self, run, after, into):
+        super().__init__()
+        self.run, self.after, self.into = run, after, into
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch in self.after:
+            shutil.copytree(self.run, self.into / f"after{epoch}")
+
+
+def train_with_copies(config, after, into):
+    """The uninterrupted run and copies of its folder after the epochs `after` (a fresh
+    session each time, so that layer names are those a fresh process gives)."""
+    keras.backend.clear_session()
+    return train(config, extra_callbacks=[CopyRunFolder(config.out, after, into)])
+
+
+def resumed_history(run):
+    keras.backend.clear_session()
+    resume(run, verbose=0)
+    return history(run)
 
 
 def test_fast_recipe_resumes_exactly(tmp_path):
     """The fast recipe has more state (Muon and SGD momenta, a whitening bias that freezes
-    after a step count, a schedule by step): a kill after its first checkpoint, then --resume,
-    must still give the uninterrupted run's history."""
+    after a step count, a schedule by step): resumed after its first epoch, it must still give
+    the uninterrupted run's history. (Kills of real processes: the test above.)"""
     data = make_image_folder(tmp_path / "images", per_class=12)
-    args = ["--model", "fast", "--epochs", "3", "--image-size", "16", "--batch-size", "8", "--deterministic"]
-    whole = tmp_path / "whole"
-    result = run_cli("train", "--data-dir", data, *args, "--out", whole)
-    assert result.returncode == 0, result.stderr[-3000:]
-    run = tmp_path / "killed"
-    process = start(["train", "--data-dir", data, *args, "--out", run])
-    deadline = time.monotonic() + 240
-    while not (run / "checkpoint.npz").exists() and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.002)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert process.returncode == -signal.SIGKILL, "the run ended before the kill"
-    result = run_cli("train", "--resume", run)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert history(run) == history(whole)
+    config = TrainConfig(data_dir=str(data), model="fast", epochs=3, image_size=16, batch_size=8,
+                         deterministic=True, out=str(tmp_path / "whole"), verbose=0)
+    whole = train_with_copies(config, (1,), tmp_path)
+    assert resumed_history(tmp_path / "after1") == history(whole)
+    assert json.loads((tmp_path / "after1" / "metrics.json").read_text())["resumed_after_epoch"] == 1
 
 
 def test_fine_tuning_resumes_across_the_phase_change_and_mid_phase_two(tmp_path):
     """A pretrained backbone trains in two phases (frozen, then unfrozen with a new optimizer).
-    Killed while writing the checkpoint of epoch 2 (so resumed at the phase change) or of
-    epoch 3 (resumed in the middle of phase 2), --resume gives the uninterrupted history.
-    (The top 2 blocks unfrozen: a smaller training step to trace than all of them.)"""
-    from imgclf.run.folder import RunFolder
-
+    Resumed after epoch 1 (at the phase change) or epoch 2 (in the middle of phase 2), it
+    gives the uninterrupted history. (The top 2 blocks unfrozen: a smaller training step to
+    trace than all of them.)"""
     weights = write_backbone_weights(tmp_path / "backbone.weights.h5")
     data = make_image_folder(tmp_path / "images", per_class=16)
-    args = ["--model", "mobilenetv3small", "--weights", weights, "--epochs", "4", "--freeze-epochs", "1",
-            "--unfreeze", "2", "--image-size", "32", "--batch-size", "8", "--deterministic"]
-    whole = tmp_path / "whole"
-    result = run_cli("train", "--data-dir", data, *args, "--out", whole)
-    assert result.returncode == 0, result.stderr[-3000:]
-    expected = history(whole)
+    config = TrainConfig(data_dir=str(data), model="mobilenetv3small", weights=str(weights), epochs=4,
+                         freeze_epochs=1, unfreeze="2", image_size=32, batch_size=8, deterministic=True,
+                         out=str(tmp_path / "whole"), verbose=0)
+    expected = history(train_with_copies(config, (1, 2), tmp_path))
     assert len(expected) == 4 and len({row[8] for row in expected}) > 2  # two phases of step sizes
     assert float(expected[-1][1]) < float(expected[1][1])  # phase 2 learns: not a frozen model
-    for nth in (2, 3):
-        run = tmp_path / f"killed{nth}"
-        process = start(["train", "--data-dir", data, *args, "--out", run])
-        assert kill_during_checkpoint_write(process, run, nth), "no checkpoint write seen"
-        assert process.returncode == -signal.SIGKILL, "the run ended before the kill"
-        done = RunFolder(run).read_checkpoint()[0]["epoch"]
-        assert done in (nth - 1, nth)  # the kill landed in the write of epoch nth's checkpoint, or just after
-        result = run_cli("train", "--resume", run)
-        assert result.returncode == 0, result.stderr[-3000:]
-        assert f"resuming after epoch {done}" in result.stdout
-        assert history(run) == expected, f"resumed after epoch {done}: history differs"
+    for done in (1, 2):
+        assert resumed_history(tmp_path / f"after{done}") == expected, f"resumed after epoch {done}: history differs"
+        assert json.loads((tmp_path / f"after{done}" / "metrics.json").read_text())["resumed_after_epoch"] == done
