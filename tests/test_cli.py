@@ -1,10 +1,11 @@
-"""The real command line, end to end, in subprocesses."""
+"""The real command line, end to end: in subprocesses, or (`run_main`) through its entry point in this
+process where a new process would show nothing more."""
 
 import json
 
 import pytest
 
-from conftest import make_image_folder, read_csv, run_cli
+from conftest import make_image_folder, read_csv, run_cli, run_main
 
 
 def assert_clean_error(result, *fragments):
@@ -24,19 +25,19 @@ def test_train_predict_evaluate_end_to_end(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "epoch   2/2" in result.stdout and (run / "best_model.keras").is_file()
 
-    result = run_cli("predict", run / "best_model.keras", data / "red", str(data / "blue" / "*.png"),
-                     "--top-k", "2", "--output", tmp_path / "p.csv")
+    result = run_main("predict", run / "best_model.keras", data / "red", str(data / "blue" / "*.png"),
+                      "--top-k", "2", "--output", tmp_path / "p.csv")
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.splitlines()[0].split()[:3] == ["file", "class", "confidence"]
     rows = read_csv(tmp_path / "p.csv")
     assert len(rows) == 12 + 6 and {"file", "class", "confidence", "class_2"} <= set(rows[0])
 
-    result = run_cli("predict", run / "best_model.keras", data / "green" / "0.png", "--output", tmp_path / "p.json")
+    result = run_main("predict", run / "best_model.keras", data / "green" / "0.png", "--output", tmp_path / "p.json")
     assert result.returncode == 0
     (item,) = json.loads((tmp_path / "p.json").read_text())
     assert item["file"].endswith("0.png") and 0 <= item["confidence"] <= 1
 
-    result = run_cli("evaluate", run / "best_model.keras", "--data-dir", data, "--out", tmp_path / "eval")
+    result = run_main("evaluate", run / "best_model.keras", "--data-dir", data, "--out", tmp_path / "eval")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "accuracy" in result.stdout and "confusion matrix" in result.stdout
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
@@ -48,7 +49,7 @@ def test_train_predict_evaluate_end_to_end(tmp_path):
 def test_config_file_and_overrides_streamed_with_a_cache(tmp_path):
     data = make_image_folder(tmp_path / "data", per_class=5)
     (tmp_path / "c.json").write_text(json.dumps({"data_dir": str(data), "epochs": 5, "image_size": 16}))
-    result = run_cli("train", "--config", tmp_path / "c.json", "--epochs", "1", "--out", tmp_path / "run", "--quiet",
+    result = run_main("train", "--config", tmp_path / "c.json", "--epochs", "1", "--out", tmp_path / "run", "--quiet",
                      "--memory-limit-mb", "0", "--cache", tmp_path / "cache")
     assert result.returncode == 0, result.stderr[-3000:]
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
@@ -76,14 +77,14 @@ def test_config_file_and_overrides_streamed_with_a_cache(tmp_path):
     (lambda t: ["evaluate", t], "folder"),
 ])
 def test_bad_input_is_one_line_and_non_zero(tmp_path, make_args, fragment):
-    assert_clean_error(run_cli(*make_args(tmp_path)), fragment)
+    assert_clean_error(run_main(*make_args(tmp_path)), fragment)
 
 
 def test_predict_skips_and_names_bad_files(tmp_path, trained_run):
     folder = tmp_path / "mixed"
     make_image_folder(folder, per_class=2)
     (folder / "red" / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")
-    result = run_cli("predict", trained_run / "best_model.keras", folder)
+    result = run_main("predict", trained_run / "best_model.keras", folder)
     assert result.returncode == 0
     assert "broken.jpg" in result.stderr and "broken.jpg" not in result.stdout
     assert len(result.stdout.splitlines()) == 1 + 6
@@ -91,11 +92,12 @@ def test_predict_skips_and_names_bad_files(tmp_path, trained_run):
 
 def test_predict_with_nothing_usable_fails(tmp_path, trained_run):
     (tmp_path / "a.jpg").write_text("text")
-    result = run_cli("predict", trained_run / "best_model.keras", tmp_path / "a.jpg")
+    result = run_main("predict", trained_run / "best_model.keras", tmp_path / "a.jpg")
     assert_clean_error(result, "usable image")
     assert "a.jpg (not an image)" in result.stderr
 
 
+@pytest.mark.slow  # a new process: Keras reads KERAS_HOME when it is imported
 def test_cifar10_without_network_fails_fast_with_a_hint(tmp_path, monkeypatch):
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))
     monkeypatch.setenv("IMGCLF_CIFAR10_HOST", "cifar10.invalid")
@@ -141,4 +143,4 @@ def test_train_options_are_the_config_fields_and_serve_limits_configs():
     limits = ServeLimits()
     assert (serve.max_upload_mb, serve.max_images, serve.max_megapixels) == \
         (limits.max_body_mb, limits.max_images, limits.max_megapixels)
-    assert_clean_error(run_cli("serve", "model.keras", "--max-images", "0"), "images per request must be at least 1")
+    assert_clean_error(run_main("serve", "model.keras", "--max-images", "0"), "images per request must be at least 1")

@@ -14,7 +14,7 @@ import pytest
 from imgclf import DataError, TrainConfig, load_model, resume, train
 from imgclf.errors import StorageError, resource_error
 
-from conftest import make_image_folder, run_cli
+from conftest import make_image_folder, run_main
 
 
 class FullDisk:
@@ -72,6 +72,7 @@ def disk(tmp_path, monkeypatch):
     disk.close()
 
 
+@pytest.mark.slow  # a training, then its resume
 def test_disk_full_mid_run_keeps_every_file_whole_and_the_run_resumes(disk, tmp_path):
     data = make_image_folder(tmp_path / "images", per_class=8, size=(12, 12))
     run = disk.path / "run"
@@ -142,7 +143,7 @@ def test_resource_errors_are_one_line(exc, expected):
 
 def test_an_image_size_too_large_for_memory_is_refused_before_decoding(tmp_path):
     data = make_image_folder(tmp_path / "images", per_class=4, size=(12, 12))
-    result = run_cli("train", "--data-dir", data, "--image-size", "100000", "--out", tmp_path / "run", timeout=120)
+    result = run_main("train", "--data-dir", data, "--image-size", "100000", "--out", tmp_path / "run")
     assert result.returncode == 1 and "Traceback" not in result.stderr and "internal error" not in result.stderr
     assert "image_size 100000x100000" in result.stderr and "megapixels" in result.stderr
     assert not (tmp_path / "run").exists()

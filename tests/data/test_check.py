@@ -10,7 +10,7 @@ from PIL import Image
 
 from imgclf.data.check import check_data, format_check, quick_check
 
-from conftest import run_cli
+from conftest import run_main
 
 
 def pattern(rng, size=64):
@@ -59,15 +59,15 @@ def test_finds_duplicates_broken_files_and_a_class_of_one(planted):
 
 
 def test_cli_exit_status_table_and_json(planted, tmp_path):
-    result = run_cli("check-data", planted, "--json", tmp_path / "check.json")
+    result = run_main("check-data", planted, "--json", tmp_path / "check.json")
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert "problem: classes with fewer than 2 usable images" in result.stdout
     report = json.loads((tmp_path / "check.json").read_text())
     assert report["per_class"]["train"]["emu"] == 1 and len(report["exact_duplicates"]) == 2
     shutil.rmtree(planted / "emu")
-    result = run_cli("check-data", planted)
+    result = run_main("check-data", planted)
     assert result.returncode == 0 and "result: ok" in result.stdout, result.stdout[-2000:]
-    assert run_cli("check-data", tmp_path / "missing").returncode != 0
+    assert run_main("check-data", tmp_path / "missing").returncode != 0
 
 
 def test_identical_files_across_train_and_test(tmp_path):

@@ -11,7 +11,7 @@ from imgclf.evaluation.plots import history_figures
 from imgclf.evaluation.report import evaluation_figures, render, write_history_plots, write_reports
 from imgclf.run.folder import RunFolder
 
-from conftest import headless_chromium, run_cli
+from conftest import headless_chromium, run_main
 
 
 def test_report_opens_in_chromium_with_its_figures_and_tables(trained_run, tmp_path):
@@ -47,19 +47,19 @@ def test_report_opens_in_chromium_with_its_figures_and_tables(trained_run, tmp_p
 
 def test_report_command_and_evaluate_out_write_reports(trained_run, tmp_path):
     (trained_run / "report.html").rename(tmp_path / "old.html")
-    result = run_cli("report", trained_run)
+    result = run_main("report", trained_run)
     assert result.returncode == 0, result.stderr[-2000:]
     assert (trained_run / "report.html").stat().st_size > 10_000
     data = json.loads((trained_run / "data.json").read_text())
     out = tmp_path / "eval"
-    result = run_cli("evaluate", trained_run / "best_model.keras", "--data-dir", data["source"].split(" ", 1)[1],
-                     "--out", out)
+    result = run_main("evaluate", trained_run / "best_model.keras", "--data-dir", data["source"].split(" ", 1)[1],
+                      "--out", out)
     assert result.returncode == 0, result.stderr[-2000:]
     for name in ("report.html", "misclassified.csv", "reliability.png", "metrics.json"):
         assert (out / name).exists(), name
     metrics = json.loads((out / "metrics.json").read_text())
     assert {"top2_accuracy", "weighted", "calibration", "most_confused"} <= set(metrics)  # top-k: k < classes
-    assert run_cli("report", tmp_path / "nothing").returncode != 0
+    assert run_main("report", tmp_path / "nothing").returncode != 0
 
 
 def test_report_of_100_classes_stays_small():

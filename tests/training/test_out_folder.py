@@ -2,6 +2,7 @@
 one line, or with --overwrite moved aside whole, and the new run starts from nothing of it."""
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -10,19 +11,20 @@ import pytest
 from imgclf import ImgclfError, TrainConfig, train
 from imgclf.data.decode import file_hash
 
-from conftest import make_image_folder, run_cli
+from conftest import run_main
 
 
 @pytest.fixture
-def finished(tmp_path):
-    data = make_image_folder(tmp_path / "images", per_class=8, size=(12, 12))
-    run = train(TrainConfig(data_dir=str(data), epochs=1, image_size=12, out=str(tmp_path / "a"), verbose=0))
+def finished(trained_run, tmp_path):
+    """A copy of the shared finished run (its data, its folder, hashes of its main files)."""
+    run = shutil.copytree(trained_run, tmp_path / "a")
+    data = Path(json.loads((run / "config.json").read_text())["data_dir"])
     return data, run, {name: file_hash(run / name) for name in ("best_model.keras", "checkpoint.npz", "config.json")}
 
 
 def test_a_second_train_on_a_finished_run_is_refused_and_the_run_survives(finished, tmp_path):
     data, run, hashes = finished
-    result = run_cli("train", "--data-dir", data, "--epochs", "1", "--image-size", "12", "--out", run)
+    result = run_main("train", "--data-dir", data, "--epochs", "1", "--image-size", "12", "--out", run)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     lines = [line for line in result.stderr.splitlines() if line.startswith("imgclf:")]
     assert len(lines) == 1 and f"--resume {run}" in lines[0] and "--overwrite" in lines[0]
@@ -40,11 +42,18 @@ def test_a_folder_with_only_a_stale_checkpoint_is_a_run(tmp_path, finished):
     (reused / "checkpoint.npz").write_bytes((run / "checkpoint.npz").read_bytes())
     with pytest.raises(ImgclfError, match="checkpoint.npz"):
         train(TrainConfig(data_dir=str(data), epochs=1, image_size=12, out=str(reused), verbose=0))
-    (reused / "checkpoint.npz").unlink()
-    (reused / "notes.txt").write_text("mine")  # other files do not make a run
+
+
+@pytest.mark.slow  # a training
+def test_a_folder_with_other_files_is_not_a_run(tmp_path, finished):
+    data, _, _ = finished
+    reused = tmp_path / "reused"
+    reused.mkdir()
+    (reused / "notes.txt").write_text("mine")
     assert train(TrainConfig(data_dir=str(data), epochs=1, image_size=12, out=str(reused), verbose=0)) == reused
 
 
+@pytest.mark.slow  # a training
 def test_overwrite_moves_the_old_run_aside_and_starts_afresh(finished, tmp_path, capsys):
     data, run, hashes = finished
     (run / "best_model.onnx").write_bytes(b"an export of the old model")
