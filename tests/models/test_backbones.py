@@ -1,6 +1,7 @@
 """Pretrained backbones from keras.applications: every one builds, trains, saves, loads and
-predicts at two image sizes; --weights takes a file; offline ImageNet fails in one line;
-the two fine-tuning phases freeze what they should."""
+predicts at a size that is not square (square sizes: test_registry builds every recipe and
+predicts); --weights takes a file; offline ImageNet fails in one line; the two fine-tuning
+phases freeze what they should."""
 
 import os
 import subprocess
@@ -19,16 +20,17 @@ from imgclf.training.precision import compute_precision
 
 from conftest import make_image_folder, write_backbone_weights
 
-SIZES = [(32, 32), (40, 56)]  # square, and not square
+SIZE = (40, 56)  # not square: height and width must not be swapped anywhere
 
 
 def images(n, size, seed=0):
     return np.random.default_rng(seed).integers(0, 256, (n, *size, 3)).astype(np.float32)
 
 
-@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+@pytest.mark.slow  # a training step of each backbone (~20 s for convnexttiny)
 @pytest.mark.parametrize("name", BACKBONES)
-def test_backbone_builds_trains_saves_loads_predicts(name, size, tmp_path):
+def test_backbone_builds_trains_saves_loads_predicts(name, tmp_path):
+    size = SIZE
     keras.utils.set_random_seed(0)
     model = create_model(name, (*size, 3), 3, weights="none")
     assert model.input_shape == (None, *size, 3) and model.output_shape == (None, 3)
@@ -74,7 +76,7 @@ def test_weights_file_gives_the_source_backbone(tmp_path):
         np.testing.assert_array_equal(a, b)
     model.get_layer("classifier").set_weights(source.get_layer("classifier").get_weights())
     x = images(6, (48, 48), seed=2)
-    np.testing.assert_allclose(model.predict(x, verbose=0), source.predict(x, verbose=0), atol=1e-5)
+    np.testing.assert_allclose(model(x, training=False), source(x, training=False), atol=1e-5)
     fresh = create_model("mobilenetv3small", (48, 48, 3), 3, weights="none")
     assert not np.allclose(backbones.base_model(fresh)(x), source_base(x), atol=1e-3)
 
@@ -87,6 +89,7 @@ def test_a_wrong_weights_file_is_one_clear_error(tmp_path):
         create_model("efficientnetv2b0", (32, 32, 3), 3, weights=str(path))
 
 
+@pytest.mark.slow  # a new process (KERAS_HOME is read when Keras is imported)
 def test_offline_imagenet_fails_fast_with_one_line(tmp_path):
     """No network (a proxy that refuses, so this holds on machines with internet too) and an
     empty Keras cache: one line naming --weights PATH and the cache folder, non-zero exit."""
@@ -156,6 +159,7 @@ def test_auto_picks_from_data_size_image_size_and_weights(tmp_path, monkeypatch)
     assert pick_recipe(360, (96, 96), str(tmp_path / "x.h5"))[0] == "mobilenetv3large"
 
 
+@pytest.mark.slow  # converting a 100-layer network to ONNX
 def test_a_backbone_model_exports_and_matches_keras(tmp_path):
     """The export's inference copy goes inside the nested backbone too (float32 throughout,
     augmentation dropped): ONNX Runtime gives Keras' answers on 210 images."""

@@ -80,15 +80,16 @@ def test_whitening_bias_trains_then_freezes():
 @pytest.mark.slow
 @pytest.mark.skipif(not CIFAR10_TRAIN.is_dir(), reason="needs ../shared/datasets/cifar10/train")
 def test_fast_recipe_learns_a_cifar10_subset_quickly(tmp_path):
-    run = train(TrainConfig(model="fast", data_dir=str(CIFAR10_TRAIN), limit=2000, epochs=4, batch_size=128,
+    """1,000 real CIFAR-10 images, 4 epochs: far above chance (10%); 50-56% over seeds 42, 0, 1."""
+    run = train(TrainConfig(model="fast", data_dir=str(CIFAR10_TRAIN), limit=1000, epochs=4, batch_size=128,
                             out=str(tmp_path / "run"), verbose=0))
     metrics = json.loads((run / "metrics.json").read_text())
-    assert metrics["accuracy"] >= 0.40, metrics
+    assert metrics["images"] == 200 and metrics["accuracy"] >= 0.40, metrics
 
 
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory):
-    """A new user's folder: 450 photos of 3 classes at 160x120 (CIFAR-10 images upscaled)."""
+    """A new user's folder: 300 photos of 3 classes at 160x120 (CIFAR-10 images upscaled)."""
     from PIL import Image
 
     if not CIFAR10_TRAIN.is_dir():
@@ -97,28 +98,30 @@ def photos(tmp_path_factory):
     for name in ("airplane", "cat", "ship"):
         folder = root / name
         folder.mkdir(parents=True)
-        for i, path in enumerate(sorted((CIFAR10_TRAIN / name).iterdir())[:150]):
+        for i, path in enumerate(sorted((CIFAR10_TRAIN / name).iterdir())[:100]):
             Image.open(path).convert("RGB").resize((160, 120), Image.BICUBIC).save(folder / f"{i}.png")
     return root
 
 
 @pytest.mark.slow
 def test_auto_and_fast_train_stably_on_a_few_hundred_photos(photos, tmp_path, capsys, monkeypatch):
-    """Trained at 96 px. With CIFAR's batch of 1,000 (more than the 360 training images) the
-    fast recipe's loss went 1.09 -> 5.87. `--model auto`, on a machine without ImageNet
+    """Trained at 64 px. With CIFAR's batch of 1,000 (more than the 240 training images) the
+    fast recipe's loss rises (1.10 -> 1.74, 1.13 -> 2.19 at seeds 42 and 0; 1.09 -> 5.87 with
+    360 images at 96 px); with the fitted batch it falls and the accuracy reaches 72-77%
+    (seeds 42, 0, 1, 2). `--model auto`, on a machine without ImageNet
     weights (an empty Keras cache), says it picks `fast` and why; its run is exactly the
     `--model fast` run (same resolved configuration), so one training checks both."""
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
-    run = train(TrainConfig(model="auto", data_dir=str(photos), image_size=96, epochs=3,
+    run = train(TrainConfig(model="auto", data_dir=str(photos), image_size=64, epochs=3,
                             out=str(tmp_path / "run"), verbose=0))
     err = capsys.readouterr().err
     assert "--model auto: fast, because no ImageNet weights in" in err
     assert "was tuned for other data than this run's" in err
     config = json.loads((run / "config.json").read_text())
-    fast = resolve(TrainConfig(model="fast", data_dir=str(photos), image_size=96, epochs=3,
-                               out=str(tmp_path / "run"), verbose=0), 360).replace(precision=config["precision"])
+    fast = resolve(TrainConfig(model="fast", data_dir=str(photos), image_size=64, epochs=3,
+                               out=str(tmp_path / "run"), verbose=0), 240).replace(precision=config["precision"])
     assert config == fast.to_dict()
-    assert config["batch_size"] == 32  # fitted: 20 steps an epoch would need batches of 18
+    assert config["batch_size"] == 32  # fitted: 20 steps an epoch would need batches of 12
     loss = [float(row["loss"]) for row in read_csv(run / "history.csv")]
     assert loss[-1] < loss[0], loss
     assert json.loads((run / "metrics.json").read_text())["accuracy"] > 0.5, loss  # 3 classes: chance is 1/3
@@ -138,6 +141,7 @@ def test_precise_batchnorm_refreshes_running_statistics():
     assert not np.allclose(bn.moving_mean.numpy(), before)
 
 
+@pytest.mark.slow  # a new process
 def test_saved_fast_model_loads_in_a_fresh_process(tmp_path):
     """The custom layers are registered by imgclf's loader itself, not by having trained first."""
     import subprocess
