@@ -6,6 +6,7 @@ non-zero exit only when nothing usable remains."""
 import os
 import struct
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -126,34 +127,38 @@ def assert_names_every_bad_file(result, unusable):
 FAST = 120  # seconds: a command that opened a FIFO or /dev/zero would block far longer (for ever)
 
 
+def run_together(*commands):
+    """`imgclf` commands in processes side by side (this process only waits for them): their results."""
+    with ThreadPoolExecutor(len(commands)) as pool:
+        return list(pool.map(lambda args: run_cli(*args, timeout=FAST), commands))
+
+
 def test_train_predict_evaluate_check_data_survive_odd_files(odd_data, tmp_path):
     root, usable, unusable = odd_data
-    result = run_cli("check-data", root, "--no-near", timeout=FAST)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert_names_every_bad_file(result, unusable)
-
     run = tmp_path / "run"
-    result = run_cli("train", "--data-dir", root, "--epochs", "1", "--image-size", "16", "--out", run, timeout=FAST)
+    fifo = root / "red" / "pipe.jpg"  # given by name: refused, not opened
+    checked, result = run_together(["check-data", root, "--no-near"],
+                                   ["train", "--data-dir", root, "--epochs", "1", "--image-size", "16", "--out", run])
+    assert checked.returncode == 0, checked.stderr[-3000:]
+    assert_names_every_bad_file(checked, unusable)
     assert result.returncode == 0, result.stderr[-3000:]
     assert_names_every_bad_file(result, unusable)
     split = {row["item"] for row in read_csv(run / "split.csv")}
     assert {str(p) for p in usable} <= split and not {str(p) for p in unusable} & split
 
-    result = run_cli("predict", run / "best_model.keras", root, "--output", tmp_path / "p.csv", timeout=FAST)
+    result, evaluated, named = run_together(
+        ["predict", run / "best_model.keras", root, "--output", tmp_path / "p.csv"],
+        ["evaluate", run / "best_model.keras", "--data-dir", root, "--out", tmp_path / "eval"],
+        ["predict", run / "best_model.keras", fifo, root / "red" / "0.png"])
     assert result.returncode == 0, result.stderr[-3000:]
     assert_names_every_bad_file(result, unusable)
     predicted = {row["file"] for row in read_csv(tmp_path / "p.csv")}
     assert {str(p) for p in usable} <= predicted and not {str(p) for p in unusable} & predicted
 
-    result = run_cli("evaluate", run / "best_model.keras", "--data-dir", root, "--out", tmp_path / "eval",
-                     timeout=FAST)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert_names_every_bad_file(result, unusable)
-    assert ODD_CLASS in result.stdout
-
-    fifo = root / "red" / "pipe.jpg"  # given by name: refused, not opened
-    result = run_cli("predict", run / "best_model.keras", fifo, root / "red" / "0.png", timeout=FAST)
-    assert result.returncode == 0 and f"{fifo} (not a regular file: a named pipe)" in result.stderr
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    assert_names_every_bad_file(evaluated, unusable)
+    assert ODD_CLASS in evaluated.stdout
+    assert named.returncode == 0 and f"{fifo} (not a regular file: a named pipe)" in named.stderr
 
 
 def test_nothing_usable_is_a_clean_error(odd_data, tmp_path):
@@ -164,14 +169,15 @@ def test_nothing_usable_is_a_clean_error(odd_data, tmp_path):
         for path in (only_bad / name).iterdir():
             if path not in {only_bad / name / p.name for p in unusable}:
                 path.unlink()
-    result = run_cli("train", "--data-dir", only_bad, "--epochs", "1", "--out", tmp_path / "run")
-    assert result.returncode != 0 and "Traceback" not in result.stderr
-    assert "usable image" in result.stderr
     from imgclf.inference.modelio import save_model
     from imgclf.models.registry import create_model
 
     save_model(create_model("seed", (16, 16, 3), 2), tmp_path / "m.keras", ["a", "b"])
-    result = run_cli("predict", tmp_path / "m.keras", only_bad)
-    assert result.returncode != 0 and "Traceback" not in result.stderr and "usable image" in result.stderr
-    result = run_cli("evaluate", tmp_path / "m.keras", "--data-dir", only_bad, "--out", tmp_path / "eval")
-    assert result.returncode != 0 and "Traceback" not in result.stderr
+    trained, predicted, evaluated = run_together(
+        ["train", "--data-dir", only_bad, "--epochs", "1", "--out", tmp_path / "run"],
+        ["predict", tmp_path / "m.keras", only_bad],
+        ["evaluate", tmp_path / "m.keras", "--data-dir", only_bad, "--out", tmp_path / "eval"])
+    assert trained.returncode != 0 and "Traceback" not in trained.stderr
+    assert "usable image" in trained.stderr
+    assert predicted.returncode != 0 and "Traceback" not in predicted.stderr and "usable image" in predicted.stderr
+    assert evaluated.returncode != 0 and "Traceback" not in evaluated.stderr

@@ -3,6 +3,8 @@
 import subprocess
 import sys
 
+import pytest
+
 CHECK_STATE = """
 import matplotlib, pkgutil, importlib
 from PIL import Image, ImageFile
@@ -24,11 +26,13 @@ def run(code):
     return subprocess.run([sys.executable, "-c", "import sys\n" + code], capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow  # a new Python process
 def test_importing_imgclf_leaves_matplotlib_pillow_and_the_environment_alone():
     result = run(CHECK_STATE)
     assert result.returncode == 0, result.stderr[-3000:]
 
 
+@pytest.mark.slow  # a new Python process
 def test_importing_imgclf_loads_no_tensorflow_until_used():
     result = run("import imgclf\nassert 'tensorflow' not in sys.modules and 'keras' not in sys.modules\n"
                  "assert callable(imgclf.train) and 'keras' in sys.modules")

@@ -32,12 +32,14 @@ def test_split_file_matches_a_stratified_80_20_split(trained_run):
     assert sorted({r["class"] for r in val}) == ["blue", "green", "red"]
 
 
+@pytest.mark.slow
 def test_training_learns_a_separable_problem(tmp_path, image_folder):
     run = train(TrainConfig(data_dir=str(image_folder), epochs=6, image_size=16, batch_size=8,
                             out=str(tmp_path / "run"), verbose=0))
     assert json.loads((run / "metrics.json").read_text())["accuracy"] >= 0.9
 
 
+@pytest.mark.slow
 def test_several_steps_per_call_train_exactly_as_one(tmp_path, image_folder, monkeypatch):
     """The reference recipe runs up to 25 steps per graph call (a divisor of the epoch's
     steps); the batches, the updates and every logged number stay those of one step per call."""
@@ -63,6 +65,7 @@ def test_several_steps_per_call_train_exactly_as_one(tmp_path, image_folder, mon
     assert history == reference
 
 
+@pytest.mark.slow
 def test_train_on_all_uses_every_labelled_image_and_reports_on_test(tmp_path):
     from conftest import make_image_folder
 
@@ -89,6 +92,7 @@ def test_seed_model_learns_real_cifar10(tmp_path):
     assert metrics["accuracy"] >= 0.35, metrics
 
 
+@pytest.mark.slow
 def test_class_weight_balanced_is_kept_in_the_config(tmp_path, capsys):
     from imgclf.errors import DataError
 
