@@ -279,7 +279,7 @@ def test_int8_keeps_the_recipes_float_layers(exported):
 def test_run_on_a_built_in_dataset_checks_on_its_arrays(tmp_path, monkeypatch):
     """A run on CIFAR-10 through Keras lists array indices in split.csv: the check loads the
     dataset again (here a stand-in LoadedData, since Keras cannot download in tests)."""
-    import imgclf.evaluation.evaluate
+    import imgclf.run.folder
     from imgclf import TrainConfig, train
     from imgclf.data.labelled import Images, LoadedData
 
@@ -291,7 +291,7 @@ def test_run_on_a_built_in_dataset_checks_on_its_arrays(tmp_path, monkeypatch):
                       None, "arrays")
     run = train(TrainConfig(epochs=1, image_size=16, out=str(tmp_path / "run"), verbose=0), data=data)
     asked = []
-    monkeypatch.setattr(imgclf.evaluation.evaluate, "load_data", lambda config: asked.append(config) or data)
+    monkeypatch.setattr(imgclf.run.folder, "load_data", lambda config: asked.append(config) or data)
     report = export_model(run / "best_model.keras", "onnx", verbose=False)
     assert asked and asked[0].dataset == "cifar10" and report.images == 210
     assert report.keras_accuracy is not None and report.agreement == 1.0
@@ -414,7 +414,7 @@ def test_check_images_top_up_with_mirrored_and_shifted_copies():
 def test_int8_is_judged_on_accuracy_and_confident_agreement(case, problems, monkeypatch):
     """100 images: Keras' probabilities, and an 'int8 export' that flips the near ties (raw
     agreement 90%), plus one confident image, or two correct answers."""
-    from imgclf.export import writers as export
+    from imgclf.export import verify as export
     expected = np.tile([0.8, 0.15, 0.05], (100, 1))
     expected[:10] = [0.47, 0.46, 0.07]  # near ties: margin 0.01
     labels = np.zeros(100, int)
