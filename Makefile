@@ -37,7 +37,7 @@ browser:
 test: install browser
 	$(BIN)/python -m pytest $(ARGS)
 
-# Everything but the tests marked slow (trainings in subprocesses, notebooks, real CIFAR-10).
+# Everything but the tests marked slow (trainings, new processes, notebooks, real CIFAR-10).
 test-fast: install
 	$(BIN)/python -m pytest -m "not slow" $(ARGS)
 
