@@ -203,7 +203,7 @@ def test_two_worker_processes_train_one_model_and_resume_after_a_kill(tmp_path):
     assert len(history) == 4 and float(history[-1]["loss"]) < float(history[0]["loss"])
     # the other worker wrote nothing: not in its working folder, nothing left in its temporary one
     assert list((whole[1] / "cwd").iterdir()) == [] and list((whole[1] / "tmp").iterdir()) == []
-    # one model: the same weights on both workers, bit for bit
+    # one model: the same weights on both workers, bit for bit (both apply the same all-reduced gradients)
     weights = [np.load(folder / "record" / f"weights{i}.npz") for i, folder in enumerate(whole)]
     assert len(weights[0].files) == len(weights[1].files) > 0
     for key in weights[0].files:
