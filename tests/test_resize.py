@@ -44,4 +44,7 @@ def test_a_padded_non_square_model_resizes_the_same_way_everywhere(tmp_path):
         assert client.get("/metadata").json()["resize"] == "pad"
         with open(path, "rb") as handle:
             answer = client.post("/predict", files={"files": ("x.png", handle.read(), "image/png")}).json()
-        assert abs(answer["predictions"][0]["top"][0]["probability"] - float(expected.max())) < 1e-4
+        # the ONNX file's own answer on the padded pixels (float32; the .keras model may run in
+        # bfloat16, ~1e-3 apart unless its softmax saturates)
+        served = onnx.predict(padded[None].astype(np.float32))[0]
+        assert abs(answer["predictions"][0]["top"][0]["probability"] - float(served.max())) < 1e-5
