@@ -34,8 +34,12 @@ browser:
 	  $$SUDO apt-get update -q && $$SUDO apt-get install -y -q --no-install-recommends chromium chromium-driver; \
 	fi
 
+# Two pytest workers, a test file each at a time (its module fixtures built once): on average a
+# test keeps one core of two busy (TensorFlow's import, subprocesses, Python between the ops).
+TEST_WORKERS ?= 2
+
 test: install browser
-	$(BIN)/python -m pytest $(ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile $(ARGS)
 
 # Everything but the tests marked slow (trainings, new processes, notebooks, real CIFAR-10).
 test-fast: install
