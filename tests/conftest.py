@@ -35,6 +35,30 @@ def make_image_folder(root: Path, per_class: int = 16, size=(20, 24), classes=CO
     return root
 
 
+SQUARE_COLORS = {"red": (230, 30, 30), "green": (30, 210, 30), "blue": (40, 60, 230), "yellow": (230, 220, 30)}
+
+
+def make_square_folder(root: Path, per_class: int = 100, size: int = 32, square: int = 8,
+                       seed: int = 0) -> dict[str, tuple[int, int]]:
+    """One subfolder per class of grey noise images with one small square of the class's colour
+    at a random place: the classes differ only there. Returns {file path: (top, left)} of each
+    image's square."""
+    rng = np.random.default_rng(seed)
+    boxes = {}
+    for name, color in SQUARE_COLORS.items():
+        folder = root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            grey = rng.normal(120, 35, (size, size, 1)) + rng.normal(0, 6, (size, size, 3))
+            pixels = np.clip(grey, 0, 255)
+            top, left = (int(v) for v in rng.integers(0, size - square + 1, 2))
+            pixels[top:top + square, left:left + square] = np.array(color) + rng.normal(0, 8, (square, square, 3))
+            path = folder / f"{i}.png"
+            Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(path)
+            boxes[str(path)] = (top, left)
+    return boxes
+
+
 @pytest.fixture
 def image_folder(tmp_path: Path) -> Path:
     return make_image_folder(tmp_path / "images")

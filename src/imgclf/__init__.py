@@ -5,7 +5,8 @@ The Python API (the CLI and the notebooks call exactly these):
     from imgclf import TrainConfig, train, load_model, predict_files, evaluate
     run_dir = train(TrainConfig(data_dir="photos", epochs=5))
     model = load_model(run_dir / "best_model.keras")
-    predictions, skipped = predict_files(model, ["new_photos/"])
+    predictions, skipped = predict_files(model, ["new_photos/"], min_confidence=0.9)
+    explanations, skipped = explain_files(model, ["new_photos/"], "why/")  # Grad-CAM overlays
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ _LAZY = {
     "inference.predict": ("predict_files", "predict_probabilities"),
     "inference.runtimes": ("open_model",),
     "evaluation.evaluate": ("evaluate", "evaluate_images"),
+    "evaluation.calibrate": ("calibrate",),
+    "inference.explain": ("explain_files", "Explainer"),
     "data.sources": ("load_data",),
     "models.registry": ("create_model",),
     "export.writers": ("export_model",),
@@ -42,4 +45,5 @@ def __getattr__(name: str):
 
 __all__ = ["TrainConfig", "ImgclfError", "DataError", "ModelFileError", "train", "resume", "load_model",
            "save_model", "predict_files", "predict_probabilities", "evaluate", "evaluate_images",
-           "load_data", "create_model", "export_model", "open_model", "create_app"]
+           "load_data", "create_model", "export_model", "open_model", "create_app", "calibrate", "explain_files",
+           "Explainer"]

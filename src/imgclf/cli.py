@@ -1,4 +1,4 @@
-"""Command line: `imgclf train | predict | evaluate | export | serve | bench | bench-serve`.
+"""Command line: `imgclf train | predict | evaluate | calibrate | explain | export | serve | bench | ...`.
 It parses arguments, calls the Python API and prints; errors print one line and exit non-zero."""
 
 from __future__ import annotations
@@ -9,12 +9,13 @@ import os
 import re
 import sys
 import tempfile
+import time
 import typing
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from .config import BENCH_CONTENDERS, EXPORT_FORMATS, ServeLimits, TrainConfig
+from .config import BENCH_CONTENDERS, EXPORT_FORMATS, ServeLimits, TrainConfig, min_confidence_value
 from .errors import ImgclfError, resource_error
 from .models.recipes import BACKBONES, INIT_BACKBONE_LR, INIT_FREEZE_EPOCHS, RECIPE_DEFAULTS
 
@@ -24,6 +25,8 @@ EXIT_INTERRUPTED = 130  # Ctrl-C
 TTA_HELP = "test-time augmentation (average over the mirror image and 1-pixel shifts)"
 MODEL_HELP = "saved model (.keras) or an export of one (SavedModel folder, .onnx, .tflite)"
 UNSET = argparse.SUPPRESS  # option not given: leave the key out, so TrainConfig's default applies
+MIN_CONFIDENCE_HELP = ("answer 'uncertain' for images whose top probability is below P (0 < P < 1); the top "
+                       "classes are still listed")
 
 
 class Parser(argparse.ArgumentParser):
@@ -114,6 +117,7 @@ def build_parser() -> Parser:
     p.add_argument("--top-k", type=int, default=1, help="show the K most likely classes (default: %(default)s)")
     p.add_argument("--output", help="also write the predictions to a .csv or .json file")
     p.add_argument("--tta", action="store_true", help=TTA_HELP)
+    add_min_confidence(p)
     p.add_argument("--unsafe", action="store_true", help="allow model files that run code when loaded")
 
     p = commands.add_parser("evaluate", help="measure a saved model on labelled data",
@@ -123,6 +127,37 @@ def build_parser() -> Parser:
     p.add_argument("--out", help="folder for the report (report.html, metrics.json, per_class.csv, "
                                  "misclassified.csv, figures)")
     p.add_argument("--tta", action="store_true", help=TTA_HELP)
+    p.add_argument("--min-confidence", type=_argument_type(min_confidence_value), metavar="P",
+                   help="also measure answering 'uncertain' below top probability P: the share of images answered "
+                        "(coverage) and the accuracy on them")
+    p.add_argument("--target-accuracy", type=_argument_type(_target_accuracy), metavar="A",
+                   help="print the confidence threshold whose answers reach accuracy A on this data, and the "
+                        "coverage it leaves")
+    p.add_argument("--unsafe", action="store_true", help="allow model files that run code when loaded")
+
+    p = commands.add_parser("calibrate", help="calibrate a model's probabilities (temperature scaling)",
+                            description="Fit one temperature on labelled images (minimising the log-loss of "
+                                        "softmax(log p / T)) and write a new .keras model that includes it, so it "
+                                        "and every export of it give calibrated probabilities; the class ranking "
+                                        "never changes. Without --data-dir or --labels: the run's validation split.")
+    p.add_argument("model", help="saved model (.keras)")
+    add_config_options(p, DATA_KEYS)
+    p.add_argument("--out", help="the calibrated model (.keras; default: beside the input, "
+                                 "NAME.calibrated.keras); never the input itself")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.add_argument("--tta", action="store_true", help="fit to the test-time-augmented probabilities")
+    p.add_argument("--unsafe", action="store_true", help="allow model files that run code when loaded")
+
+    p = commands.add_parser("explain", help="Grad-CAM heatmaps: where in each image the model looked",
+                            description="For each image, the image with the Grad-CAM heatmap of the predicted class "
+                                        "(or --class) over it (NAME.gradcam.png), explanations.csv (the "
+                                        "predictions) and heatmaps.npz (the raw heatmaps at the model's input size, "
+                                        "keyed by file name).")
+    p.add_argument("model", help="saved model (.keras)")
+    p.add_argument("paths", nargs="+", help="image files, folders (recursive) or glob patterns")
+    p.add_argument("--out", required=True, help="folder for the overlays, explanations.csv and heatmaps.npz")
+    p.add_argument("--class", dest="class_name", metavar="NAME",
+                   help="explain this class instead of the predicted one")
     p.add_argument("--unsafe", action="store_true", help="allow model files that run code when loaded")
 
     p = commands.add_parser("report", help="write a run's HTML report (report.html) again",
@@ -171,6 +206,7 @@ def build_parser() -> Parser:
                    help="most images per request (default: %(default)s)")
     p.add_argument("--max-megapixels", type=float, default=limits.max_megapixels,
                    help="largest image accepted, in millions of pixels (default: %(default)s)")
+    add_min_confidence(p)
 
     p = commands.add_parser("bench-serve", help="benchmark prediction: every runtime in-process, and over HTTP",
                             description="Latency of one image in Keras predict, a compiled function, SavedModel, "
@@ -200,6 +236,21 @@ def build_parser() -> Parser:
                                                  "(default: the notebook's best)")
     p.add_argument("--out", default="bench_out", help="folder for bench.json (default: %(default)s)")
     return parser
+
+
+def add_min_confidence(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--min-confidence", type=_argument_type(min_confidence_value), metavar="P",
+                        help=MIN_CONFIDENCE_HELP)
+
+
+def _target_accuracy(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value <= 1:
+        raise ImgclfError(f"the target accuracy must be above 0 and at most 1 (got {text})")
+    return value
 
 
 # Lines TensorFlow's and LiteRT's C++ code print, before or regardless of any log level.
@@ -317,8 +368,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise ImgclfError(f"--output must end in .csv or .json (got {args.output})")
     with quiet_native_stderr():
         loaded = open_model(args.model, unsafe=args.unsafe)
-    predictions, skipped = predict_files(loaded, args.paths, top_k=args.top_k, tta=args.tta, verbose=1)
+    predictions, skipped = predict_files(loaded, args.paths, top_k=args.top_k, tta=args.tta, verbose=1,
+                                         min_confidence=args.min_confidence)
     print_predictions(predictions, args.top_k)
+    if args.min_confidence is not None:
+        unsure = sum(bool(p.uncertain) for p in predictions)
+        print(f"{unsure} of {len(predictions)} images uncertain (top probability below {args.min_confidence:g})")
     if args.output:
         write_predictions(args.output, predictions)
         print(f"wrote {args.output}")
@@ -327,17 +382,22 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def print_predictions(predictions, top_k: int) -> None:
     width = min(max(len(p.name) for p in predictions), 70)
-    cwidth = max(5, max(len(p.label) for p in predictions))
+    cwidth = max(5, max(len(_shown_class(p)) for p in predictions))
     header = f"{'file':<{width}}  {'class':<{cwidth}}  confidence"
     if top_k > 1:
         header += "  next most likely"
     print(header)
     for p in predictions:
         name = p.name if len(p.name) <= width else "..." + p.name[-(width - 3):]
-        line = f"{name:<{width}}  {p.label:<{cwidth}}  {p.confidence:10.4f}"
+        line = f"{name:<{width}}  {_shown_class(p):<{cwidth}}  {p.confidence:10.4f}"
         if top_k > 1:
             line += "  " + ", ".join(f"{c} {s:.4f}" for c, s in p.top[1:])
         print(line)
+
+
+def _shown_class(prediction) -> str:
+    """The answer, with the top class in brackets when it is "uncertain"."""
+    return f"{prediction.answer} ({prediction.label}?)" if prediction.uncertain else prediction.label
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -347,7 +407,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     config = _config_from_args(args, DATA_KEYS)
     with quiet_native_stderr():
         loaded = open_model(args.model, unsafe=args.unsafe)
-    report = evaluate(loaded, config, out=args.out, tta=args.tta, unsafe=args.unsafe)
+    report = evaluate(loaded, config, out=args.out, tta=args.tta, unsafe=args.unsafe,
+                      min_confidence=args.min_confidence, target_accuracy=args.target_accuracy)
     print(f"{report['source']}: {report['images']} images")
     print(f"accuracy {report['accuracy']:.4f}  f1 {report['f1']:.4f}  precision {report['precision']:.4f}  "
           f"recall {report['recall']:.4f}  loss {report['loss']:.4f}")
@@ -356,6 +417,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     top = [f"{key.replace('_', ' ')} {value:.4f}" for key, value in analysis.items() if key.startswith("top")]
     print("  ".join([*top, f"weighted f1 {weighted['f1']:.4f}  precision {weighted['precision']:.4f}  "
                      f"recall {weighted['recall']:.4f}", f"ECE {analysis['calibration']['ece']:.4f}"]))
+    print_calibration(report)
+    print_selective(analysis["selective"])
     width = max(5, max(len(c["class"]) for c in report["per_class"]))
     print(f"{'class':<{width}}  precision  recall      f1  support")
     for c in report["per_class"]:
@@ -372,6 +435,65 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                                             for p in analysis["most_confused"][:5]))
     if args.out:
         print(f"wrote {args.out} (report.html, misclassified.csv: {len(analysis['misclassified'])} images)")
+    return 0
+
+
+def print_calibration(report: dict) -> None:
+    calib, before = report["analysis"]["calibration"], report["analysis"].get("uncalibrated")
+    if before is None:
+        print(f"calibration: ECE {calib['ece']:.4f}, NLL {report['loss']:.4f}, mean confidence "
+              f"{calib['mean_confidence']:.4f} (no temperature in the model: imgclf calibrate fits one)")
+        return
+    print(f"calibration: temperature {report['temperature']:.4f}; ECE {before['ece']:.4f} -> {calib['ece']:.4f}, "
+          f"NLL {before['nll']:.4f} -> {report['loss']:.4f}, mean confidence {before['mean_confidence']:.4f} -> "
+          f"{calib['mean_confidence']:.4f} (without -> with the temperature)")
+
+
+def print_selective(summary: dict) -> None:
+    row = summary.get("at_min_confidence")
+    if row:
+        accuracy = "no image answered" if row["accuracy"] is None else f"accuracy {row['accuracy']:.4f} on them"
+        print(f"min confidence {row['threshold']:g}: {row['answered']} images answered ({row['coverage']:.1%} "
+              f"coverage), {accuracy}; the rest uncertain")
+    target = summary.get("for_target")
+    if target:
+        if target["threshold"] is None:
+            print(f"target accuracy {target['target_accuracy']:g}: no confidence threshold reaches it on this data")
+        else:
+            print(f"target accuracy {target['target_accuracy']:g}: --min-confidence {target['threshold']:.6g} "
+                  f"answers {target['coverage']:.1%} of the images, with accuracy {target['accuracy']:.4f}")
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from .evaluation.calibrate import calibrate
+
+    given = any(getattr(args, key, None) for key in ("data_dir", "labels", "dataset"))
+    config = _config_from_args(args, DATA_KEYS) if given else None
+    with quiet_native_stderr():
+        out, calibration = calibrate(args.model, config, out=args.out, tta=args.tta, overwrite=args.overwrite,
+                                     unsafe=args.unsafe)
+    print(calibration.line())
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from .inference.explain import HEATMAPS_FILE, PREDICTIONS_FILE, explain_files
+    from .inference.runtimes import open_model
+
+    with quiet_native_stderr():
+        loaded = open_model(args.model, unsafe=args.unsafe)
+    started = time.perf_counter()
+    explanations, skipped = explain_files(loaded, args.paths, args.out, class_name=args.class_name, verbose=1)
+    seconds = time.perf_counter() - started
+    width = min(max(len(e.name) for e in explanations), 70)
+    print(f"{'file':<{width}}  class  confidence  overlay")
+    for e in explanations:
+        name = e.name if len(e.name) <= width else "..." + e.name[-(width - 3):]
+        print(f"{name:<{width}}  {e.predicted}  {e.confidence:.4f}  {e.overlay}"
+              + ("" if e.explained == e.predicted else f" (heatmap of {e.explained})"))
+    print(f"wrote {len(explanations)} overlays, {PREDICTIONS_FILE} and {HEATMAPS_FILE} to {args.out} "
+          f"({seconds:.1f} s)")
     return 0
 
 
@@ -435,7 +557,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         from .inference.runtimes import open_model
 
         loaded = open_model(args.model)  # a bad model file fails here, with one line
-    serve(loaded if args.workers == 1 else args.model, args.host, args.port, args.workers, limits)
+    serve(loaded if args.workers == 1 else args.model, args.host, args.port, args.workers, limits,
+          min_confidence=args.min_confidence)
     return 0
 
 
@@ -468,7 +591,7 @@ def _needs_tensorflow(args: argparse.Namespace) -> bool:
 
 COMMANDS = {"train": cmd_train, "predict": cmd_predict, "evaluate": cmd_evaluate, "export": cmd_export,
             "serve": cmd_serve, "bench": cmd_bench, "bench-serve": cmd_bench_serve, "report": cmd_report,
-            "check-data": cmd_check_data}
+            "check-data": cmd_check_data, "calibrate": cmd_calibrate, "explain": cmd_explain}
 
 
 def _model_defaults(key: str) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import re
 import types
 import typing
@@ -33,6 +34,7 @@ DISTRIBUTE_MODES = (AUTO, "none", "mirrored", "multi-worker")  # training/distri
 WEIGHT_CHOICES = ("imagenet", "none")  # --weights of the pretrained backbones, besides a weights file
 EXPORT_FORMATS = ("savedmodel", "onnx", "litert", "litert-int8")  # export/writers.py
 BENCH_CONTENDERS = ("notebook", "reference", "fast")  # imgclf bench (bench/train.py)
+CALIBRATIONS = ("temperature", "none")  # --calibrate: how the kept model's probabilities are calibrated
 MAX_IMAGE_PIXELS = 64_000_000  # refuse decompression bombs: a tiny file that expands to gigapixels
 MIN_IMAGE_SIDE = 8  # pixels: the smallest image any recipe takes
 
@@ -118,6 +120,10 @@ class TrainConfig:
               "'{{\"cat\": 3}}'; config.json keeps the weights used", metavar="balanced|none|JSON")
     tta: bool = _option(False, "final evaluation with test-time augmentation (mirror image and 1-pixel shifts)")
     train_on_all: bool = _option(False, "no validation split: train on all labelled data, monitor on the test split")
+    calibrate: str = _option("temperature", "calibrate the kept model's probabilities at the end: temperature "
+                                            "(one temperature fitted on the validation split, put into the model) "
+                                            "or none; --train-on-all has no validation split and skips it "
+                                            "(default: {default})", choices=CALIBRATIONS)
     # --- output ---
     out: str | None = _option(None, "run folder (default: runs/<model>-<time>); one that holds a run is refused "
                                     "(see --resume and --overwrite)")
@@ -219,11 +225,24 @@ class TrainConfig:
             problems.append(f"verbose must be 0 or 1 (got {self.verbose})")
         if self.distribute not in DISTRIBUTE_MODES:
             problems.append(f"distribute must be one of {', '.join(DISTRIBUTE_MODES)} (got {self.distribute!r})")
+        if self.calibrate not in CALIBRATIONS:
+            problems.append(f"calibrate must be one of {', '.join(CALIBRATIONS)} (got {self.calibrate!r})")
         if self.precision not in PRECISIONS:
             problems.append(f"precision must be one of {', '.join(PRECISIONS)} (got {self.precision!r})")
         if self.data_dir is not None and self.labels is not None:
             problems.append("give either data_dir or labels, not both")
         return problems
+
+
+def min_confidence_value(text: str | float) -> float:
+    """--min-confidence: a probability strictly between 0 and 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0.0 < value < 1.0:
+        raise ImgclfError(f"min_confidence must be a probability between 0 and 1, exclusive (got {text})")
+    return value
 
 
 def model_data_config(config: TrainConfig, loaded) -> TrainConfig:

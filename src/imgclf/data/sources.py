@@ -171,3 +171,12 @@ def load_files(
         size=size,
         resize=config.resize,
     )
+
+
+def evaluation_images(config: TrainConfig) -> tuple[Images, str]:
+    """The images to evaluate (or calibrate) on: a source's test split when it has one, else
+    all of it; and where they come from."""
+    data = load_data(config)
+    if data.test is not None:
+        return data.test, f"{data.source}, test split"
+    return data.labelled, data.source

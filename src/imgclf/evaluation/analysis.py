@@ -14,6 +14,8 @@ from __future__ import annotations
 import numpy as np
 from matplotlib.figure import Figure
 
+from ..inference.predict import answered
+
 CALIBRATION_BINS = 15  # equal-width confidence bins of the ECE and the reliability diagram
 TOP_K = 5  # top-k accuracy reported besides top-1: k = 5, or one less than the classes when fewer
 CONFUSED_PAIRS = 10  # most-confused pairs listed
@@ -77,6 +79,57 @@ def calibration(labels: np.ndarray, probs: np.ndarray, bins: int = CALIBRATION_B
             "accuracy": float(correct.mean())}
 
 
+THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)  # the selective-prediction table's confidence thresholds
+CURVE_POINTS = 101  # coverage-accuracy curve: points kept in JSON (evenly spaced in coverage)
+
+
+def selective(labels: np.ndarray, probs: np.ndarray, min_confidence: float) -> dict:
+    """Coverage (share of images answered) and accuracy on the answered ones at a threshold."""
+    keep = answered(probs, min_confidence)
+    correct = probs.argmax(axis=1) == np.asarray(labels)
+    return {"threshold": float(min_confidence), "coverage": float(keep.mean()) if len(keep) else 0.0,
+            "answered": int(keep.sum()), "accuracy": float(correct[keep].mean()) if keep.any() else None}
+
+
+def coverage_curve(labels: np.ndarray, probs: np.ndarray) -> dict:
+    """The selective-prediction curve: for every threshold (each distinct top probability, most
+    confident first) the coverage it leaves and the accuracy on what it answers."""
+    confidence = probs.max(axis=1)
+    order = np.argsort(-confidence, kind="stable")
+    correct = (probs.argmax(axis=1) == np.asarray(labels))[order]
+    sorted_conf = confidence[order]
+    last = np.flatnonzero(np.r_[sorted_conf[1:] != sorted_conf[:-1], True])  # end of each tie group
+    answered_n = last + 1
+    return {"threshold": sorted_conf[last], "coverage": answered_n / len(probs),
+            "accuracy": np.cumsum(correct)[last] / answered_n}
+
+
+def threshold_for(labels: np.ndarray, probs: np.ndarray, target_accuracy: float) -> dict | None:
+    """The lowest threshold (the most images answered) whose answers reach `target_accuracy`,
+    with its coverage and accuracy; None when no threshold does."""
+    if not len(probs):
+        return None
+    curve = coverage_curve(labels, probs)
+    reached = np.flatnonzero(curve["accuracy"] >= target_accuracy)
+    if not len(reached):
+        return None
+    i = reached[-1]
+    return {"target_accuracy": float(target_accuracy), "threshold": float(curve["threshold"][i]),
+            "coverage": float(curve["coverage"][i]), "accuracy": float(curve["accuracy"][i])}
+
+
+def selective_summary(labels: np.ndarray, probs: np.ndarray) -> dict:
+    """The coverage-accuracy curve (CURVE_POINTS points) and the table at THRESHOLDS."""
+    if not len(probs):
+        return {"curve": [], "thresholds": []}
+    curve = coverage_curve(labels, probs)
+    picks = np.unique(np.searchsorted(curve["coverage"], np.linspace(0, 1, CURVE_POINTS)[1:], side="left")
+                      .clip(0, len(curve["coverage"]) - 1))
+    return {"curve": [{"threshold": float(curve["threshold"][i]), "coverage": float(curve["coverage"][i]),
+                       "accuracy": float(curve["accuracy"][i])} for i in picks],
+            "thresholds": [selective(labels, probs, t) for t in THRESHOLDS]}
+
+
 def losses(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
     """Per-image cross-entropy (what the model's loss averages)."""
     return -np.log(np.clip(probs[np.arange(len(probs)), np.asarray(labels)], EPSILON, 1.0))
@@ -102,6 +155,7 @@ def analyse(labels: np.ndarray, probs: np.ndarray, matrix: np.ndarray, per_class
         "weighted": weighted_averages(per_class),
         "most_confused": most_confused(matrix, class_names),
         "calibration": calibration(labels, probs),
+        "selective": selective_summary(labels, probs),
         "misclassified": misclassified(names, labels, probs, class_names),
     }
 
@@ -123,9 +177,29 @@ def reliability_figure(calib: dict) -> Figure:
     return fig
 
 
-def top_losses_figure(pixels: np.ndarray, rows: list[dict], n: int = GRID_IMAGES) -> Figure:
+def coverage_figure(summary: dict) -> Figure:
+    """Accuracy on the images answered against the share answered (coverage), as the
+    confidence threshold rises: how many images the model can be trusted with alone."""
+    fig = Figure(figsize=(5, 4), layout="tight")
+    ax = fig.subplots()
+    curve = summary["curve"]
+    ax.plot([p["coverage"] for p in curve], [p["accuracy"] for p in curve], color="#4c72b0")
+    for row in summary["thresholds"]:
+        if row["answered"]:
+            ax.plot(row["coverage"], row["accuracy"], "o", color="#dd8452", markersize=4)
+            ax.annotate(f"{row['threshold']:g}", (row["coverage"], row["accuracy"]), fontsize=7,
+                        textcoords="offset points", xytext=(3, -9))
+    ax.set(xlabel="coverage (share of images answered)", ylabel="accuracy on the answered images",
+           xlim=(0, 1.02), title="Selective prediction (dots: confidence thresholds)")
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def top_losses_figure(pixels: np.ndarray, rows: list[dict], n: int = GRID_IMAGES,
+                      heatmaps: np.ndarray | None = None) -> Figure:
     """The `n` highest-loss misclassified images in a grid, each titled true / predicted
-    (confidence) and its loss. `pixels`: uint8 (len(rows), H, W, 3), in the rows' order."""
+    (confidence) and its loss. `pixels`: uint8 (len(rows), H, W, 3), in the rows' order;
+    `heatmaps` (len(rows), H, W): Grad-CAM of the predicted class, drawn over each image."""
     n = min(n, len(rows))
     cols = min(4, max(n, 1))
     lines = max(1, -(-n // cols))
@@ -133,10 +207,14 @@ def top_losses_figure(pixels: np.ndarray, rows: list[dict], n: int = GRID_IMAGES
     axes = np.atleast_1d(fig.subplots(lines, cols)).ravel()
     for ax in axes:
         ax.axis("off")
-    for ax, image, row in zip(axes, pixels[:n], rows[:n]):
+    for i, (ax, image, row) in enumerate(zip(axes, pixels[:n], rows[:n])):
         ax.imshow(image)
+        if heatmaps is not None:
+            ax.imshow(heatmaps[i], cmap="jet", alpha=0.45, vmin=0, vmax=1, interpolation="bilinear")
         ax.set_title(f"true: {row['true'][:18]}\npred: {row['predicted'][:18]} ({row['confidence']:.2f})\n"
                      f"loss {row['loss']:.2f}", fontsize=8)
     if not n:
         axes[0].text(0.5, 0.5, "no misclassified images", ha="center", va="center")
+    elif heatmaps is not None:
+        fig.suptitle("Grad-CAM of the predicted class: red is what it looked at most", fontsize=9)
     return fig

@@ -11,13 +11,14 @@ import numpy as np
 from ..config import TrainConfig, model_data_config
 from ..data.decode import decode_paths
 from ..data.labelled import Images
-from ..data.sources import load_data
-from ..errors import DataError
+from ..data.sources import evaluation_images
+from ..errors import DataError, ModelFileError
 from ..inference.modelio import LoadedModel
-from ..inference.predict import PREDICT_BATCH, image_probabilities
+from ..inference.predict import PREDICT_BATCH, check_min_confidence, combine_views, image_views
 from ..inference.runtimes import open_model
-from ..run.folder import RunFolder, split_images
-from .analysis import GRID_IMAGES, analyse
+from ..run.folder import METRICS, RunFolder, split_images
+from .analysis import GRID_IMAGES, analyse, selective, threshold_for
+from .calibrate import figures, scale
 from .metrics import confusion_matrix, summarize
 from .report import write_html_report, write_reports
 
@@ -25,15 +26,21 @@ EPSILON = 1e-7  # probability floor in the log-loss, as Keras' cross-entropy cli
 REPORT_KEYS = ("loss", "accuracy", "f1", "precision", "recall", "images")  # the headline figures
 
 
-def evaluate_images(loaded: LoadedModel, images: Images, *, tta: bool = False,
-                    batch_size: int = PREDICT_BATCH) -> dict:
+def evaluate_images(loaded: LoadedModel, images: Images, *, tta: bool = False, batch_size: int = PREDICT_BATCH,
+                    min_confidence: float | None = None, target_accuracy: float | None = None) -> dict:
     """Accuracy, macro and per-class precision/recall/F1, loss, the confusion matrix, and the
     error analysis (`analysis.analyse`: top-k, weighted averages, most-confused pairs,
-    calibration, the misclassified images)."""
+    calibration, selective prediction, the misclassified images). A calibrated model's
+    figures without its temperature are under analysis["uncalibrated"]; `min_confidence` and
+    `target_accuracy` add selective prediction at that threshold / for that accuracy."""
     if len(images) == 0:
         raise DataError("no images to evaluate")
+    check_min_confidence(min_confidence)
+    if target_accuracy is not None and not 0 < target_accuracy <= 1:
+        raise DataError(f"target accuracy must be above 0 and at most 1 (got {target_accuracy})")
     images = images.with_classes(loaded.class_names)
-    probs = image_probabilities(loaded, images, tta=tta, batch_size=batch_size)
+    views = image_views(loaded, images, tta=tta, batch_size=batch_size)
+    probs = combine_views(views)
     predicted = probs.argmax(axis=1)
     matrix = confusion_matrix(images.labels, predicted, len(loaded.class_names))
     result = summarize(matrix, loaded.class_names)
@@ -42,7 +49,18 @@ def evaluate_images(loaded: LoadedModel, images: Images, *, tta: bool = False,
     result["confusion_matrix"] = matrix.tolist()
     result["class_names"] = list(loaded.class_names)
     result["tta"] = tta
-    result["analysis"] = analyse(images.labels, probs, matrix, result["per_class"], loaded.class_names, images.names())
+    analysis = analyse(images.labels, probs, matrix, result["per_class"], loaded.class_names, images.names())
+    temperature = loaded.temperature
+    result["temperature"] = temperature
+    if temperature != 1.0:  # the same images through the model without its temperature
+        analysis["uncalibrated"] = figures(images.labels, combine_views(
+            [(weight, scale(view, 1 / temperature)) for weight, view in views]))
+    if min_confidence is not None:
+        analysis["selective"]["at_min_confidence"] = selective(images.labels, probs, min_confidence)
+    if target_accuracy is not None:
+        analysis["selective"]["for_target"] = threshold_for(images.labels, probs, target_accuracy) or {
+            "target_accuracy": target_accuracy, "threshold": None}
+    result["analysis"] = analysis
     return result
 
 
@@ -61,27 +79,38 @@ def top_loss_pixels(images: Images, report: dict, n: int = GRID_IMAGES) -> np.nd
     return decode_paths([images.paths[i] for i in index], images.size, resize=images.resize).pixels
 
 
-def evaluation_images(config: TrainConfig) -> tuple[Images, str]:
-    """The images to evaluate on: a source's test split when it has one, else all of it."""
-    data = load_data(config)
-    if data.test is not None:
-        return data.test, f"{data.source}, test split"
-    return data.labelled, data.source
+def top_loss_heatmaps(loaded: LoadedModel, pixels: np.ndarray, report: dict) -> np.ndarray | None:
+    """Grad-CAM heatmaps of the predicted class over the highest-loss images (`pixels`, in the
+    order of the misclassified rows); None for an export (no gradients) or a model Grad-CAM
+    cannot explain."""
+    from ..inference.explain import Explainer
+
+    if loaded.model is None or not len(pixels):
+        return None
+    try:
+        explainer = Explainer(loaded)
+    except ModelFileError:
+        return None
+    rows = report["analysis"]["misclassified"][:len(pixels)]
+    classes = np.array([loaded.class_names.index(row["predicted"]) for row in rows], np.int32)
+    return explainer.heatmaps(pixels, classes)[0]
 
 
 def evaluate(model: str | Path | LoadedModel, config: TrainConfig, *, out: str | Path | None = None,
-             tta: bool = False, unsafe: bool = False) -> dict:
+             tta: bool = False, unsafe: bool = False, min_confidence: float | None = None,
+             target_accuracy: float | None = None) -> dict:
     """Evaluate `model` on the data `config` points at; with `out`, write a report folder
     (metrics.json, the per-class and misclassified tables, figures, report.html)."""
     loaded = model if isinstance(model, LoadedModel) else open_model(model, unsafe=unsafe)
     config = model_data_config(config, loaded)
     images, source = evaluation_images(config)
-    report = evaluate_images(loaded, images, tta=tta)
+    report = evaluate_images(loaded, images, tta=tta, min_confidence=min_confidence, target_accuracy=target_accuracy)
     report["source"] = source
     report["skipped_files"] = len(images.skipped)
     if out is not None:
         folder = RunFolder(out)
-        write_reports(folder, report, top_pixels=top_loss_pixels(images, report))
+        pixels = top_loss_pixels(images, report)
+        write_reports(folder, report, top_pixels=pixels, top_heatmaps=top_loss_heatmaps(loaded, pixels, report))
         folder.write_metrics({**{k: v for k, v in report.items() if k not in ("per_class", "confusion_matrix",
                                                                              "analysis")},
                               **summary_metrics(report)})
@@ -107,6 +136,9 @@ def write_run_report(run_dir: str | Path, *, unsafe: bool = False) -> Path:
         images, source = split_images(run.path, loaded, "val"), "the run's validation split"
     prefix = "test_" if config.train_on_all else ""
     report = report_kept_model(run, loaded, images, tta=config.tta, prefix=prefix, source=source)
+    fitted = (run.read_json(METRICS) or {}).get("calibration")
+    if fitted:  # how training calibrated the model: on which images
+        report["calibration"] = fitted
     return write_html_report(run, report, title=f"{config.model} run {run.path.name}", prefix=prefix)
 
 
@@ -118,5 +150,6 @@ def report_kept_model(run: RunFolder, loaded: LoadedModel, images: Images, *, tt
     report = evaluate_images(loaded, images, tta=tta)
     if source is not None:
         report["source"] = source
-    write_reports(run, report, prefix=prefix, top_pixels=top_loss_pixels(images, report))
+    pixels = top_loss_pixels(images, report)
+    write_reports(run, report, prefix=prefix, top_pixels=pixels, top_heatmaps=top_loss_heatmaps(loaded, pixels, report))
     return report

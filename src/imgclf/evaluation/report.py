@@ -20,6 +20,7 @@ from ..run.folder import (
     CONFIG,
     CONFUSION_CSV,
     CONFUSION_PNG,
+    COVERAGE_PNG,
     DATA,
     ENVIRONMENT,
     HISTORY_PNGS,
@@ -67,31 +68,36 @@ document.querySelectorAll('table.sortable').forEach(function (table) {
 """
 
 
-def evaluation_figures(report: dict, top_pixels=None) -> dict[str, Figure]:
+def evaluation_figures(report: dict, top_pixels=None, top_heatmaps=None) -> dict[str, Figure]:
     """The figures of an evaluation report: confusion matrix, and with its analysis the
-    reliability diagram and the highest-loss images (`top_pixels`: uint8, in the order of
-    the misclassified rows)."""
+    reliability diagram, the coverage-accuracy curve and the highest-loss images
+    (`top_pixels`: uint8, in the order of the misclassified rows; `top_heatmaps`: their
+    Grad-CAM heatmaps, drawn over them)."""
     import numpy as np
 
-    from .analysis import reliability_figure, top_losses_figure
+    from .analysis import coverage_figure, reliability_figure, top_losses_figure
     from .plots import confusion_figure
 
     figures = {"confusion": confusion_figure(np.array(report["confusion_matrix"]), report["class_names"])}
     analysis = report.get("analysis")
     if analysis:
         figures["reliability"] = reliability_figure(analysis["calibration"])
+        if analysis.get("selective", {}).get("curve"):
+            figures["coverage"] = coverage_figure(analysis["selective"])
         if top_pixels is not None:
-            figures["top_losses"] = top_losses_figure(top_pixels, analysis["misclassified"])
+            figures["top_losses"] = top_losses_figure(top_pixels, analysis["misclassified"], heatmaps=top_heatmaps)
     return figures
 
 
-FIGURE_FILES = {"confusion": CONFUSION_PNG, "reliability": RELIABILITY_PNG, "top_losses": TOP_LOSSES_PNG}
+FIGURE_FILES = {"confusion": CONFUSION_PNG, "reliability": RELIABILITY_PNG, "coverage": COVERAGE_PNG,
+                "top_losses": TOP_LOSSES_PNG}
 
 
-def write_reports(run: RunFolder, report: dict, prefix: str = "", top_pixels=None) -> None:
+def write_reports(run: RunFolder, report: dict, prefix: str = "", top_pixels=None, top_heatmaps=None) -> None:
     """per_class.csv, confusion_matrix.csv and its figure, for one evaluated split; with
-    its analysis, misclassified.csv, the reliability diagram and the highest-loss images
-    (`top_pixels`). `prefix`: "test_" for the test split's."""
+    its analysis, misclassified.csv, the reliability diagram, the coverage curve and the
+    highest-loss images (`top_pixels`, with `top_heatmaps` over them). `prefix`: "test_" for
+    the test split's."""
     import numpy as np
 
     names = report["class_names"]
@@ -101,7 +107,7 @@ def write_reports(run: RunFolder, report: dict, prefix: str = "", top_pixels=Non
     matrix = np.array(report["confusion_matrix"])
     run.write_table(prefix + CONFUSION_CSV, ["true \\ predicted", *names],
                     [[name, *row] for name, row in zip(names, matrix.tolist())])
-    for key, figure in evaluation_figures(report, top_pixels).items():
+    for key, figure in evaluation_figures(report, top_pixels, top_heatmaps).items():
         run.write_figure(prefix + FIGURE_FILES[key], figure)
     if "analysis" in report:
         run.write_table(prefix + MISCLASSIFIED, MISCLASSIFIED_COLUMNS,
@@ -152,6 +158,51 @@ def table(headers: list[str], rows: list[list], *, sortable: bool = False, cls: 
     return f'<table class="{classes}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
+def _calibration_section(evaluation: dict, analysis: dict, figures: dict) -> str:
+    calib = analysis["calibration"]
+    text = (f"<h2>Calibration</h2><p>Expected calibration error {calib['ece']:.4f}: mean confidence "
+            f"{calib['mean_confidence']:.4f} against accuracy {calib['accuracy']:.4f}.")
+    before = analysis.get("uncalibrated")
+    temperature = evaluation.get("temperature", 1.0)
+    if before:
+        fitted = evaluation.get("calibration") or {}
+        where = f" fitted on {fitted['images']:,} images ({html.escape(fitted['source'])})" if "images" in fitted \
+            else ""
+        text += (f" The model divides its log-probabilities by a temperature of {temperature:.4f}{where}; "
+                 "the ranking of the classes, and so the accuracy, is the same without it.</p>")
+        text += table(["probabilities", "ECE", "NLL (loss)", "mean confidence"], [
+            ["without the temperature", before["ece"], before["nll"], before["mean_confidence"]],
+            [f"calibrated (T = {temperature:.4f})", calib["ece"], evaluation["loss"], calib["mean_confidence"]]],
+            cls="calibration")
+    else:
+        skipped = (evaluation.get("calibration") or {}).get("skipped")
+        text += f" {html.escape(skipped)}.</p>" if skipped else " The model is not calibrated (no temperature).</p>"
+    return text + ('<div class="figs" id="calibration">' + figure_tag(figures["reliability"], "reliability diagram")
+                   + "</div>" if "reliability" in figures else "")
+
+
+def _selective_section(summary: dict, figures: dict) -> str:
+    rows = [[row["threshold"], row["coverage"], row["answered"], "" if row["accuracy"] is None else row["accuracy"]]
+            for row in summary["thresholds"]]
+    for key in ("at_min_confidence", "for_target"):
+        row = summary.get(key)
+        if row and row.get("threshold") is not None:
+            rows.append([row["threshold"], row["coverage"], row.get("answered", ""), row["accuracy"]])
+    text = ("<h2>Selective prediction</h2><p>Images whose top probability is below a threshold are answered "
+            "&ldquo;uncertain&rdquo; (<code>--min-confidence</code>): the share still answered (coverage) and the "
+            "accuracy on them.</p>")
+    target = summary.get("for_target")
+    if target:
+        text += (f"<p>Target accuracy {target['target_accuracy']:.4f}: " + (
+            f"threshold {target['threshold']:.4f} reaches {target['accuracy']:.4f} on {target['coverage']:.1%} of "
+            "the images.</p>" if target["threshold"] is not None else "no threshold reaches it on these images.</p>"))
+    text += table(["threshold", "coverage", "answered", "accuracy"], rows, cls="selective")
+    if "coverage" in figures:
+        text += '<div class="figs" id="coverage">' + figure_tag(figures["coverage"], "coverage-accuracy curve") \
+            + "</div>"
+    return text
+
+
 def render(*, title: str, evaluation: dict, figures: dict[str, Figure | bytes],
            history_figures: dict[str, Figure | bytes] | None = None, best_epoch: int | None = None,
            config: dict | None = None, environment: dict | None = None, data: dict | None = None) -> str:
@@ -196,11 +247,9 @@ def render(*, title: str, evaluation: dict, figures: dict[str, Figure | bytes],
             sortable=True, cls="confused"))
 
     if "calibration" in analysis:
-        calib = analysis["calibration"]
-        parts.append(f"<h2>Calibration</h2><p>Expected calibration error {calib['ece']:.4f}: mean confidence "
-                     f"{calib['mean_confidence']:.4f} against accuracy {calib['accuracy']:.4f}.</p>"
-                     '<div class="figs" id="calibration">' + figure_tag(figures["reliability"], "reliability diagram")
-                     + "</div>")
+        parts.append(_calibration_section(evaluation, analysis, figures))
+    if analysis.get("selective", {}).get("thresholds"):
+        parts.append(_selective_section(analysis["selective"], figures))
 
     if "misclassified" in analysis:
         wrong = analysis["misclassified"]

@@ -37,7 +37,7 @@ import numpy as np
 from ..config import EXPORT_FORMATS
 from ..data.decode import file_hash
 from ..inference.loaded import LoadedModel, _first_line
-from ..inference.modelio import load_model
+from ..inference.modelio import TEMPERATURE_LAYER, load_model
 from ..inference.runtimes import INPUT_NAME, LABELS_FILE, METADATA_KEY, SAVEDMODEL_METADATA
 from ..run.atomic import PARTIAL_MARK, write_json
 from .graph import inference_copy
@@ -112,6 +112,9 @@ def artifact_metadata(loaded: LoadedModel, model_path: Path, fmt: str) -> dict:
     name = saved_recipe(loaded.metadata)
     recipe = get_recipe(name) if name in RECIPE_DEFAULTS else None
     float_layers = list(recipe.float_layers) if fmt == "litert-int8" and recipe else []
+    calibration = loaded.metadata.get("calibration")
+    if fmt == "litert-int8" and isinstance(calibration, dict):
+        float_layers.append(TEMPERATURE_LAYER)  # a log of 8-bit probabilities would lose the small ones
     return {
         "class_names": list(loaded.class_names),
         "image_size": list(loaded.image_size),
@@ -123,6 +126,7 @@ def artifact_metadata(loaded: LoadedModel, model_path: Path, fmt: str) -> dict:
         "source_model": model_path.name,
         "source_sha256": file_hash(model_path),
         **({"float_layers": float_layers} if float_layers else {}),
+        **({"calibration": calibration} if isinstance(calibration, dict) else {}),
     }
 
 

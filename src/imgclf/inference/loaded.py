@@ -32,6 +32,12 @@ class LoadedModel:
         """How images of another shape are resized for this model (`data.decode.RESIZE_MODES`)."""
         return self.metadata.get("resize", DEFAULT_RESIZE)
 
+    @property
+    def temperature(self) -> float:
+        """The temperature inside the model (`evaluation.calibrate`); 1.0 when not calibrated."""
+        calibration = self.metadata.get("calibration")
+        return float(calibration.get("temperature", 1.0)) if isinstance(calibration, dict) else 1.0
+
     def predict(self, pixels: np.ndarray) -> np.ndarray:
         """(N, classes) float32 probabilities of raw 0-255 RGB pixels (N, H, W, 3)."""
         if self.runtime is None:

@@ -16,12 +16,14 @@ import keras
 import numpy as np
 
 from ..errors import ModelFileError
-from ..models import layers as _registered_layers  # noqa: F401  (registers the custom layers of saved fast models)
+from ..models.layers import Temperature  # importing the module registers the custom layers of saved models
 from ..run.atomic import atomic_path
 from .loaded import LoadedModel, _first_line
 
 METADATA_MEMBER = "imgclf.json"
 FORMAT_VERSION = 1
+TEMPERATURE_LAYER = "temperature"  # the name of a calibrated model's last layer
+METADATA_OWN = ("format_version", "class_names", "image_size", "input")  # what save_model writes itself
 
 
 def save_model(model: keras.Model, path: str | Path, class_names: list[str], *,
@@ -49,6 +51,42 @@ def save_model(model: keras.Model, path: str | Path, class_names: list[str], *,
         inference.save(tmp)
         with zipfile.ZipFile(tmp, "a") as archive:
             archive.writestr(METADATA_MEMBER, json.dumps(metadata, ensure_ascii=False, indent=2))
+
+
+def with_temperature(model: keras.Model, factor: float) -> keras.Model:
+    """A copy of `model` whose probabilities are softmax(log(p) / factor): its logits divided by
+    `factor` (calibration's temperature, `evaluation.calibrate`). The class ranking is the
+    same. Folded into the layers every imgclf recipe ends with, so the file still loads with
+    plain Keras where it did before:
+
+    - a softmax Dense layer (seed, the backbones): its kernel and bias divided by `factor`;
+    - Rescaling then a softmax Activation (the fast family): the rescaling's scale, computed
+      in float32 (a bfloat16 product could tie two classes that differ);
+    - an earlier temperature layer: its temperature multiplied;
+    - anything else: a new last layer, `layers.Temperature`.
+    """
+    config = model.get_config()
+    entries = config["layers"]
+    last, before = entries[-1], entries[-2] if len(entries) > 1 else None
+    scale_dense = last["class_name"] == "Dense" and last["config"].get("activation") == "softmax"
+    if last["class_name"] == "Temperature" and last.get("module", "").startswith("imgclf"):
+        last["config"]["temperature"] *= factor
+    elif last["class_name"] == "Activation" and last["config"].get("activation") == "softmax" \
+            and before is not None and before["class_name"] == "Rescaling" \
+            and isinstance(before["config"].get("scale"), (int, float)) and before["config"].get("offset", 0) == 0:
+        before["config"]["scale"] /= factor
+        before["config"]["dtype"] = "float32"
+    elif not scale_dense:
+        layer = Temperature(factor, name=TEMPERATURE_LAYER)
+        if isinstance(model, keras.Sequential):
+            return keras.Sequential([keras.Input(shape=model.input_shape[1:]), *model.layers, layer], name=model.name)
+        return keras.Model(model.inputs, layer(model.outputs[0]), name=model.name)
+    copy = type(model).from_config(config)
+    copy.set_weights(model.get_weights())
+    if scale_dense:
+        head = copy.layers[-1]
+        head.set_weights([weight / factor for weight in head.get_weights()])
+    return copy
 
 
 def read_metadata(path: str | Path) -> dict:

@@ -185,7 +185,12 @@ def photo_augment(images, seed, index, epoch):
 def recipe(name: str) -> Recipe:
     """The backbone recipe `name` (registered in `recipes.RECIPE_DEFAULTS`)."""
     return Recipe(build=partial(build_backbone_model, name), make_optimizer=make_optimizer, augment=photo_augment,
-                  steps_per_execution=STEPS_PER_CALL)
+                  steps_per_execution=STEPS_PER_CALL, explain_layer=backbone_output)
+
+
+def backbone_output(layers: list) -> int:
+    """Grad-CAM's layer: the backbone, whose output is its last feature map (1/32 of the input)."""
+    return next(i for i, layer in enumerate(layers) if isinstance(layer, keras.Model))
 
 
 def _first_line(exc: BaseException) -> str:

@@ -75,3 +75,29 @@ class CaffePreprocess(layers.Layer):
 
     def call(self, inputs):
         return keras.applications.resnet50.preprocess_input(inputs)
+
+
+PROBABILITY_FLOOR = 1e-37  # probabilities below this count as it (float32's smallest normal is 1.2e-38)
+
+
+@keras.saving.register_keras_serializable(package="imgclf")
+class Temperature(layers.Layer):
+    """Temperature scaling of probabilities: softmax(log(p) / T), which is softmax(z / T) for
+    a model whose output p is softmax(z), so any softmax model can take it after the fact.
+    T > 1 softens over-confident probabilities, T < 1 sharpens under-confident ones; the
+    order of the classes never changes. `evaluation.calibrate` fits T; float32 always."""
+
+    def __init__(self, temperature: float = 1.0, **kwargs):
+        kwargs["dtype"] = "float32"
+        super().__init__(**kwargs)
+        self.temperature = float(temperature)
+
+    def call(self, inputs):
+        log_p = ops.log(ops.maximum(ops.cast(inputs, "float32"), PROBABILITY_FLOOR))
+        return ops.softmax(log_p / self.temperature, axis=-1)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "temperature": self.temperature}

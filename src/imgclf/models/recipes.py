@@ -30,6 +30,9 @@ class Recipe:
     steps_per_execution: int = 1  # at most this many training steps per call into the compiled graph
     # layers that keep float32 in int8 exports (`imgclf export --format litert-int8`), by name
     float_layers: tuple[str, ...] = ()
+    # (the model's layers, its input left out) -> the index of the layer whose output Grad-CAM
+    # explains (`inference.explain`); it must work on the recipe's models and on --init copies
+    explain_layer: Callable[[list], int] | None = None
 
 
 @dataclass(frozen=True)

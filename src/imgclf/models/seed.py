@@ -47,4 +47,10 @@ def recipe(name: str) -> Recipe:
         build=seed_cnn,
         make_optimizer=lambda lr, steps, epochs, backbone_lr=1.0: keras.optimizers.Adam(lr * backbone_lr),
         steps_per_execution=STEPS_PER_CALL,
+        explain_layer=last_conv,
     )
+
+
+def last_conv(layers: list) -> int:
+    """Grad-CAM's layer: the last convolution (8x8 at 32 pixels, ReLU'd, before its pooling)."""
+    return max(i for i, layer in enumerate(layers) if isinstance(layer, keras.layers.Conv2D))

@@ -13,7 +13,7 @@ bench all write through `RunFolder`, so the names and formats below are the whol
     best_model.keras     lowest validation loss so far; last_model.keras: the final epoch
     metrics.json         the final evaluation of the kept model
     [test_]per_class.csv, [test_]confusion_matrix.csv and .png: per-class table and matrix
-    [test_]misclassified.csv, reliability.png, top_losses.png: the error analysis
+    [test_]misclassified.csv, reliability.png, top_losses.png, coverage.png: the error analysis
     report.html          everything above in one self-contained page
     loss.png, accuracy.png, f1.png, precision_recall.png: the history as figures
     bench.json, bench.png (bench folders)
@@ -66,6 +66,7 @@ MISCLASSIFIED = "misclassified.csv"
 MISCLASSIFIED_COLUMNS = ["item", "true", "predicted", "confidence", "loss"]
 RELIABILITY_PNG = "reliability.png"
 TOP_LOSSES_PNG = "top_losses.png"
+COVERAGE_PNG = "coverage.png"
 REPORT = "report.html"
 # the history as figures: loss, accuracy, F1, precision and recall per epoch
 HISTORY_PNGS = ("loss.png", "accuracy.png", "f1.png", "precision_recall.png")

@@ -1,6 +1,9 @@
 """`imgclf serve MODEL`: an HTTP prediction service on FastAPI + uvicorn.
 
     POST /predict    multipart: one or more `files`, optional `top_k`; JSON top classes per image
+                     (with --min-confidence, `uncertain` below it)
+    POST /explain    multipart: one `file`, optional `class_name`; a PNG of the image with its
+                     Grad-CAM heatmap over it (a .keras model; 501 for an export)
     GET  /health     {"status": "ok"}
     GET  /metadata   class names, input size, recipe, format, the model file's sha256
     GET  /           a page to pick or drop images and see their predictions
@@ -34,18 +37,22 @@ from typing import Annotated
 import numpy as np
 from fastapi import FastAPI, File, Form, HTTPException, UploadFile
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel
 
 from ..config import DEFAULT_RESIZE, ServeLimits
 from ..data.decode import DECODE_THREADS, BadImage, decode_image, file_hash
+from ..errors import ImgclfError
+from ..inference.explain import overlay_png
 from ..inference.loaded import LoadedModel
+from ..inference.predict import check_min_confidence, top_predictions
 from ..inference.runtimes import open_model
 
 MAX_BATCH = 64  # images per model call when requests are stacked
 DECODERS = DECODE_THREADS  # decodes at a time in a worker
 MODEL_ENV = "IMGCLF_SERVE_MODEL"  # how `--workers N` hands the settings to each worker process
 LIMITS_ENV = "IMGCLF_SERVE_LIMITS"
+MIN_CONFIDENCE_ENV = "IMGCLF_SERVE_MIN_CONFIDENCE"
 
 
 Limits = ServeLimits  # what a request may hold: defined and checked in config, for the CLI too
@@ -59,6 +66,8 @@ class ClassScore(BaseModel):
 
 class ImagePrediction(BaseModel):
     file: str
+    label: str  # the most likely class, or "uncertain" below the service's --min-confidence
+    uncertain: bool  # top probability below --min-confidence (never without one)
     top: list[ClassScore]
 
 
@@ -180,9 +189,13 @@ class BodyLimit:
         await self.app(scope, replay, send)
 
 
-def create_app(model: str | Path | LoadedModel, limits: Limits = DEFAULT_LIMITS) -> FastAPI:
-    """The service for `model` (a path, loaded in this process, or an already loaded model)."""
+def create_app(model: str | Path | LoadedModel, limits: Limits = DEFAULT_LIMITS,
+               min_confidence: float | None = None) -> FastAPI:
+    """The service for `model` (a path, loaded in this process, or an already loaded model);
+    below `min_confidence` an image's answer is "uncertain"."""
+    check_min_confidence(min_confidence)
     loaded = model if isinstance(model, LoadedModel) else open_model(model)
+    explainer, cannot_explain = _explainer(loaded)
     info = {
         "class_names": loaded.class_names,
         "image_size": list(loaded.image_size),
@@ -193,7 +206,11 @@ def create_app(model: str | Path | LoadedModel, limits: Limits = DEFAULT_LIMITS)
         "sha256": file_hash(loaded.path) if loaded.path else None,
         "limits": {"max_body_mb": limits.max_body_mb, "max_images": limits.max_images,
                    "max_pixels": limits.max_pixels},
+        "min_confidence": min_confidence,
+        "temperature": loaded.temperature,
+        "explain": explainer is not None,
     }
+    explain_lock = asyncio.Lock()  # one Grad-CAM at a time
     batcher = Batcher(loaded.predict)
     decoders = asyncio.Semaphore(DECODERS)  # decodes at a time: bounds memory as well as CPU
 
@@ -240,14 +257,59 @@ def create_app(model: str | Path | LoadedModel, limits: Limits = DEFAULT_LIMITS)
                 pixels.append(await run_in_threadpool(_decode, content, upload.filename, loaded.image_size,
                                                       limits.max_pixels, loaded.resize))
         probs = await batcher.predict(np.stack(pixels))
-        k = min(top_k, len(loaded.class_names))
-        order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+        names = [upload.filename or f"image {i}" for i, upload in enumerate(files)]
         return PredictResponse(predictions=[
-            ImagePrediction(file=upload.filename or f"image {i}",
-                            top=[ClassScore(label=loaded.class_names[j], probability=float(row[j])) for j in idx])
-            for i, (upload, row, idx) in enumerate(zip(files, probs, order))])
+            ImagePrediction(file=p.name, label=p.answer, uncertain=bool(p.uncertain),
+                            top=[ClassScore(label=label, probability=score) for label, score in p.top])
+            for p in top_predictions(probs, loaded.class_names, names, top_k, min_confidence)])
+
+    @app.post("/explain", response_class=Response,
+              responses={200: {"content": {"image/png": {}}, "description": "the image with its heatmap"},
+                         400: {"description": "empty file"}, 413: {"description": "too large"},
+                         415: {"description": "not an image"}, 422: {"description": "damaged image or bad field"},
+                         501: {"description": "the served model cannot be explained (an export)"}})
+    async def explain(file: Annotated[UploadFile, File(description="one image")],
+                      class_name: Annotated[str | None, Form(description="explain this class (default: the "
+                                                                         "predicted one)")] = None):
+        content = await file.read()
+        async with decoders:
+            pixels = await run_in_threadpool(_decode, content, file.filename, loaded.image_size, limits.max_pixels,
+                                             loaded.resize)
+        if explainer is None:
+            raise HTTPException(501, cannot_explain)
+        if class_name is not None and class_name not in loaded.class_names:
+            raise HTTPException(422, f"class_name {class_name!r} is not one of the model's classes")
+        classes = None if class_name is None else np.array([loaded.class_names.index(class_name)], np.int32)
+        async with explain_lock:
+            heatmaps, probs = await run_in_threadpool(explainer.heatmaps, pixels[None], classes)
+        top = int(probs[0].argmax())
+        explained = class_name or loaded.class_names[top]
+        png = await run_in_threadpool(overlay_png, pixels.astype(np.uint8), heatmaps[0])
+        return Response(png, media_type="image/png", headers={
+            "X-Predicted-Class": _header(loaded.class_names[top]), "X-Explained-Class": _header(explained),
+            "X-Confidence": f"{probs[0, top]:.6f}"})
 
     return app
+
+
+def _explainer(loaded: LoadedModel):
+    """(Grad-CAM of the served model, None) or (None, why /explain cannot answer)."""
+    if loaded.model is None:
+        return None, (f"this service runs an exported {loaded.format} model: Grad-CAM needs the gradients of the "
+                      ".keras model (serve that file to explain)")
+    from ..inference.explain import Explainer
+
+    try:
+        return Explainer(loaded), None
+    except ImgclfError as exc:
+        return None, str(exc)
+
+
+def _header(text: str) -> str:
+    """A class name as an HTTP header value (latin-1 only: other characters percent-encoded)."""
+    from urllib.parse import quote
+
+    return quote(text, safe=" -_.,;:()[]")
 
 
 def _decode(content: bytes, name: str | None, size: tuple[int, int], max_pixels: int,
@@ -271,19 +333,21 @@ def _decode(content: bytes, name: str | None, size: tuple[int, int], max_pixels:
 def app_from_environment() -> FastAPI:
     """uvicorn's factory for each worker process of `imgclf serve --workers N`."""
     limits = Limits(**json.loads(os.environ.get(LIMITS_ENV, "{}")))
-    return create_app(os.environ[MODEL_ENV], limits)
+    min_confidence = os.environ.get(MIN_CONFIDENCE_ENV)
+    return create_app(os.environ[MODEL_ENV], limits, float(min_confidence) if min_confidence else None)
 
 
 def serve(model: str | Path | LoadedModel, host: str = "127.0.0.1", port: int = 8000, workers: int = 1,
-          limits: Limits = DEFAULT_LIMITS, log_level: str = "info") -> None:
+          limits: Limits = DEFAULT_LIMITS, log_level: str = "info", min_confidence: float | None = None) -> None:
     """Run the service until interrupted. `model`: a path, or (one worker) a loaded model."""
     import uvicorn
 
     if workers == 1:
-        uvicorn.run(create_app(model, limits), host=host, port=port, log_level=log_level)
+        uvicorn.run(create_app(model, limits, min_confidence), host=host, port=port, log_level=log_level)
         return
     path = model.path if isinstance(model, LoadedModel) else model  # each worker loads its own
     os.environ[MODEL_ENV] = str(Path(path).resolve())
     os.environ[LIMITS_ENV] = json.dumps(asdict(limits))
+    os.environ[MIN_CONFIDENCE_ENV] = "" if min_confidence is None else repr(min_confidence)
     uvicorn.run(f"{__name__}:app_from_environment", factory=True, host=host, port=port, workers=workers,
                 log_level=log_level)

@@ -24,6 +24,8 @@ from ..data.labelled import Images, LoadedData
 from ..data.sources import load_data
 from ..data.split import check_classes, split_indices
 from ..errors import DataError, StorageError
+from ..evaluation.calibrate import fit as fit_temperature
+from ..evaluation.calibrate import save_calibrated
 from ..evaluation.evaluate import REPORT_KEYS, report_kept_model, summary_metrics
 from ..evaluation.report import write_history_plots, write_html_report
 from ..inference.modelio import load_model
@@ -138,7 +140,10 @@ def _train(config: TrainConfig, strategy, resumed: RunFolder | None, data: Loade
         return None
     train_seconds = time.perf_counter() - started
     final_name = _keep_final_model(config, run)
+    calibration = _calibrate(config, run, split)
     metrics, report = _final_evaluation(config, run, final_name, data, split, fitted, train_seconds, resumed)
+    if calibration is not None:
+        metrics["calibration"] = report["calibration"] = calibration
     run.write_metrics(metrics)
     write_history_plots(run)
     write_html_report(run, report, title=f"{config.model} run {run.path.name}",
@@ -305,6 +310,27 @@ def _keep_final_model(config: TrainConfig, run: RunFolder) -> str:
         run.keep_last_as_best()
         return run.last_model.name
     return run.best_model.name
+
+
+NOT_CALIBRATED_ON_ALL = ("not calibrated: --train-on-all leaves no validation split to fit a temperature on (the "
+                         "test split only measures); calibrate it on other labelled images with imgclf calibrate")
+
+
+def _calibrate(config: TrainConfig, run: RunFolder, split: Split) -> dict | None:
+    """Fit the kept model's temperature on the validation split and put it into the model
+    (`evaluation.calibrate`); what it did, for metrics.json (None: --calibrate none)."""
+    if config.calibrate == "none":
+        return None
+    if config.train_on_all:
+        if config.verbose:
+            print(NOT_CALIBRATED_ON_ALL)
+        return {"skipped": NOT_CALIBRATED_ON_ALL}
+    loaded = load_model(run.best_model)
+    calibration = fit_temperature(loaded, split.val, tta=config.tta, source="the validation split")
+    save_calibrated(loaded, calibration, run.best_model)
+    if config.verbose:
+        print(calibration.line())
+    return calibration.to_dict()
 
 
 def _final_evaluation(config: TrainConfig, run: RunFolder, final_name: str, data: LoadedData, split: Split,
