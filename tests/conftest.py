@@ -88,6 +88,22 @@ def export_runs(tmp_path_factory) -> dict[str, Path]:
             for model in ("seed", "fast-tiny")}
 
 
+@pytest.fixture(scope="session")
+def square_runs(tmp_path_factory) -> tuple[dict[str, tuple[int, int]], dict[str, Path]]:
+    """`seed` and `fast-tiny` trained on `make_square_folder`'s images (32 pixels, 4 classes
+    told apart only by a small square's colour): (each image's square, recipe -> run folder)."""
+    from imgclf import TrainConfig, train
+
+    root = tmp_path_factory.mktemp("squares")
+    boxes = make_square_folder(root / "images", per_class=SQUARE_IMAGES)
+    return boxes, {model: train(TrainConfig(data_dir=str(root / "images"), model=model, epochs=SQUARE_EPOCHS,
+                                            out=str(root / model), verbose=0))
+                   for model in ("seed", "fast-tiny")}
+
+
+SQUARE_IMAGES, SQUARE_EPOCHS = 100, 10  # per class; both recipes then classify every validation image
+
+
 def pytest_collection_modifyitems(items):
     """Tests that use a fixture which trains models beyond `trained_run` are slow, marked here
     once rather than test by test."""
@@ -96,7 +112,7 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.slow)
 
 
-TRAINING_FIXTURES = {"export_runs"}
+TRAINING_FIXTURES = {"export_runs", "square_runs"}
 
 
 def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:

@@ -32,7 +32,6 @@ from .loaded import LoadedModel
 EXPLAIN_BATCH = 32  # images per gradient pass
 OVERLAY_ALPHA = 0.45  # weight of the heatmap's colours over the image
 OVERLAY_MIN_SIDE = 224  # overlays are enlarged (by a whole factor) to at least this many pixels a side
-CHAIN_TOLERANCE = 1e-3  # the layer-by-layer pass must give the model's own probabilities within this
 HEATMAPS_FILE = "heatmaps.npz"
 PREDICTIONS_FILE = "explanations.csv"
 
@@ -44,17 +43,23 @@ class Explainer:
         if loaded.model is None:
             raise ModelFileError(f"{loaded.path}: Grad-CAM needs the .keras model (its gradients); an exported "
                                  f"{loaded.format} file has none")
+        if not is_chain(loaded.model):
+            raise ModelFileError(f"{loaded.path}: the model is not a chain of layers (each feeding the next): "
+                                 "Grad-CAM cannot follow it")
         self.loaded = loaded
         self.layers = _chain(loaded.model)
         self.index = explain_layer(loaded)
-        self.layer_name = self.layers[self.index].name
-        self._checked = False
+        self.layer = self.layers[self.index]
+        self.layer_name = self.layer.name
         self._function = None
 
     def heatmaps(self, pixels: np.ndarray, classes: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """((N, H, W) float32 heatmaps in [0, 1] at the model's input size, (N, classes)
         probabilities) for raw 0-255 pixels (N, H, W, 3); each heatmap is of `classes[i]`, by
         default the predicted class."""
+        if not len(pixels):
+            return (np.zeros((0, *self.loaded.image_size), np.float32),
+                    np.zeros((0, len(self.loaded.class_names)), np.float32))
         maps, probs = [], []
         for start in range(0, len(pixels), EXPLAIN_BATCH):
             batch = np.asarray(pixels[start:start + EXPLAIN_BATCH], np.float32)
@@ -72,13 +77,6 @@ class Explainer:
             self._function = tf.function(self._gradcam, input_signature=[
                 tf.TensorSpec([None, height, width, 3], tf.float32), tf.TensorSpec([None], tf.int32)],
                 reduce_retracing=True)
-        if not self._checked:  # once: the chain of layers is the model
-            own = self.loaded.predict(pixels)
-            _, chained = self._forward(tf.constant(pixels))
-            if not np.allclose(np.asarray(chained), own, atol=CHAIN_TOLERANCE):
-                raise ModelFileError(f"{self.loaded.path}: the model is not a chain of layers (each feeding the "
-                                     "next): Grad-CAM cannot follow it")
-            self._checked = True
         chosen = np.full(len(pixels), -1, np.int32) if classes is None else classes
         heat, probs = self._function(tf.constant(pixels), tf.constant(chosen))
         return np.asarray(heat, np.float32), np.asarray(probs, np.float32)
@@ -145,6 +143,44 @@ def _chain(model) -> list:
     import keras
 
     return [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
+
+
+def is_chain(model) -> bool:
+    """Whether each layer of `model` takes the previous layer's output and nothing else, from
+    its configuration (a Sequential model always does)."""
+    import keras
+
+    if isinstance(model, keras.Sequential):
+        return True
+    config = model.get_config()
+    entries = config.get("layers", [])
+    inputs, outputs = _names(config.get("input_layers")), _names(config.get("output_layers"))
+    if len(inputs) != 1 or not entries or outputs != [entries[-1]["name"]]:
+        return False
+    for previous, entry in zip(entries, entries[1:]):
+        nodes = entry.get("inbound_nodes", [])
+        if len(nodes) != 1 or _sources(nodes[0]) != [previous["name"]]:
+            return False
+    return True
+
+
+def _names(references) -> list[str]:
+    """Layer names of a config's input_layers or output_layers: [name, node, tensor] for one,
+    a list of them for several."""
+    if not references:
+        return []
+    return [references[0]] if isinstance(references[0], str) else [reference[0] for reference in references]
+
+
+def _sources(value) -> list[str]:
+    """The layers whose outputs a serialised call (an inbound node) takes."""
+    if isinstance(value, dict):
+        if value.get("class_name") == "__keras_tensor__":
+            return [value["config"]["keras_history"][0]]
+        return [name for item in value.values() for name in _sources(item)]
+    if isinstance(value, (list, tuple)):
+        return [name for item in value for name in _sources(item)]
+    return []
 
 
 def explain_layer(loaded: LoadedModel) -> int:
