@@ -80,6 +80,9 @@ def test_train_on_all_uses_every_labelled_image_and_reports_on_test(tmp_path):
     assert metrics["split"] == "test" and metrics["images"] == 12 and metrics["best_epoch"] is None
     assert (run / "best_model.keras").read_bytes() == (run / "last_model.keras").read_bytes()
     assert (run / "test_confusion_matrix.csv").is_file()
+    # no validation split to fit a temperature on: said, and the model left as trained
+    assert metrics["calibration"]["skipped"].startswith("not calibrated: --train-on-all")
+    assert "not calibrated: --train-on-all" in (run / "report.html").read_text()
 
 
 @pytest.mark.slow

@@ -1,0 +1,128 @@
+"""Calibrated probabilities (`evaluation/calibrate.py`, `imgclf calibrate`, training's last
+step): temperature scaling fitted on held-out images, inside the model and its exports."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from imgclf import TrainConfig, train
+from imgclf.data.decode import file_hash
+from imgclf.evaluation.analysis import calibration
+from imgclf.evaluation.calibrate import calibrate, fit_temperature, scale
+from imgclf.export.graph import inference_copy
+from imgclf.export.verify import FLOAT_TOLERANCE
+from imgclf.export.writers import FORMATS, export_model
+from imgclf.inference.modelio import load_model, save_model, with_temperature
+from imgclf.inference.predict import predict_probabilities
+from imgclf.inference.runtimes import open_model
+from imgclf.run.folder import split_images
+
+from conftest import make_image_folder, run_main
+
+
+def _softmax(z):
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def test_the_fitted_temperature_undoes_logits_multiplied_by_five():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 1.5, (4000, 10))
+    truth = _softmax(logits)  # labels drawn from these probabilities: calibrated by construction
+    labels = np.array([rng.choice(10, p=p) for p in truth])
+    confident = _softmax(5 * logits)
+    t = fit_temperature([(1.0, confident)], labels)
+    assert t == pytest.approx(5, rel=0.1)
+    calibrated = scale(confident, t)
+    assert calibration(labels, calibrated)["ece"] * 3 <= calibration(labels, confident)["ece"]
+    assert np.array_equal(calibrated.argmax(1), confident.argmax(1))
+
+
+@pytest.fixture(scope="module")
+def noisy_run(tmp_path_factory):
+    """A seed model on colours with a quarter of the labels wrong: it cannot be sure of them."""
+    root = tmp_path_factory.mktemp("noisy")
+    data = make_image_folder(root / "images", per_class=100, size=(16, 16))
+    rng = np.random.default_rng(1)
+    names = sorted(p.name for p in data.iterdir())
+    for path in sorted(data.glob("*/*")):
+        if rng.random() < 0.25:
+            target = data / rng.choice([n for n in names if n != path.parent.name]) / f"moved-{path.name}"
+            shutil.move(path, target)
+    return train(TrainConfig(data_dir=str(data), epochs=4, image_size=16, calibrate="none",
+                             out=str(root / "run"), verbose=0))
+
+
+@pytest.mark.slow
+def test_an_overconfident_model_is_calibrated_and_so_are_its_exports(noisy_run):
+    trained = load_model(noisy_run / "best_model.keras")
+    assert trained.temperature == 1.0 and "calibration" not in trained.metadata  # --calibrate none
+    # made over-confident on purpose: its logits multiplied by 5
+    overconfident = noisy_run / "overconfident.keras"
+    save_model(with_temperature(trained.model, 0.2), overconfident, trained.class_names, recipe="seed")
+    out, calib = calibrate(overconfident)  # on the run's validation split
+    assert out == noisy_run / "overconfident.calibrated.keras"
+    assert calib.before["ece"] >= 3 * calib.after["ece"] and calib.before["ece"] > 0.1
+    assert calib.after["nll"] < calib.before["nll"]
+    # softened; the file said no temperature of its own, so the fitted one is the model's
+    assert calib.fitted > 2 and calib.temperature == calib.fitted
+
+    before, after = load_model(overconfident), load_model(out)
+    val = split_images(noisy_run, after, "val")
+    p_before, p_after = predict_probabilities(before, val.array), predict_probabilities(after, val.array)
+    assert np.array_equal(p_before.argmax(1), p_after.argmax(1))  # every image: the same class
+    assert calibration(val.labels, p_after)["ece"] == pytest.approx(calib.after["ece"], abs=1e-3)
+    assert after.metadata["calibration"]["temperature"] == pytest.approx(calib.temperature)
+    assert after.metadata["recipe"] == "seed"
+
+    # each export checks itself against the calibrated .keras file as Keras runs it in float32
+    # (the model computes in bfloat16), and so here
+    reference = inference_copy(after.model, fold_batch_norm=False).predict(val.array.astype("float32"), verbose=0)
+    for fmt in FORMATS:
+        report = export_model(out, fmt, verbose=False)
+        exported = open_model(report.path)
+        assert exported.temperature == pytest.approx(calib.temperature)
+        probs = predict_probabilities(exported, val.array)
+        if fmt == "litert-int8":  # judged on accuracy and agreement, as its check does
+            assert np.mean(probs.argmax(1) == reference.argmax(1)) >= 0.95
+        else:
+            assert np.abs(probs - reference).max() <= FLOAT_TOLERANCE, fmt
+
+
+def test_calibrate_command_writes_a_new_file_and_refuses_what_it_cannot_do(trained_run, tmp_path):
+    model = trained_run / "best_model.keras"
+    digest = file_hash(model)
+    out = tmp_path / "calibrated.keras"
+    result = run_main("calibrate", model, "--out", out)
+    assert result.returncode == 0, result.stderr
+    assert "calibrated: temperature" in result.stdout and "run's validation split" in result.stdout
+    assert file_hash(model) == digest  # the input is never touched
+    assert json.loads(json.dumps(load_model(out).metadata["calibration"]))["source"] == "the run's validation split"
+
+    def one_line_error(*args):
+        result = run_main("calibrate", *args)
+        assert result.returncode != 0 and result.stderr.count("\n") == 1, result.stderr
+        return result.stderr
+
+    assert "calibrate writes a new file" in one_line_error(model, "--out", model)
+    assert "exists" in one_line_error(model, "--out", out)
+    assert run_main("calibrate", model, "--out", out, "--overwrite").returncode == 0
+    make_image_folder(tmp_path / "other", per_class=4, classes={"red": (200, 40, 40), "purple": (150, 0, 150)})
+    assert "purple" in one_line_error(model, "--data-dir", tmp_path / "other", "--out", tmp_path / "x.keras")
+    assert not (tmp_path / "x.keras").exists()
+    assert "takes a .keras model" in one_line_error(tmp_path / "model.onnx")
+    shutil.copy(model, tmp_path / "alone.keras")
+    assert "--data-dir" in one_line_error(tmp_path / "alone.keras")
+
+
+def test_evaluate_shows_the_figures_with_and_without_the_temperature(trained_run):
+    config = json.loads((trained_run / "config.json").read_text())
+    result = run_main("evaluate", trained_run / "best_model.keras", "--data-dir", config["data_dir"])
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads((trained_run / "metrics.json").read_text())
+    line = next(line for line in result.stdout.splitlines() if line.startswith("calibration:"))
+    assert f"temperature {metrics['calibration']['temperature']:.4f}" in line and "->" in line
