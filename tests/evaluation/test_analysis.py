@@ -81,3 +81,24 @@ def test_misclassified_rows_and_losses_match_log_loss():
 def test_top_k_of_all_classes_is_one():
     labels, probs = predictions(classes=3)
     assert top_k_accuracy(labels, probs, 3) == 1.0 and top_k_accuracy(labels, probs, 10) == 1.0
+
+
+def test_coverage_curve_and_the_threshold_for_a_target_accuracy():
+    from imgclf.evaluation.analysis import coverage_curve, selective, selective_summary, threshold_for
+
+    # top probabilities 0.9 (right), 0.8 (wrong), 0.8 (right), 0.6 (right), 0.55 (wrong)
+    probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.8, 0.2], [0.6, 0.4], [0.45, 0.55]])
+    labels = np.array([0, 0, 0, 0, 0])
+    curve = coverage_curve(labels, probs)
+    np.testing.assert_allclose(curve["threshold"], [0.9, 0.8, 0.6, 0.55])  # ties answered together
+    np.testing.assert_allclose(curve["coverage"], [0.2, 0.6, 0.8, 1.0])
+    np.testing.assert_allclose(curve["accuracy"], [1.0, 2 / 3, 3 / 4, 3 / 5])
+    assert threshold_for(labels, probs, 0.75) == {"target_accuracy": 0.75, "threshold": 0.6, "coverage": 0.8,
+                                                   "accuracy": 0.75}
+    assert threshold_for(labels, probs, 1.0)["coverage"] == 0.2
+    assert threshold_for(labels, np.array([[0.1, 0.9]]), 0.5) is None  # the surest answer is wrong
+    assert selective(labels, probs, 0.7) == {"threshold": 0.7, "coverage": 0.6, "answered": 3,
+                                             "accuracy": pytest.approx(2 / 3)}
+    assert selective(labels, probs, 0.95)["accuracy"] is None
+    summary = selective_summary(labels, probs)
+    assert summary["curve"][-1]["coverage"] == 1.0 and len(summary["thresholds"]) == 7

@@ -176,6 +176,43 @@ def test_serves_exports(export_runs, fmt):
     if not artifact.exists():
         export_model(model_path, fmt, verbose=False)
     with TestClient(create_app(artifact)) as client:
-        assert client.get("/metadata").json()["format"] == fmt
+        info = client.get("/metadata").json()
+        assert info["format"] == fmt and info["explain"] is False
+        assert info["temperature"] == pytest.approx(open_model(model_path).temperature)  # carried by the export
         answer = client.post("/predict", files={"files": ("b.png", image_bytes((40, 40, 200)), "image/png")})
         assert answer.status_code == 200 and answer.json()["predictions"][0]["top"][0]["label"] == "blue"
+        # Grad-CAM needs the .keras model's gradients: an export says so, after the usual checks
+        answer = client.post("/explain", files={"file": ("b.png", image_bytes((40, 40, 200)), "image/png")})
+        assert answer.status_code == 501 and "needs the gradients of the .keras model" in answer.json()["detail"]
+        assert client.post("/explain", files={"file": ("e.png", b"", "image/png")}).status_code == 400
+
+
+def test_explain_answers_a_png_of_the_heatmap(client):
+    answer = client.post("/explain", files={"file": ("g.png", image_bytes((40, 190, 40), size=(40, 30)), "image/png")})
+    assert answer.status_code == 200 and answer.headers["content-type"] == "image/png"
+    assert answer.headers["x-predicted-class"] == answer.headers["x-explained-class"] == "green"
+    assert 0.5 < float(answer.headers["x-confidence"]) <= 1
+    with Image.open(io.BytesIO(answer.content)) as picture:
+        assert picture.size == (224, 224)  # the model's 16x16 input, enlarged 14x
+    other = client.post("/explain", files={"file": ("g.png", image_bytes((40, 190, 40)), "image/png")},
+                        data={"class_name": "red"})
+    assert other.status_code == 200 and other.headers["x-explained-class"] == "red"
+    assert other.content != answer.content
+    assert client.get("/metadata").json()["explain"] is True
+
+
+# /predict's bad requests that apply to one image, sent to /explain as its field `file`
+EXPLAIN_BAD_REQUESTS = {kind: ({**kwargs, "files": {"file": kwargs["files"]["files"]}} if "files" in kwargs else kwargs,
+                               status)
+                        for kind, (kwargs, status) in BAD_REQUESTS.items()
+                        if isinstance(kwargs.get("files", {}), dict) and "top_k" not in kwargs.get("data", {})}
+
+
+@pytest.mark.parametrize("kind", [*EXPLAIN_BAD_REQUESTS, "unknown class"])
+def test_explain_gets_the_same_4xx_as_predict(client, kind):
+    kwargs, status = EXPLAIN_BAD_REQUESTS.get(kind) or (
+        dict(files={"file": ("r.png", image_bytes(), "image/png")}, data={"class_name": "purple"}), 422)
+    answer = client.post("/explain", **kwargs)
+    assert answer.status_code == status, answer.text
+    assert answer.headers["content-type"].startswith("application/json") and answer.json()["detail"]
+    assert client.get("/health").status_code == 200

@@ -110,9 +110,15 @@ def test_page_in_headless_chromium(service, tmp_path):
 
     driver = headless_chromium(tmp_path / "profile")
     try:
+        driver.set_window_size(1100, 900)
         driver.get(service + "/")
         wait = WebDriverWait(driver, 30)
         wait.until(lambda d: "classes: blue, green, red" in d.find_element(By.ID, "model").text)
+        # the model line and the options above it end before the drop zone's dashed border starts
+        gap = driver.execute_script(
+            "const top = document.getElementById('drop').getBoundingClientRect().top;"
+            "return ['model', 'options'].map(id => top - document.getElementById(id).getBoundingClientRect().bottom);")
+        assert min(gap) >= 0, gap
         green, junk = tmp_path / "green.png", tmp_path / "notes.jpg"
         green.write_bytes(image_bytes((40, 190, 40), size=(48, 40)))
         junk.write_bytes(b"not an image")
@@ -127,9 +133,19 @@ def test_page_in_headless_chromium(service, tmp_path):
         wait.until(lambda d: image.get_attribute("naturalWidth") != "0")
         assert image.get_attribute("naturalWidth") == "48"  # the image is shown
         assert driver.get_log("browser") == []  # no console message of any level so far
+        # with the toggle on, the card also shows the Grad-CAM heatmap the service draws
+        driver.find_element(By.ID, "explain").click()
+        driver.find_element(By.ID, "files").send_keys(str(green))
+        wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, ".card[data-state]")) == 2)
+        newest = driver.find_element(By.CSS_SELECTOR, ".card")
+        assert newest.get_attribute("data-state") == "done"
+        heatmap = newest.find_element(By.CSS_SELECTOR, "img.heatmap")
+        assert heatmap.get_attribute("naturalWidth") == "224"
+        assert "Grad-CAM heatmap of green" in heatmap.get_attribute("alt")
+        assert driver.get_log("browser") == []
         # a bad file shows the service's message on its card, and the page goes on working
         driver.find_element(By.ID, "files").send_keys(str(junk))
-        wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, ".card[data-state]")) == 2)
+        wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, ".card[data-state]")) == 3)
         assert "not an image" in driver.find_element(By.CSS_SELECTOR, ".card .error").text
         # the only console line: Chromium's note of the 415 answer, which the page has shown
         (entry,) = driver.get_log("browser")
