@@ -23,10 +23,17 @@ def test_report_opens_in_chromium_with_its_figures_and_tables(trained_run, tmp_p
     driver = headless_chromium(tmp_path / "profile")
     try:
         driver.get(report.as_uri())
-        for section in ("metrics", "curves", "confusion", "calibration", "top-losses"):
+        for section in ("metrics", "curves", "confusion", "calibration", "coverage", "top-losses"):
             assert driver.find_elements(By.ID, section), section
         images = driver.find_elements(By.TAG_NAME, "img")
-        assert len(images) >= 7  # 4 learning curves, confusion matrix, reliability, top losses
+        assert len(images) >= 8  # 4 learning curves, confusion matrix, reliability, coverage, top losses
+        # calibration: the figures without and with the temperature training fitted, and where
+        calibration = driver.find_elements(By.CSS_SELECTOR, "table.calibration tbody tr")
+        assert [r.find_element(By.TAG_NAME, "td").text.split(" (")[0] for r in calibration] == [
+            "without the temperature", "calibrated"]
+        assert "fitted on" in driver.find_element(By.XPATH, "//h2[text()='Calibration']/following::p").text
+        thresholds = driver.find_elements(By.CSS_SELECTOR, "table.selective tbody tr")
+        assert [r.find_element(By.TAG_NAME, "td").text for r in thresholds][:2] == ["0.5000", "0.6000"]
         assert all(driver.execute_script("return arguments[0].complete && arguments[0].naturalWidth > 0", image)
                    for image in images)
         rows = driver.find_elements(By.CSS_SELECTOR, "table.per-class tbody tr")
@@ -55,10 +62,11 @@ def test_report_command_and_evaluate_out_write_reports(trained_run, tmp_path):
     result = run_main("evaluate", trained_run / "best_model.keras", "--data-dir", data["source"].split(" ", 1)[1],
                       "--out", out)
     assert result.returncode == 0, result.stderr[-2000:]
-    for name in ("report.html", "misclassified.csv", "reliability.png", "metrics.json"):
+    for name in ("report.html", "misclassified.csv", "reliability.png", "coverage.png", "metrics.json"):
         assert (out / name).exists(), name
     metrics = json.loads((out / "metrics.json").read_text())
-    assert {"top2_accuracy", "weighted", "calibration", "most_confused"} <= set(metrics)  # top-k: k < classes
+    assert {"top2_accuracy", "weighted", "calibration", "most_confused", "selective", "uncalibrated"} <= set(metrics)
+    assert metrics["temperature"] != 1.0 and len(metrics["selective"]["thresholds"]) == 7
     assert run_main("report", tmp_path / "nothing").returncode != 0
 
 
@@ -96,3 +104,20 @@ def test_reports_and_plots(tmp_path):
                         "val_f1": 0.5, "val_precision": 0.5, "val_recall": 0.5} for e in (1, 2, 3)])
     written = write_history_plots(run)
     assert sorted(p.name for p in written) == ["accuracy.png", "f1.png", "loss.png", "precision_recall.png"]
+
+
+def test_the_highest_loss_grid_draws_grad_cam_over_each_image(trained_run):
+    from imgclf.evaluation.analysis import top_losses_figure
+    from imgclf.evaluation.evaluate import top_loss_heatmaps
+    from imgclf.inference.modelio import LoadedModel, load_model
+
+    loaded = load_model(trained_run / "best_model.keras")
+    pixels = np.random.default_rng(0).integers(0, 256, (3, 16, 16, 3)).astype(np.uint8)
+    rows = [{"true": "red", "predicted": name, "confidence": 0.5, "loss": 1.0} for name in ("blue", "green", "red")]
+    heatmaps = top_loss_heatmaps(loaded, pixels, {"analysis": {"misclassified": rows}})
+    assert heatmaps.shape == (3, 16, 16)
+    figure = top_losses_figure(pixels, rows, heatmaps=heatmaps)
+    assert [len(ax.images) for ax in figure.axes[:3]] == [2, 2, 2]  # the image, and its heatmap over it
+    assert "Grad-CAM" in figure.texts[0].get_text()
+    export = LoadedModel(None, loaded.class_names, (16, 16), {}, format="onnx")
+    assert top_loss_heatmaps(export, pixels, {"analysis": {"misclassified": rows}}) is None  # no gradients
