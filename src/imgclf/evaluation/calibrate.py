@@ -32,6 +32,7 @@ TEMPERATURES = (0.05, 20.0)  # the range T is searched in
 PROBABILITY_FLOOR = 1e-37  # as models.layers.Temperature's
 EPSILON = 1e-7  # probability floor of the log-loss, as Keras' cross-entropy clips
 CALIBRATED_SUFFIX = ".calibrated.keras"  # imgclf calibrate's output beside its input
+FEW_IMAGES = 200  # fitted on fewer, the temperature comes with a warning
 
 
 def scale(probs: np.ndarray, temperature: float) -> np.ndarray:
@@ -83,9 +84,13 @@ class Calibration:
         return asdict(self)
 
     def line(self) -> str:
-        return (f"calibrated: temperature {self.temperature:.3f}, fitted on {self.images:,} images "
+        text = (f"calibrated: temperature {self.temperature:.3f}, fitted on {self.images:,} images "
                 f"({self.source}): ECE {self.before['ece']:.4f} -> {self.after['ece']:.4f}, NLL "
                 f"{self.before['nll']:.4f} -> {self.after['nll']:.4f}")
+        if self.images < FEW_IMAGES:
+            text += (f" (only {self.images} images: the temperature is uncertain, and with no error among them "
+                     "it makes every answer near-certain)")
+        return text
 
 
 def fit(loaded: LoadedModel, images: Images, *, tta: bool = False, source: str = "") -> Calibration:
