@@ -450,6 +450,15 @@ def print_calibration(report: dict) -> None:
 
 
 def print_selective(summary: dict) -> None:
+    """The thresholds table (three lines), then --min-confidence's and --target-accuracy's figures."""
+    rows = summary.get("thresholds") or []
+    if rows:
+        lines = (("selective prediction: top p >= ", [f"{r['threshold']:<7g}" for r in rows]),
+                 (" " * 22 + "coverage ", [f"{r['coverage']:<7.1%}" for r in rows]),
+                 (" " * 22 + "accuracy ", ["-      " if r["accuracy"] is None else f"{r['accuracy']:<7.4f}"
+                                           for r in rows]))
+        for head, cells in lines:
+            print((head + "".join(cells)).rstrip())
     row = summary.get("at_min_confidence")
     if row:
         accuracy = "no image answered" if row["accuracy"] is None else f"accuracy {row['accuracy']:.4f} on them"
