@@ -13,9 +13,8 @@ from imgclf import TrainConfig, train
 from imgclf.data.decode import file_hash
 from imgclf.evaluation.analysis import calibration
 from imgclf.evaluation.calibrate import calibrate, fit_temperature, scale
-from imgclf.export.graph import inference_copy
 from imgclf.export.verify import FLOAT_TOLERANCE
-from imgclf.export.writers import FORMATS, export_model
+from imgclf.export.writers import export_model
 from imgclf.inference.modelio import load_model, save_model, with_temperature
 from imgclf.inference.predict import predict_probabilities
 from imgclf.inference.runtimes import open_model
@@ -79,18 +78,10 @@ def test_an_overconfident_model_is_calibrated_and_so_are_its_exports(noisy_run):
     assert after.metadata["calibration"]["temperature"] == pytest.approx(calib.temperature)
     assert after.metadata["recipe"] == "seed"
 
-    # each export checks itself against the calibrated .keras file as Keras runs it in float32
-    # (the model computes in bfloat16), and so here
-    reference = inference_copy(after.model, fold_batch_norm=False).predict(val.array.astype("float32"), verbose=0)
-    for fmt in FORMATS:
-        report = export_model(out, fmt, verbose=False)
-        exported = open_model(report.path)
-        assert exported.temperature == pytest.approx(calib.temperature)
-        probs = predict_probabilities(exported, val.array)
-        if fmt == "litert-int8":  # judged on accuracy and agreement, as its check does
-            assert np.mean(probs.argmax(1) == reference.argmax(1)) >= 0.95
-        else:
-            assert np.abs(probs - reference).max() <= FLOAT_TOLERANCE, fmt
+    # every export of a calibrated model checks itself against it (within 1e-3 for float formats):
+    # tests/export/test_export.py::test_every_format_matches_keras, on models training calibrated
+    report = export_model(out, "onnx", verbose=False)
+    assert report.max_abs_diff <= FLOAT_TOLERANCE and open_model(report.path).temperature == calib.temperature
 
 
 def test_calibrate_command_writes_a_new_file_and_refuses_what_it_cannot_do(trained_run, tmp_path):
@@ -101,7 +92,14 @@ def test_calibrate_command_writes_a_new_file_and_refuses_what_it_cannot_do(train
     assert result.returncode == 0, result.stderr
     assert "calibrated: temperature" in result.stdout and "run's validation split" in result.stdout
     assert file_hash(model) == digest  # the input is never touched
-    assert json.loads(json.dumps(load_model(out).metadata["calibration"]))["source"] == "the run's validation split"
+    before, after = load_model(model), load_model(out)
+    calib = after.metadata["calibration"]
+    assert calib["source"] == "the run's validation split"
+    # the model was calibrated by training already: the new factor is applied to its outputs
+    assert calib["temperature"] == pytest.approx(before.temperature * calib["fitted"])
+    pixels = np.random.default_rng(0).integers(0, 256, (8, 16, 16, 3)).astype(np.uint8)
+    np.testing.assert_allclose(predict_probabilities(after, pixels),
+                               scale(predict_probabilities(before, pixels), calib["fitted"]), atol=1e-5)
 
     def one_line_error(*args):
         result = run_main("calibrate", *args)

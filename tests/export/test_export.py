@@ -58,6 +58,8 @@ def test_every_format_matches_keras(exported, export_runs, recipe, fmt):
     assert artifact.format == detect_format(path) == fmt.replace("-int8", "")
     assert artifact.class_names == keras_model.class_names and artifact.image_size == keras_model.image_size
     assert artifact.metadata["recipe"] == recipe and artifact.metadata["format"] == fmt
+    # training calibrated the model: the export computes with the same temperature, and says it
+    assert keras_model.temperature != 1.0 and artifact.temperature == keras_model.temperature
     beside = json.loads(((path if path.is_dir() else path.parent) / LABELS_FILE).read_text())
     assert beside["class_names"] == keras_model.class_names and beside["image_size"] == [16, 16]
 

@@ -72,14 +72,17 @@ def test_explain_command_writes_overlays_predictions_and_raw_heatmaps(square_run
     assert bad.returncode == 1 and bad.stderr.count("\n") == 1 and "'purple' is not one of" in bad.stderr
 
 
-@pytest.mark.slow
 def test_every_recipe_names_the_layer_grad_cam_explains():
     """The recipe's choice, not a guess: seed's last conv, the fast family's first block end, the
     backbone's output; an --init model (a new head) keeps its source's choice. Each runs."""
+    from imgclf.models.backbones import backbone_output
+    from imgclf.models.registry import get_recipe
     from imgclf.training.transfer import transfer_model
 
+    # every backbone recipe names the same layer, its backbone's output: one of them is built
+    assert all(get_recipe(name).explain_layer is backbone_output for name in BACKBONES)
     pixels = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3)).astype(np.uint8)
-    for name in ("seed", "fast", "fast-small", "fast-tiny", *BACKBONES):
+    for name in ("seed", "fast", "fast-small", "fast-tiny", "mobilenetv3small"):
         keras.utils.set_random_seed(1)
         extra = {"weights": "none"} if name in BACKBONES else {"train_pixels": pixels}
         model = create_model(name, (32, 32, 3), 3, **extra)
@@ -87,7 +90,7 @@ def test_every_recipe_names_the_layer_grad_cam_explains():
         layer = Explainer(loaded).layer
         expected = {"seed": keras.layers.Conv2D}.get(name, keras.Model if name in BACKBONES else keras.layers.Layer)
         assert isinstance(layer, expected) and len(layer.output.shape) == 4, name
-        if name in ("seed", "fast-tiny", "mobilenetv3small"):
+        if name in ("seed", "fast-tiny", "mobilenetv3small"):  # and the computation runs
             heatmaps, probs = Explainer(loaded).heatmaps(pixels)
             assert heatmaps.shape == (2, 32, 32) and np.isfinite(heatmaps).all(), name
             if name == "fast-tiny":

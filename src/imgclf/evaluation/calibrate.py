@@ -105,16 +105,18 @@ def fit(loaded: LoadedModel, images: Images, *, tta: bool = False, source: str =
                        figures(images.labels, combine_views(views)), figures(images.labels, after))
 
 
-def save_calibrated(loaded: LoadedModel, calib: Calibration, out: str | Path) -> None:
-    """Write `loaded`'s model with the temperature `calib.temperature` in it to `out` (.keras),
-    atomically, its metadata kept and `calibration` added."""
+def save_calibrated(loaded: LoadedModel, calib: Calibration, out: str | Path) -> LoadedModel:
+    """Write `loaded`'s model with the temperature `calib.fitted` folded in to `out` (.keras),
+    atomically, its metadata kept and `calibration` added; return that model as saved."""
     from ..inference.modelio import METADATA_OWN, save_model, with_temperature
 
     if loaded.model is None:
         raise ModelFileError(f"{loaded.path}: calibrate takes a .keras model (calibrate it, then export it)")
     extra = {key: value for key, value in loaded.metadata.items() if key not in METADATA_OWN}
-    save_model(with_temperature(loaded.model, calib.temperature), out, loaded.class_names,
-               **{**extra, "calibration": calib.to_dict()})
+    model = with_temperature(loaded.model, calib.fitted)
+    metadata = {**extra, "calibration": calib.to_dict()}
+    save_model(model, out, loaded.class_names, **metadata)
+    return LoadedModel(model, loaded.class_names, loaded.image_size, {**loaded.metadata, **metadata}, Path(out))
 
 
 def default_output(model_path: Path) -> Path:

@@ -88,7 +88,7 @@ def top_loss_heatmaps(loaded: LoadedModel, pixels: np.ndarray, report: dict) -> 
     if loaded.model is None or not len(pixels):
         return None
     try:
-        explainer = Explainer(loaded)
+        explainer = Explainer(loaded, compile=False)  # a few images: tracing would cost more than it saves
     except ModelFileError:
         return None
     rows = report["analysis"]["misclassified"][:len(pixels)]

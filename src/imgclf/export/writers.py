@@ -113,7 +113,7 @@ def artifact_metadata(loaded: LoadedModel, model_path: Path, fmt: str) -> dict:
     recipe = get_recipe(name) if name in RECIPE_DEFAULTS else None
     float_layers = list(recipe.float_layers) if fmt == "litert-int8" and recipe else []
     calibration = loaded.metadata.get("calibration")
-    if fmt == "litert-int8" and isinstance(calibration, dict):
+    if fmt == "litert-int8" and any(layer.name == TEMPERATURE_LAYER for layer in loaded.model.layers):
         float_layers.append(TEMPERATURE_LAYER)  # a log of 8-bit probabilities would lose the small ones
     return {
         "class_names": list(loaded.class_names),

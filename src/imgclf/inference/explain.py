@@ -39,7 +39,10 @@ PREDICTIONS_FILE = "explanations.csv"
 class Explainer:
     """Grad-CAM of one Keras model (a `LoadedModel` from a `.keras` file)."""
 
-    def __init__(self, loaded: LoadedModel):
+    def __init__(self, loaded: LoadedModel, compile: bool = True):
+        """`compile`: trace the computation into one TensorFlow function on first use (~1-2 s,
+        then milliseconds a call: the CLI, the service); else run it eagerly (a few tenths of a
+        second a batch, no tracing: the report's few images)."""
         if loaded.model is None:
             raise ModelFileError(f"{loaded.path}: Grad-CAM needs the .keras model (its gradients); an exported "
                                  f"{loaded.format} file has none")
@@ -51,7 +54,7 @@ class Explainer:
         self.index = explain_layer(loaded)
         self.layer = self.layers[self.index]
         self.layer_name = self.layer.name
-        self._function = None
+        self._function = None if compile else self._gradcam
 
     def heatmaps(self, pixels: np.ndarray, classes: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """((N, H, W) float32 heatmaps in [0, 1] at the model's input size, (N, classes)

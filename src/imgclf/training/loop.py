@@ -28,7 +28,7 @@ from ..evaluation.calibrate import fit as fit_temperature
 from ..evaluation.calibrate import save_calibrated
 from ..evaluation.evaluate import REPORT_KEYS, report_kept_model, summary_metrics
 from ..evaluation.report import write_history_plots, write_html_report
-from ..inference.modelio import load_model
+from ..inference.modelio import LoadedModel, load_model
 from ..models.recipes import check, outside_tuning, pick_recipe, recipe_defaults, resolve
 from ..models.registry import get_recipe
 from ..run.folder import RunFolder
@@ -140,8 +140,9 @@ def _train(config: TrainConfig, strategy, resumed: RunFolder | None, data: Loade
         return None
     train_seconds = time.perf_counter() - started
     final_name = _keep_final_model(config, run)
-    calibration = _calibrate(config, run, split)
-    metrics, report = _final_evaluation(config, run, final_name, data, split, fitted, train_seconds, resumed)
+    calibration, calibrated = _calibrate(config, run, split)
+    metrics, report = _final_evaluation(config, run, final_name, data, split, fitted, train_seconds, resumed,
+                                        calibrated)
     if calibration is not None:
         metrics["calibration"] = report["calibration"] = calibration
     run.write_metrics(metrics)
@@ -316,28 +317,31 @@ NOT_CALIBRATED_ON_ALL = ("not calibrated: --train-on-all leaves no validation sp
                          "test split only measures); calibrate it on other labelled images with imgclf calibrate")
 
 
-def _calibrate(config: TrainConfig, run: RunFolder, split: Split) -> dict | None:
+def _calibrate(config: TrainConfig, run: RunFolder, split: Split) -> tuple[dict | None, LoadedModel | None]:
     """Fit the kept model's temperature on the validation split and put it into the model
-    (`evaluation.calibrate`); what it did, for metrics.json (None: --calibrate none)."""
+    (`evaluation.calibrate`): (what it did, for metrics.json; the calibrated model as saved).
+    (None, None) with --calibrate none."""
     if config.calibrate == "none":
-        return None
+        return None, None
     if config.train_on_all:
         if config.verbose:
             print(NOT_CALIBRATED_ON_ALL)
-        return {"skipped": NOT_CALIBRATED_ON_ALL}
+        return {"skipped": NOT_CALIBRATED_ON_ALL}, None
     loaded = load_model(run.best_model)
     calibration = fit_temperature(loaded, split.val, tta=config.tta, source="the validation split")
-    save_calibrated(loaded, calibration, run.best_model)
+    calibrated = save_calibrated(loaded, calibration, run.best_model)
     if config.verbose:
         print(calibration.line())
-    return calibration.to_dict()
+    return calibration.to_dict(), calibrated
 
 
 def _final_evaluation(config: TrainConfig, run: RunFolder, final_name: str, data: LoadedData, split: Split,
-                      fitted: Fitted, train_seconds: float, resumed: RunFolder | None):
-    """Evaluate the kept model on the validation split (and on the test split, if separate);
-    write their reports; return (metrics.json's content, the validation report)."""
-    final = load_model(run.path / final_name)
+                      fitted: Fitted, train_seconds: float, resumed: RunFolder | None,
+                      final: LoadedModel | None = None):
+    """Evaluate the kept model (`final`, else read from its file) on the validation split (and
+    on the test split, if separate); write their reports; return (metrics.json's content, the
+    validation report)."""
+    final = final or load_model(run.path / final_name)
     report = report_kept_model(run, final, split.val, tta=config.tta, prefix="test_" if config.train_on_all else "")
     metrics = {
         "split": split.val_name,
