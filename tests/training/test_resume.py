@@ -29,7 +29,9 @@ pytestmark = pytest.mark.slow  # trainings, killed and resumed
 EPOCHS = 6
 # 48x48 images make the seed model's Dense layer large (0.6 M weights: a checkpoint of ~10 MB),
 # so a checkpoint write lasts long enough to be hit by a kill.
-TRAIN_ARGS = ["--epochs", str(EPOCHS), "--image-size", "48", "--batch-size", "16", "--deterministic"]
+# --calibrate none: what is resumed is the training (the last step, calibration, has its own tests)
+TRAIN_ARGS = ["--epochs", str(EPOCHS), "--image-size", "48", "--batch-size", "16", "--deterministic",
+              "--calibrate", "none"]
 METRIC_COLUMNS = ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "val_f1", "val_precision",
                   "val_recall", "learning_rate"]
 
@@ -218,7 +220,7 @@ def test_fast_recipe_resumes_exactly(tmp_path):
     the uninterrupted run's history. (Kills of real processes: the test above.)"""
     data = make_image_folder(tmp_path / "images", per_class=12)
     config = TrainConfig(data_dir=str(data), model="fast", epochs=3, image_size=16, batch_size=8,
-                         deterministic=True, out=str(tmp_path / "whole"), verbose=0)
+                         deterministic=True, calibrate="none", out=str(tmp_path / "whole"), verbose=0)
     whole = train_with_copies(config, (1,), tmp_path)
     assert resumed_history(tmp_path / "after1") == history(whole)
     assert json.loads((tmp_path / "after1" / "metrics.json").read_text())["resumed_after_epoch"] == 1
@@ -233,7 +235,7 @@ def test_fine_tuning_resumes_across_the_phase_change_and_mid_phase_two(tmp_path)
     data = make_image_folder(tmp_path / "images", per_class=16)
     config = TrainConfig(data_dir=str(data), model="mobilenetv3small", weights=str(weights), epochs=4,
                          freeze_epochs=1, unfreeze="2", image_size=32, batch_size=8, deterministic=True,
-                         out=str(tmp_path / "whole"), verbose=0)
+                         calibrate="none", out=str(tmp_path / "whole"), verbose=0)
     expected = history(train_with_copies(config, (1, 2), tmp_path))
     assert len(expected) == 4 and len({row[8] for row in expected}) > 2  # two phases of step sizes
     assert float(expected[-1][1]) < float(expected[1][1])  # phase 2 learns: not a frozen model
