@@ -15,7 +15,7 @@ does not); `imgclf calibrate` does it for any `.keras` model and writes a new fi
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -79,9 +79,12 @@ class Calibration:
     tta: bool  # fitted to the test-time-augmented probabilities
     before: dict  # figures(...) before and after
     after: dict
+    # (weight, probabilities) of each view of the images, calibrated: what the calibrated model
+    # predicts for them (training's final evaluation reuses them); not saved
+    views: list = field(default_factory=list, repr=False, compare=False)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {key: value for key, value in asdict(self).items() if key != "views"}
 
     def line(self) -> str:
         text = (f"calibrated: temperature {self.temperature:.3f}, fitted on {self.images:,} images "
@@ -100,9 +103,10 @@ def fit(loaded: LoadedModel, images: Images, *, tta: bool = False, source: str =
     images = images.with_classes(loaded.class_names)
     views = image_views(loaded, images, tta=tta)
     fitted = fit_temperature(views, images.labels)
-    after = combine_views([(weight, scale(probs, fitted)) for weight, probs in views])
+    calibrated = [(weight, scale(probs, fitted)) for weight, probs in views]
     return Calibration(loaded.temperature * fitted, fitted, len(images), source, tta,
-                       figures(images.labels, combine_views(views)), figures(images.labels, after))
+                       figures(images.labels, combine_views(views)),
+                       figures(images.labels, combine_views(calibrated)), calibrated)
 
 
 def save_calibrated(loaded: LoadedModel, calib: Calibration, out: str | Path) -> LoadedModel:

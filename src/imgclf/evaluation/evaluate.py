@@ -27,19 +27,22 @@ REPORT_KEYS = ("loss", "accuracy", "f1", "precision", "recall", "images")  # the
 
 
 def evaluate_images(loaded: LoadedModel, images: Images, *, tta: bool = False, batch_size: int = PREDICT_BATCH,
-                    min_confidence: float | None = None, target_accuracy: float | None = None) -> dict:
+                    min_confidence: float | None = None, target_accuracy: float | None = None,
+                    views: list[tuple[float, np.ndarray]] | None = None) -> dict:
     """Accuracy, macro and per-class precision/recall/F1, loss, the confusion matrix, and the
     error analysis (`analysis.analyse`: top-k, weighted averages, most-confused pairs,
     calibration, selective prediction, the misclassified images). A calibrated model's
     figures without its temperature are under analysis["uncalibrated"]; `min_confidence` and
-    `target_accuracy` add selective prediction at that threshold / for that accuracy."""
+    `target_accuracy` add selective prediction at that threshold / for that accuracy. `views`:
+    the model's (weight, probabilities) of each view of `images`, already computed."""
     if len(images) == 0:
         raise DataError("no images to evaluate")
     check_min_confidence(min_confidence)
     if target_accuracy is not None and not 0 < target_accuracy <= 1:
         raise DataError(f"target accuracy must be above 0 and at most 1 (got {target_accuracy})")
     images = images.with_classes(loaded.class_names)
-    views = image_views(loaded, images, tta=tta, batch_size=batch_size)
+    if views is None:
+        views = image_views(loaded, images, tta=tta, batch_size=batch_size)
     probs = combine_views(views)
     predicted = probs.argmax(axis=1)
     matrix = confusion_matrix(images.labels, predicted, len(loaded.class_names))
@@ -143,11 +146,11 @@ def write_run_report(run_dir: str | Path, *, unsafe: bool = False) -> Path:
 
 
 def report_kept_model(run: RunFolder, loaded: LoadedModel, images: Images, *, tta: bool, prefix: str = "",
-                      source: str | None = None) -> dict:
+                      source: str | None = None, views: list | None = None) -> dict:
     """Evaluate a run's kept model on one split and write that split's reports into the run
     (tables, figures, misclassified images; `prefix` "test_" for a test split): the one path
     of training's final evaluation and of `imgclf report`. Returns the report."""
-    report = evaluate_images(loaded, images, tta=tta)
+    report = evaluate_images(loaded, images, tta=tta, views=views)
     if source is not None:
         report["source"] = source
     pixels = top_loss_pixels(images, report)

@@ -142,7 +142,7 @@ def _train(config: TrainConfig, strategy, resumed: RunFolder | None, data: Loade
     final_name = _keep_final_model(config, run)
     calibration, calibrated = _calibrate(config, run, split)
     metrics, report = _final_evaluation(config, run, final_name, data, split, fitted, train_seconds, resumed,
-                                        calibrated)
+                                        *(calibrated or ()))
     if calibration is not None:
         metrics["calibration"] = report["calibration"] = calibration
     run.write_metrics(metrics)
@@ -317,10 +317,10 @@ NOT_CALIBRATED_ON_ALL = ("not calibrated: --train-on-all leaves no validation sp
                          "test split only measures); calibrate it on other labelled images with imgclf calibrate")
 
 
-def _calibrate(config: TrainConfig, run: RunFolder, split: Split) -> tuple[dict | None, LoadedModel | None]:
+def _calibrate(config: TrainConfig, run: RunFolder, split: Split) -> tuple[dict | None, tuple | None]:
     """Fit the kept model's temperature on the validation split and put it into the model
-    (`evaluation.calibrate`): (what it did, for metrics.json; the calibrated model as saved).
-    (None, None) with --calibrate none."""
+    (`evaluation.calibrate`): (what it did, for metrics.json; (the calibrated model as saved,
+    its probabilities of the validation split's views)). (None, None) with --calibrate none."""
     if config.calibrate == "none":
         return None, None
     if config.train_on_all:
@@ -332,17 +332,18 @@ def _calibrate(config: TrainConfig, run: RunFolder, split: Split) -> tuple[dict 
     calibrated = save_calibrated(loaded, calibration, run.best_model)
     if config.verbose:
         print(calibration.line())
-    return calibration.to_dict(), calibrated
+    return calibration.to_dict(), (calibrated, calibration.views)
 
 
 def _final_evaluation(config: TrainConfig, run: RunFolder, final_name: str, data: LoadedData, split: Split,
                       fitted: Fitted, train_seconds: float, resumed: RunFolder | None,
-                      final: LoadedModel | None = None):
-    """Evaluate the kept model (`final`, else read from its file) on the validation split (and
-    on the test split, if separate); write their reports; return (metrics.json's content, the
-    validation report)."""
+                      final: LoadedModel | None = None, views: list | None = None):
+    """Evaluate the kept model (`final`, else read from its file; `views`: its probabilities of
+    the validation split, already computed) on the validation split (and on the test split, if
+    separate); write their reports; return (metrics.json's content, the validation report)."""
     final = final or load_model(run.path / final_name)
-    report = report_kept_model(run, final, split.val, tta=config.tta, prefix="test_" if config.train_on_all else "")
+    report = report_kept_model(run, final, split.val, tta=config.tta, prefix="test_" if config.train_on_all else "",
+                               views=views)
     metrics = {
         "split": split.val_name,
         "model_file": final_name,
