@@ -106,10 +106,17 @@ SQUARE_IMAGES, SQUARE_EPOCHS = 100, 10  # per class; both recipes then classify 
 
 def pytest_collection_modifyitems(items):
     """Tests that use a fixture which trains models beyond `trained_run` are slow, marked here
-    once rather than test by test."""
+    once rather than test by test. Then the files with the most slow tests run first: `make
+    test`'s two workers take whole files (`--dist loadfile`) in this order, so the longest
+    start early instead of leaving one worker alone with them at the end."""
     for item in items:
         if TRAINING_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
+    slow: dict[str, int] = {}
+    for item in items:
+        slow[item.nodeid.split("::")[0]] = slow.get(item.nodeid.split("::")[0], 0) + bool(
+            item.get_closest_marker("slow"))
+    items.sort(key=lambda item: -slow[item.nodeid.split("::")[0]])  # stable: each file's own order kept
 
 
 TRAINING_FIXTURES = {"export_runs", "square_runs"}
