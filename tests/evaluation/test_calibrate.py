@@ -124,3 +124,19 @@ def test_evaluate_shows_the_figures_with_and_without_the_temperature(trained_run
     metrics = json.loads((trained_run / "metrics.json").read_text())
     line = next(line for line in result.stdout.splitlines() if line.startswith("calibration:"))
     assert f"temperature {metrics['calibration']['temperature']:.4f}" in line and "->" in line
+
+
+def test_with_test_time_augmentation_the_temperature_fits_the_averaged_views(trained_run):
+    from imgclf.evaluation.calibrate import fit
+    from imgclf.inference.predict import combine_views, image_views
+
+    loaded = load_model(trained_run / "last_model.keras")  # not calibrated
+    val = split_images(trained_run, loaded, "val")
+    calib = fit(loaded, val, tta=True, source="test")
+    assert calib.tta and len(calib.views) == 6  # the image, its mirror, and two shifted pairs
+    assert calib.after["nll"] <= calib.before["nll"] + 1e-9
+    # what was fitted is the NLL of the weighted average of the scaled views
+    views = image_views(loaded, val, tta=True)
+    expected = combine_views([(w, scale(p, calib.fitted)) for w, p in views])
+    np.testing.assert_allclose(combine_views(calib.views), expected, atol=1e-6)
+    assert calib.fitted == pytest.approx(fit_temperature(views, val.labels), rel=1e-6)
