@@ -25,11 +25,11 @@ from ..data.labelled import Images
 from ..errors import DataError, ModelFileError
 from ..inference.loaded import LoadedModel
 from ..inference.predict import combine_views, image_views
+from ..models.layers import PROBABILITY_FLOOR  # as the Temperature layer computes
 from ..run.folder import split_images
 from .analysis import calibration
 
 TEMPERATURES = (0.05, 20.0)  # the range T is searched in
-PROBABILITY_FLOOR = 1e-37  # as models.layers.Temperature's
 EPSILON = 1e-7  # probability floor of the log-loss, as Keras' cross-entropy clips
 CALIBRATED_SUFFIX = ".calibrated.keras"  # imgclf calibrate's output beside its input
 FEW_IMAGES = 200  # fitted on fewer, the temperature comes with a warning

@@ -89,7 +89,7 @@ class Explainer:
         the explained layer's output."""
         from keras import ops
 
-        from ..models.layers import Temperature
+        from ..models.layers import PROBABILITY_FLOOR, Temperature
 
         last = max(i for i, layer in enumerate(self.layers) if not isinstance(layer, Temperature))
         logits = None
@@ -100,7 +100,7 @@ class Explainer:
             if i == self.index and watch is not None:
                 watch(x)
         if logits is None:
-            logits = ops.log(ops.maximum(ops.cast(x, "float32"), 1e-37))
+            logits = ops.log(ops.maximum(ops.cast(x, "float32"), PROBABILITY_FLOOR))
         return ops.cast(logits, "float32"), ops.cast(x, "float32")
 
     def _gradcam(self, pixels, classes):
