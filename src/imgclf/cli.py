@@ -24,6 +24,7 @@ EXIT_USAGE = 2  # the command line itself is wrong
 EXIT_INTERRUPTED = 130  # Ctrl-C
 TTA_HELP = "test-time augmentation (average over the mirror image and 1-pixel shifts)"
 MODEL_HELP = "saved model (.keras) or an export of one (SavedModel folder, .onnx, .tflite)"
+KERAS_MODEL_HELP = "saved model (.keras)"
 UNSET = argparse.SUPPRESS  # option not given: leave the key out, so TrainConfig's default applies
 MIN_CONFIDENCE_HELP = ("answer 'uncertain' for images whose top probability is below P (0 < P < 1); the top "
                        "classes are still listed")
@@ -118,7 +119,7 @@ def build_parser() -> Parser:
     p.add_argument("--output", help="also write the predictions to a .csv or .json file")
     p.add_argument("--tta", action="store_true", help=TTA_HELP)
     add_min_confidence(p)
-    p.add_argument("--unsafe", action="store_true", help="allow model files that run code when loaded")
+    add_unsafe(p)
 
     p = commands.add_parser("evaluate", help="measure a saved model on labelled data",
                             description="Accuracy, F1, precision, recall, per-class table and confusion matrix.")
@@ -133,39 +134,39 @@ def build_parser() -> Parser:
     p.add_argument("--target-accuracy", type=_argument_type(_target_accuracy), metavar="A",
                    help="print the confidence threshold whose answers reach accuracy A on this data, and the "
                         "coverage it leaves")
-    p.add_argument("--unsafe", action="store_true", help="allow model files that run code when loaded")
+    add_unsafe(p)
 
     p = commands.add_parser("calibrate", help="calibrate a model's probabilities (temperature scaling)",
                             description="Fit one temperature on labelled images (minimising the log-loss of "
                                         "softmax(log p / T)) and write a new .keras model that includes it, so it "
                                         "and every export of it give calibrated probabilities; the class ranking "
-                                        "never changes. Without --data-dir or --labels: the run's validation split.")
-    p.add_argument("model", help="saved model (.keras)")
+                                        "does not change. Without --data-dir or --labels: the run's validation split.")
+    p.add_argument("model", help=KERAS_MODEL_HELP)
     add_config_options(p, DATA_KEYS)
     p.add_argument("--out", help="the calibrated model (.keras; default: beside the input, "
                                  "NAME.calibrated.keras); never the input itself")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.add_argument("--tta", action="store_true", help="fit to the test-time-augmented probabilities")
-    p.add_argument("--unsafe", action="store_true", help="allow model files that run code when loaded")
+    add_unsafe(p)
 
     p = commands.add_parser("explain", help="Grad-CAM heatmaps: where in each image the model looked",
                             description="For each image, the image with the Grad-CAM heatmap of the predicted class "
                                         "(or --class) over it (NAME.gradcam.png), explanations.csv (the "
                                         "predictions) and heatmaps.npz (the raw heatmaps at the model's input size, "
                                         "keyed by file name).")
-    p.add_argument("model", help="saved model (.keras)")
+    p.add_argument("model", help=KERAS_MODEL_HELP)
     p.add_argument("paths", nargs="+", help="image files, folders (recursive) or glob patterns")
     p.add_argument("--out", required=True, help="folder for the overlays, explanations.csv and heatmaps.npz")
     p.add_argument("--class", dest="class_name", metavar="NAME",
                    help="explain this class instead of the predicted one")
-    p.add_argument("--unsafe", action="store_true", help="allow model files that run code when loaded")
+    add_unsafe(p)
 
     p = commands.add_parser("report", help="write a run's HTML report (report.html) again",
                             description="Evaluate a run's best model on its validation split and write report.html: "
                                         "learning curves, metrics, per-class table, confusion matrix, calibration, "
                                         "misclassified images, configuration and environment. Training writes it too.")
     p.add_argument("run", metavar="RUN_DIR", help="a run folder")
-    p.add_argument("--unsafe", action="store_true", help="allow model files that run code when loaded")
+    add_unsafe(p)
 
     p = commands.add_parser("check-data", help="check a dataset: class balance, broken files, duplicates",
                             description="Images per class and the imbalance ratio, undecodable files, identical "
@@ -190,7 +191,7 @@ def build_parser() -> Parser:
                    help="images to check the export on (default: the run's validation split)")
     p.add_argument("--calibration-data", metavar="DIR",
                    help="images for int8 quantization (default: the run's training split)")
-    p.add_argument("--unsafe", action="store_true", help="allow model files that run code when loaded")
+    add_unsafe(p)
 
     p = commands.add_parser("serve", help="serve a model over HTTP (predictions, metadata, a web page)",
                             description="An HTTP prediction service: POST /predict, GET /health, GET /metadata, "
@@ -236,6 +237,10 @@ def build_parser() -> Parser:
                                                  "(default: the notebook's best)")
     p.add_argument("--out", default="bench_out", help="folder for bench.json (default: %(default)s)")
     return parser
+
+
+def add_unsafe(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--unsafe", action="store_true", help="allow model files that run code when loaded")
 
 
 def add_min_confidence(parser: argparse.ArgumentParser) -> None:

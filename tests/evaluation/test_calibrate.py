@@ -140,3 +140,23 @@ def test_with_test_time_augmentation_the_temperature_fits_the_averaged_views(tra
     expected = combine_views([(w, scale(p, calib.fitted)) for w, p in views])
     np.testing.assert_allclose(combine_views(calib.views), expected, atol=1e-6)
     assert calib.fitted == pytest.approx(fit_temperature(views, val.labels), rel=1e-6)
+
+
+def test_a_model_without_a_foldable_head_gets_a_temperature_layer(tmp_path):
+    import keras
+
+    from imgclf.models.layers import Temperature
+
+    inputs = keras.Input((4, 4, 3))
+    logits = keras.layers.Dense(3)(keras.layers.Flatten()(keras.layers.Rescaling(1 / 255)(inputs)))
+    model = keras.Model(inputs, keras.layers.Softmax()(logits))  # a Softmax layer: nothing to fold into
+    pixels = np.random.default_rng(0).integers(0, 256, (6, 4, 4, 3)).astype(np.float32)
+    calibrated = with_temperature(model, 2.0)
+    assert isinstance(calibrated.layers[-1], Temperature)
+    expected = scale(model.predict(pixels, verbose=0), 2.0)
+    np.testing.assert_allclose(calibrated.predict(pixels, verbose=0), expected, atol=1e-6)
+    again = with_temperature(calibrated, 1.5)  # a second temperature multiplies the first
+    assert isinstance(again.layers[-1], Temperature) and len(again.layers) == len(calibrated.layers)
+    save_model(again, tmp_path / "t.keras", ["a", "b", "c"])
+    np.testing.assert_allclose(load_model(tmp_path / "t.keras").model.predict(pixels, verbose=0),
+                               scale(model.predict(pixels, verbose=0), 3.0), atol=1e-6)
