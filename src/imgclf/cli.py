@@ -63,7 +63,7 @@ def add_config_options(parser: argparse.ArgumentParser, keys: typing.Iterable[st
             option.update(action="store_const", const=True)
         else:
             option["type"] = _argument_type(meta["type"]) if "type" in meta else _value_type(hints[key])
-            option.update({name: meta[name] for name in ("metavar", "choices") if name in meta})
+            option.update({name: meta[name] for name in ("metavar", "choices", "nargs", "const") if name in meta})
         target.add_argument(meta.get("flag", "--" + key.replace("_", "-")), **option)
 
 
@@ -90,7 +90,7 @@ def _help_values() -> dict[str, Any]:
     return {"recipes": ", ".join(RECIPE_DEFAULTS), "recipe_epochs": _model_defaults("epochs"),
             "recipe_batch_size": _model_defaults("batch_size"), "backbone_freeze_epochs": backbone.freeze_epochs,
             "backbone_backbone_lr": backbone.backbone_lr, "init_freeze_epochs": INIT_FREEZE_EPOCHS,
-            "init_backbone_lr": INIT_BACKBONE_LR}
+            "init_backbone_lr": INIT_BACKBONE_LR, "recipe_label_smoothing": _model_defaults("label_smoothing")}
 
 
 def build_parser() -> Parser:

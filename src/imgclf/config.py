@@ -35,6 +35,11 @@ WEIGHT_CHOICES = ("imagenet", "none")  # --weights of the pretrained backbones, 
 EXPORT_FORMATS = ("savedmodel", "onnx", "litert", "litert-int8")  # export/writers.py
 BENCH_CONTENDERS = ("notebook", "reference", "fast")  # imgclf bench (bench/train.py)
 CALIBRATIONS = ("temperature", "none")  # --calibrate: how the kept model's probabilities are calibrated
+# --augment: the training-only augmentations (models/augment.py), each in the input pipeline;
+# "recipe" is the recipe's own (the default), the presets are lists of the others
+AUGMENTS = ("recipe", "randaugment", "mixup", "cutmix", "erasing")
+AUGMENT_PRESETS = {"none": (), "light": ("recipe",), "strong": ("recipe", "randaugment", "mixup", "cutmix", "erasing")}
+DEFAULT_MLFLOW = "sqlite:///mlflow.db"  # --mlflow without a URI: a SQLite file in the working directory
 MAX_IMAGE_PIXELS = 64_000_000  # refuse decompression bombs: a tiny file that expands to gigapixels
 MIN_IMAGE_SIDE = 8  # pixels: the smallest image any recipe takes
 
@@ -53,6 +58,26 @@ def image_size_value(text: str) -> int | str:
     """--image-size as TrainConfig keeps it: N (an int) or "HxW"."""
     parse_image_size(text)
     return int(text) if text.strip().isdigit() else text.strip()
+
+
+def augment_value(text: str) -> str:
+    """--augment: a preset (none, light, strong) or a comma-separated list of AUGMENTS, as the
+    list it stands for ("none" when empty), in AUGMENTS' order."""
+    text = str(text).strip().lower()
+    names = AUGMENT_PRESETS.get(text)
+    if names is None:
+        names = tuple(name.strip() for name in text.split(",") if name.strip())
+        unknown = [name for name in names if name not in AUGMENTS]
+        if unknown or not names:
+            raise ImgclfError(f"unknown augmentation {', '.join(map(repr, unknown)) or repr(text)} (augment takes "
+                              f"{', '.join(AUGMENT_PRESETS)} or a comma-separated list of {', '.join(AUGMENTS)})")
+    return ",".join(name for name in AUGMENTS if name in names) or "none"
+
+
+def augment_names(value: str | None) -> tuple[str, ...]:
+    """The augmentations a (resolved or not) --augment value stands for."""
+    value = augment_value(value or "recipe")
+    return () if value == "none" else tuple(value.split(","))
 
 
 def _option(default: Any, help: str, **option: Any) -> Any:
@@ -118,6 +143,29 @@ class TrainConfig:
     class_weight: str | dict | None = _option(
         None, "weigh each class's loss: balanced (inverse to its images), none (default), or a JSON object such as "
               "'{{\"cat\": 3}}'; config.json keeps the weights used", metavar="balanced|none|JSON")
+    # --- improving a model: regularisation, early stopping, tracking ---
+    augment: str | None = _option(
+        None, "training-only augmentation: none, light (the recipe's own), strong (recipe,randaugment,mixup,cutmix,"
+              "erasing) or a comma-separated list of " + ", ".join(AUGMENTS) + " (default: recipe)",
+        metavar="none|light|strong|LIST", type=augment_value, group="improving a model")
+    label_smoothing: float | None = _option(
+        None, "label smoothing of the loss, 0 to <1 (default: the recipe's: {recipe_label_smoothing})",
+        group="improving a model")
+    weight_decay: float | None = _option(
+        None, "decoupled weight decay: each step subtracts W x the step-size schedule x each weight (default: the "
+              "recipe's own regularisation only)", metavar="W", group="improving a model")
+    ema: float | None = _option(
+        None, "keep an exponential moving average of the weights with this decay (e.g. 0.99); it is what "
+              "validation measures and what is saved", metavar="DECAY", group="improving a model")
+    patience: int | None = _option(
+        None, "stop when the validation loss has not improved (by more than --min-delta) for N epochs; the best "
+              "model stays the kept one", metavar="N", group="improving a model")
+    min_delta: float = _option(0.0, "with --patience: the smallest decrease of the validation loss that counts as "
+                                    "an improvement (default: {default})", group="improving a model")
+    mlflow: str | None = _option(
+        None, f"also log the run to MLflow: its config, each epoch's metrics, its models and report; to a "
+              f"tracking URI, by default {DEFAULT_MLFLOW} (needs pip install 'imgclf[mlflow]')",
+        metavar="URI", nargs="?", const=DEFAULT_MLFLOW, group="improving a model")
     tta: bool = _option(False, "final evaluation with test-time augmentation (mirror image and 1-pixel shifts)")
     train_on_all: bool = _option(False, "no validation split: train on all labelled data, monitor on the test split")
     calibrate: str = _option("temperature", "calibrate the kept model's probabilities at the end: temperature "
@@ -227,6 +275,23 @@ class TrainConfig:
             problems.append(f"distribute must be one of {', '.join(DISTRIBUTE_MODES)} (got {self.distribute!r})")
         if self.calibrate not in CALIBRATIONS:
             problems.append(f"calibrate must be one of {', '.join(CALIBRATIONS)} (got {self.calibrate!r})")
+        if self.augment is not None:
+            try:
+                augment_value(self.augment)
+            except ImgclfError as exc:
+                problems.append(str(exc))
+        if self.label_smoothing is not None and not 0.0 <= self.label_smoothing < 1.0:
+            problems.append(f"label_smoothing must be in [0, 1) (got {self.label_smoothing})")
+        if self.weight_decay is not None and not 0.0 <= self.weight_decay < 1.0:
+            problems.append(f"weight_decay must be in [0, 1) (got {self.weight_decay})")
+        if self.ema is not None and not 0.0 < self.ema < 1.0:
+            problems.append(f"ema must be a decay between 0 and 1, exclusive, e.g. 0.99 (got {self.ema})")
+        if self.patience is not None and self.patience < 1:
+            problems.append(f"patience must be at least 1 epoch (got {self.patience})")
+        if not self.min_delta >= 0.0:
+            problems.append(f"min_delta must not be negative (got {self.min_delta})")
+        if self.patience is not None and self.train_on_all:
+            problems.append("patience watches the validation loss, and train_on_all leaves no validation split")
         if self.precision not in PRECISIONS:
             problems.append(f"precision must be one of {', '.join(PRECISIONS)} (got {self.precision!r})")
         if self.data_dir is not None and self.labels is not None:

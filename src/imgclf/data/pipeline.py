@@ -32,7 +32,7 @@ def make_dataset(images: Images, batch_size: int, cache: str | None = None):
 
 
 def make_train_dataset(images: Images, batch_size: int, *, seed: int, epochs: int, first_epoch: int = 0,
-                       augment=None, batches_per_epoch: int | None = None, cache: str | None = None):
+                       augment=None, mix=None, batches_per_epoch: int | None = None, cache: str | None = None):
     """Shuffled (and augmented) training batches for epochs `first_epoch` .. `epochs - 1`,
     one epoch after the other, `train_steps(len(images), batch_size)` per epoch (pass it
     as `steps_per_epoch` to `model.fit`). Only full batches: the few images left over
@@ -42,7 +42,8 @@ def make_train_dataset(images: Images, batch_size: int, *, seed: int, epochs: in
     random ops, no hidden state. A resumed run sees exactly the batches the uninterrupted
     run would have seen. `augment(uint8 batch, seed, index, epoch) -> batch` gets a
     2-element seed tensor, the images' indices and the epoch, and must use stateless
-    random ops. `batches_per_epoch` takes only that many batches of each epoch (the workers
+    random ops. `mix(images, labels, seed) -> (images, class probabilities)` (MixUp, CutMix)
+    runs after it. `batches_per_epoch` takes only that many batches of each epoch (the workers
     of a multi-worker run must all take the same number of steps).
 
     `cache` (a folder; images streamed from disk): every image is decoded once, into
@@ -82,8 +83,11 @@ def make_train_dataset(images: Images, batch_size: int, *, seed: int, epochs: in
 
     def finish(epoch, step, batch):
         x, y, index = fetch(batch)
+        batch_seed = tf.stack([tf.constant(seed, tf.int64), epoch * 1_000_003 + step])
         if augment is not None:
-            x = augment(x, tf.stack([tf.constant(seed, tf.int64), epoch * 1_000_003 + step]), index, epoch)
+            x = augment(x, batch_seed, index, epoch)
+        if mix is not None:
+            x, y = mix(x, y, batch_seed)
         return tf.cast(x, tf.float32), y
 
     dataset = tf.data.Dataset.range(first_epoch, epochs).flat_map(one_epoch)

@@ -27,6 +27,8 @@ class ConfusionMatrix(keras.metrics.Metric):
         )
 
     def update_state(self, y_true, y_pred, sample_weight=None):
+        if len(y_true.shape) == 2 and y_true.shape[-1] == self.num_classes > 1:  # probabilities (MixUp, CutMix)
+            y_true = ops.argmax(y_true, axis=-1)
         true = ops.one_hot(ops.cast(ops.reshape(y_true, (-1,)), "int32"), self.num_classes, dtype="float32")
         pred = ops.one_hot(ops.argmax(y_pred, axis=-1), self.num_classes, dtype="float32")
         self.counts.assign_add(ops.matmul(ops.transpose(true), pred))

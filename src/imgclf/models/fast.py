@@ -30,7 +30,7 @@ WHITEN_EPS = 5e-4  # added to eigenvalues (of channel-standardised patches) befo
 WHITEN_BIAS_EPOCHS = 3  # the whitening layer's bias trains this long, then freezes (its kernel never trains)
 BN_MOMENTUM = 0.6  # Keras convention: running stats keep 60% of their old value per step
 BN_EPSILON = 1e-5
-LABEL_SMOOTHING = 0.2
+LABEL_SMOOTHING = recipe_defaults("fast").label_smoothing  # 0.2
 PRECISE_BN_IMAGES = 4096  # training images used to re-estimate BatchNorm statistics each epoch
 PRECISE_BN_BATCH = 512
 # Optimisation (airbench94_muon). Muon's step size is per step, whatever the batch size; the

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from ..config import AUTO, MIN_IMAGE_SIDE, TrainConfig
+from ..config import AUTO, MIN_IMAGE_SIDE, TrainConfig, augment_value
 from ..errors import ImgclfError
 
 
@@ -33,6 +33,8 @@ class Recipe:
     # (the model's layers, its input left out) -> the index of the layer whose output Grad-CAM
     # explains (`inference.explain`); it must work on the recipe's models and on --init copies
     explain_layer: Callable[[list], int] | None = None
+    # its own augmentation is layers in the model: build() takes augment=False to leave them out
+    model_augment: bool = False
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,7 @@ class RecipeDefaults:
     options: dict[str, Any] = dataclasses.field(default_factory=dict)
     # Smaller training sets get smaller batches (`fitted_batch_size`), step sizes in proportion.
     fit_batch_to_data: bool = False
+    label_smoothing: float = 0.0  # of the loss (--label-smoothing)
     # What the recipe was tuned on: (smallest, largest) training-set size and image side. A run
     # far outside them (FAR_OUTSIDE x) gets one warning.
     tuned_train_images: tuple[int, int] = (100, 1_000_000)
@@ -102,7 +105,8 @@ def _fast(epochs: int, widths: tuple[int, int, int], description: str) -> Recipe
     CIFAR-10: 32-pixel images, 10,000-50,000 training images."""
     return RecipeDefaults(epochs, FAST_BATCH_SIZE, FAST_BIAS_LR_PER_IMAGE * FAST_BATCH_SIZE, True,
                           description.format(widths="/".join(map(str, widths))), ".fast", {"widths": widths},
-                          fit_batch_to_data=True, tuned_train_images=(10_000, 50_000), tuned_image_sizes=(32, 32))
+                          fit_batch_to_data=True, label_smoothing=0.2, tuned_train_images=(10_000, 50_000),
+                          tuned_image_sizes=(32, 32))
 
 
 RECIPE_DEFAULTS: dict[str, RecipeDefaults] = {
@@ -248,6 +252,8 @@ def resolve(config: TrainConfig, train_images: int | None = None, replicas: int 
     if freeze_epochs is None:
         freeze_epochs = recipe.freeze_epochs if pretrained(config) else INIT_FREEZE_EPOCHS if config.init else 0
     return config.replace(
+        augment=augment_value(config.augment or "recipe"),
+        label_smoothing=recipe.label_smoothing if config.label_smoothing is None else config.label_smoothing,
         backbone_lr=backbone_lr,
         weights=(config.weights or "imagenet") if recipe.backbone else None,
         freeze_epochs=freeze_epochs,

@@ -23,14 +23,17 @@ def get_recipe(name: str) -> Recipe:
 
 
 def create_model(name: str, input_shape: tuple[int, int, int], num_classes: int,
-                 train_pixels: np.ndarray | None = None, weights: str | None = None):
+                 train_pixels: np.ndarray | None = None, weights: str | None = None, own_augment: bool = True):
     """Build the registered model `name` for images of `input_shape` and `num_classes` classes.
 
     `train_pixels` (uint8 training images) feeds data-dependent initialisation where a
     model has it; without it such a model starts from a generic initialisation. `weights`:
     the pretrained backbones' starting point ("imagenet", "none" or a weights file).
+    `own_augment=False`: without the recipe's augmentation layers, where it has some.
     """
     recipe = get_recipe(name)
+    if recipe.model_augment and not own_augment:
+        return recipe.build(input_shape, num_classes, augment=False)
     if recipe_defaults(name).backbone:  # build() takes weights=; training runs in two phases
         return recipe.build(input_shape, num_classes, weights=weights)
     if recipe.needs_data:

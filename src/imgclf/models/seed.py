@@ -15,17 +15,17 @@ ZOOM = 0.1  # fraction of the image side
 STEPS_PER_CALL = 25
 
 
-def seed_cnn(input_shape: tuple[int, int, int], num_classes: int) -> keras.Model:
+def seed_cnn(input_shape: tuple[int, int, int], num_classes: int, augment: bool = True) -> keras.Model:
     """The architecture of the original project: augmentation, three Conv2D + MaxPooling2D
     blocks, Dense layers with Dropout and a softmax output. Pixels arrive as 0-255; scaling
-    is the first layer."""
+    is the first layer. `augment=False` (--augment without `recipe`) leaves the augmentation
+    layers out."""
+    own = [layers.RandomFlip(FLIP), layers.RandomRotation(ROTATION), layers.RandomZoom(ZOOM)] if augment else []
     return keras.Sequential(
         [
             keras.Input(shape=input_shape),
             layers.Rescaling(1.0 / 255),
-            layers.RandomFlip(FLIP),
-            layers.RandomRotation(ROTATION),
-            layers.RandomZoom(ZOOM),
+            *own,
             layers.Conv2D(32, 3, padding="same", activation="relu"),
             layers.MaxPooling2D(),
             layers.Conv2D(64, 3, padding="same", activation="relu"),
@@ -48,6 +48,7 @@ def recipe(name: str) -> Recipe:
         make_optimizer=lambda lr, steps, epochs, backbone_lr=1.0: keras.optimizers.Adam(lr * backbone_lr),
         steps_per_execution=STEPS_PER_CALL,
         explain_layer=last_conv,
+        model_augment=True,
     )
 
 

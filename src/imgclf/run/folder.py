@@ -68,6 +68,8 @@ RELIABILITY_PNG = "reliability.png"
 TOP_LOSSES_PNG = "top_losses.png"
 COVERAGE_PNG = "coverage.png"
 REPORT = "report.html"
+TENSORBOARD = "tensorboard"  # folder of TensorBoard's event files (training/tracking.py)
+MLFLOW_RUN = "mlflow.json"  # the MLflow run a --mlflow run logs to
 # the history as figures: loss, accuracy, F1, precision and recall per epoch
 HISTORY_PNGS = ("loss.png", "accuracy.png", "f1.png", "precision_recall.png")
 HISTORY_COLUMNS = [  # then val_f1[class], val_precision[class], val_recall[class] for each class

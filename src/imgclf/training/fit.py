@@ -8,12 +8,13 @@ random draws (initialisation, then the recipe's callbacks) gives the same histor
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from dataclasses import dataclass
 
 import keras
 
-from ..config import TrainConfig
+from ..config import TrainConfig, augment_names
 from ..data.labelled import Images
 from ..data.pipeline import make_dataset, make_train_dataset, sample_pixels, steps_per_call, train_steps
 from ..evaluation.metrics import ConfusionMatrix
@@ -24,7 +25,16 @@ from ..models.registry import create_model
 from ..run.folder import RunFolder
 from .callbacks import BestModelCheckpoint, EpochMetrics, ReplicatedValidation
 from .checkpoint import Stateful, TrainingCheckpoint, restore_state
+from .regularize import (
+    EarlyStopping,
+    SwapEMAWeights,
+    configure_optimizer,
+    training_accuracy,
+    training_augment,
+    training_loss,
+)
 from .distribute import all_sum, fit_replicated, replicas, tf_strategy, worker_position, worker_shard
+from .tracking import tracking_callbacks
 from .transfer import load_init, transfer_model
 
 EVAL_BATCH = 256  # validation batch size (no gradients, so larger batches are cheaper)
@@ -38,6 +48,8 @@ Phase = tuple[int, int, int]  # (phase, first epoch, end epoch)
 class Fitted:
     best: BestModelCheckpoint
     first_epoch: int  # epochs already done when this process started (resume)
+    stopped_epoch: int | None = None  # --patience stopped the run after this epoch
+    epochs_run: int = 0  # epochs completed in all (all of them, or up to the early stop)
 
 
 @dataclass
@@ -50,10 +62,19 @@ class Callbacks:
     own_validation: list
     extra: list
     stateful: dict[str, Stateful]  # what the checkpoint saves and a resume restores
+    ema: SwapEMAWeights | None = None  # --ema: before the best model, which saves the averaged weights
+    early: EarlyStopping | None = None  # --patience
+    tracking: list = dataclasses.field(default_factory=list)  # TensorBoard, MLflow: after the history
 
     def for_fit(self, run: RunFolder) -> list:
-        return [*self.own_validation, self.history, *self.recipe, self.best, *self.extra,
-                TrainingCheckpoint(run, self.stateful)]
+        optional = [c for c in (self.ema,) if c is not None]
+        stop = [c for c in (self.early,) if c is not None]
+        return [*self.own_validation, self.history, *self.tracking, *self.recipe, *optional, self.best, *stop,
+                *self.extra, TrainingCheckpoint(run, self.stateful)]
+
+    @property
+    def stopped(self) -> bool:
+        return self.early is not None and self.early.stopped
 
 
 def fit(config: TrainConfig, recipe: Recipe, run: RunFolder, train: Images, val: Images, class_names: list[str],
@@ -82,17 +103,24 @@ def fit(config: TrainConfig, recipe: Recipe, run: RunFolder, train: Images, val:
         first_epoch = restore_state(*checkpoint, model, callbacks.stateful)
         if config.verbose:
             print(f"resuming after epoch {first_epoch} of {config.epochs} (best so far: epoch "
-                  f"{callbacks.best.best_epoch})")
+                  f"{callbacks.best.best_epoch})" + (f"; it had stopped early after epoch {first_epoch}, so "
+                                                     "nothing more trains" if callbacks.stopped else ""))
     for phase in phases:
-        if phase[2] <= first_epoch:
+        if phase[2] <= first_epoch or callbacks.stopped:
             continue
         if phase != current:
             compile_phase(model, config, recipe, matrix, steps_per_epoch, phase)
             current = phase
         fit_phase(model, config, recipe, train, validation, strategy, steps_per_epoch,
                   max(first_epoch, phase[1]), phase[2], callbacks.for_fit(run), class_names)
-    save_model(model, run.last_model, class_names, epoch=config.epochs, **metadata)
-    return Fitted(callbacks.best, first_epoch)
+    stopped = callbacks.early.stopped_epoch if callbacks.stopped else None
+    if stopped and config.verbose:
+        print(f"stopped early after epoch {stopped}: the validation loss has not improved by more than "
+              f"{config.min_delta:g} for {config.patience} epochs")
+    epochs_run = stopped or config.epochs
+    if not (stopped and first_epoch >= stopped):  # a resumed run that had stopped keeps its last model
+        save_model(model, run.last_model, class_names, epoch=epochs_run, **metadata)
+    return Fitted(callbacks.best, first_epoch, stopped, epochs_run)
 
 
 def build_model(config: TrainConfig, num_classes: int, pixels) -> keras.Model:
@@ -100,7 +128,8 @@ def build_model(config: TrainConfig, num_classes: int, pixels) -> keras.Model:
     input_shape = (*config.size, 3)
     if config.init:
         return transfer_model(load_init(config.init).model, input_shape, num_classes)
-    return create_model(config.model, input_shape, num_classes, train_pixels=pixels, weights=config.weights)
+    return create_model(config.model, input_shape, num_classes, train_pixels=pixels, weights=config.weights,
+                        own_augment="recipe" in augment_names(config.augment))
 
 
 def make_callbacks(config: TrainConfig, recipe: Recipe, run: RunFolder, model: keras.Model, matrix: ConfusionMatrix,
@@ -112,7 +141,15 @@ def make_callbacks(config: TrainConfig, recipe: Recipe, run: RunFolder, model: k
     best.set_model(model)
     stateful: dict[str, Stateful] = {"history": history, "best": best}
     stateful.update({f"recipe{i}": cb for i, cb in enumerate(recipe_callbacks) if isinstance(cb, Stateful)})
-    return Callbacks(history, best, recipe_callbacks, [], list(extra_callbacks or []), stateful)
+    callbacks = Callbacks(history, best, recipe_callbacks, [], list(extra_callbacks or []), stateful)
+    if config.ema is not None:
+        callbacks.ema = stateful["ema"] = SwapEMAWeights()
+        callbacks.ema.set_model(model)
+    if config.patience is not None:
+        callbacks.early = stateful["early_stopping"] = EarlyStopping(config.patience, config.min_delta)
+        callbacks.early.set_model(model)
+    callbacks.tracking = tracking_callbacks(config, run, history, matrix, class_names)
+    return callbacks
 
 
 def plan_phases(config: TrainConfig) -> list[Phase]:
@@ -133,11 +170,12 @@ def compile_phase(model: keras.Model, config: TrainConfig, recipe: Recipe, matri
     number, start, stop = phase
     if number:
         set_phase(model, number, config.unfreeze)
+    optimizer = recipe.make_optimizer(config.learning_rate, steps_per_epoch, stop - start,
+                                      backbone_lr=1.0 if number == 1 else config.backbone_lr)
     model.compile(
-        optimizer=recipe.make_optimizer(config.learning_rate, steps_per_epoch, stop - start,
-                                        backbone_lr=1.0 if number == 1 else config.backbone_lr),
-        loss=recipe.loss,
-        metrics=["accuracy", matrix],
+        optimizer=configure_optimizer(optimizer, config),
+        loss=training_loss(config, recipe),
+        metrics=[training_accuracy(config), matrix],
         # model.fit's; with several replicas `fit_replicated` runs one step per call (several
         # fail under MirroredStrategy on TF 2.21, docs/distribute.md)
         steps_per_execution=steps_per_call(steps_per_epoch, recipe.steps_per_execution),
@@ -149,14 +187,15 @@ def fit_phase(model: keras.Model, config: TrainConfig, recipe: Recipe, train: Im
     """Epochs `start` to `stop` of one phase: `model.fit` on one replica, else
     `fit_replicated` (model.fit fails under multi-worker strategies, docs/distribute.md)."""
     class_weight = [config.class_weight[name] for name in class_names] if config.class_weight else None
+    augment, mix = training_augment(config, recipe, len(class_names))
     if replicas(strategy) > 1:
-        batches = _worker_batches(train, config, recipe, strategy, steps_per_epoch, start, stop)
+        batches = _worker_batches(train, config, augment, mix, strategy, steps_per_epoch, start, stop)
         fit_replicated(model, strategy, batches, steps_per_epoch=steps_per_epoch, epochs=stop, initial_epoch=start,
                        callbacks=callbacks, class_weight=class_weight)
         return
     model.fit(
         make_train_dataset(train, config.batch_size, seed=config.seed, epochs=stop, first_epoch=start,
-                           augment=recipe.augment, cache=config.cache),
+                           augment=augment, mix=mix, cache=config.cache),
         steps_per_epoch=steps_per_epoch,
         validation_data=validation,
         epochs=stop,
@@ -168,7 +207,7 @@ def fit_phase(model: keras.Model, config: TrainConfig, recipe: Recipe, train: Im
     )
 
 
-def _worker_batches(train: Images, config: TrainConfig, recipe: Recipe, strategy, steps_per_epoch: int,
+def _worker_batches(train: Images, config: TrainConfig, augment, mix, strategy, steps_per_epoch: int,
                     start: int, stop: int):
     """This worker's training batches under a strategy with several replicas: its shard,
     in per-replica batches (batch_size / replicas), as many per epoch as its replicas take
@@ -177,7 +216,7 @@ def _worker_batches(train: Images, config: TrainConfig, recipe: Recipe, strategy
     index, workers = worker_position(strategy)
     return make_train_dataset(worker_shard(train, strategy), config.batch_size // replicas(strategy),
                               seed=config.seed + WORKER_SEED_STRIDE * index, epochs=stop, first_epoch=start,
-                              augment=recipe.augment, cache=config.cache,
+                              augment=augment, mix=mix, cache=config.cache,
                               batches_per_epoch=steps_per_epoch * replicas(strategy) // workers)
 
 

@@ -42,6 +42,7 @@ from .distribute import (
 from .fit import Fitted, fit
 from .hardware import available_memory, environment
 from .precision import compute_precision, resolve_precision
+from .tracking import MlflowLog, check_mlflow
 from .transfer import init_recipe
 
 
@@ -78,6 +79,8 @@ class Split:
 def _run(config: TrainConfig, resumed: RunFolder | None, data: LoadedData | None,
          extra_callbacks: list | None) -> Path | None:
     check(config)  # the config and its recipe, before anything is loaded
+    if config.mlflow:
+        check_mlflow(config.mlflow)  # an unreachable tracking URI fails now, in seconds
     strategy = make_strategy(config.distribute)  # first: multi-worker collectives start with it
     if is_chief(strategy):
         return _train(config, strategy, resumed, data, extra_callbacks)
@@ -129,15 +132,31 @@ def _train(config: TrainConfig, strategy, resumed: RunFolder | None, data: Loade
     run.write_data_summary(_data_summary(data, split))
     recipe = get_recipe(config.model)
     _announce(config, precision, run, data, split, strategy)
-    with compute_precision(precision), strategy.scope():
-        try:
-            fitted = fit(config, recipe, run, split.train, split.val, split.labelled.class_names, checkpoint,
-                         extra_callbacks)
-        except StorageError as exc:  # disk full mid-run: every file written so far is whole
-            raise StorageError(exc.reason, exc.path, f"{exc.kept}; the run continues from its last completed "
-                                                     f"epoch with --resume {run}") from None
-    if not chief:
-        return None
+    mlflow = MlflowLog(config, run, resumed is not None) if config.mlflow and chief else None
+    try:
+        with compute_precision(precision), strategy.scope():
+            try:
+                fitted = fit(config, recipe, run, split.train, split.val, split.labelled.class_names, checkpoint,
+                             list(extra_callbacks or []) + ([mlflow] if mlflow else []))
+            except StorageError as exc:  # disk full mid-run: every file written so far is whole
+                raise StorageError(exc.reason, exc.path, f"{exc.kept}; the run continues from its last completed "
+                                                         f"epoch with --resume {run}") from None
+        if not chief:
+            return None
+        _finish(config, run, data, split, fitted, started, resumed)
+    except BaseException:
+        if mlflow:
+            mlflow.finish("KILLED" if sys.exc_info()[0] is KeyboardInterrupt else "FAILED")
+        raise
+    if mlflow:
+        mlflow.finish()
+    return run.path
+
+
+def _finish(config: TrainConfig, run: RunFolder, data: LoadedData, split: Split, fitted: Fitted, started: float,
+            resumed: RunFolder | None) -> None:
+    """After the fit, on the chief: keep, calibrate and evaluate the final model; write
+    metrics.json, the plots and the report."""
     train_seconds = time.perf_counter() - started
     final_name = _keep_final_model(config, run)
     calibration, calibrated = _calibrate(config, run, split)
@@ -145,12 +164,14 @@ def _train(config: TrainConfig, strategy, resumed: RunFolder | None, data: Loade
                                         *(calibrated or ()))
     if calibration is not None:
         metrics["calibration"] = report["calibration"] = calibration
+    if config.patience is not None:
+        metrics["early_stopping"] = {"patience": config.patience, "min_delta": config.min_delta,
+                                     "stopped_after_epoch": fitted.stopped_epoch, "epochs_run": fitted.epochs_run}
     run.write_metrics(metrics)
     write_history_plots(run)
     write_html_report(run, report, title=f"{config.model} run {run.path.name}",
                       prefix="test_" if config.train_on_all else "")
     _print_result(config, run, final_name, split, fitted, report, train_seconds)
-    return run.path
 
 
 PIPELINE_BATCHES = 3  # batches alive at once in the input pipeline: one decoded, one prefetched, one in the model
@@ -296,6 +317,11 @@ def _announce(config: TrainConfig, precision: str, run: RunFolder, data: LoadedD
     print(f"model: {config.model} ({recipe_defaults(config.model).description}), {config.epochs} epochs, "
           f"batch {config.batch_size}, learning rate {config.learning_rate:g}, precision {precision}"
           + (", deterministic" if config.deterministic else ""))
+    extras = [f"augment {config.augment}", f"label smoothing {config.label_smoothing:g}"]
+    extras += [f"EMA {config.ema:g}"] if config.ema is not None else []
+    extras += [f"weight decay {config.weight_decay:g}"] if config.weight_decay else []
+    extras += [f"early stop after {config.patience} epochs without improvement"] if config.patience else []
+    print("regularisation: " + ", ".join(extras))
     if config.class_weight:
         print("class weights: " + ", ".join(f"{name} {w:.3g}" for name, w in config.class_weight.items()))
     if config.freeze_epochs:
