@@ -40,6 +40,8 @@ TRAIN_KEYS = tuple(f.name for f in dataclasses.fields(TrainConfig) if "help" in 
 DATA_KEYS = ("dataset", "data_dir", "labels", "limit")
 IMAGE_KEYS = ("image_size", "resize")
 BENCH_KEYS = (*DATA_KEYS, *IMAGE_KEYS, "seed")
+LR_FIND_KEYS = (*DATA_KEYS, *IMAGE_KEYS, "val_split", "memory_limit_mb", "model", "weights", "batch_size", "precision",
+                "seed", "augment", "label_smoothing", "weight_decay")
 
 
 def add_config_options(parser: argparse.ArgumentParser, keys: typing.Iterable[str]) -> None:
@@ -110,6 +112,21 @@ def build_parser() -> Parser:
                    help="continue an interrupted run from its last completed epoch, with its own configuration")
     p.add_argument("--config", help="JSON file of configuration keys; command-line options given override it")
     p.add_argument("--quiet", action="store_true", help="no progress output")
+
+    p = commands.add_parser("lr-find", help="the learning-rate range test: a plot and a suggested step size",
+                            description="Train the recipe for a few hundred steps while its step size grows "
+                                        "exponentially; write the loss curve and suggest train --learning-rate.")
+    add_config_options(p, LR_FIND_KEYS)
+    p.add_argument("--out", required=True, help="folder for lr_find.png, lr_find.csv and lr_find.json")
+    p.add_argument("--steps", type=int, default=200, help="optimisation steps of the sweep (default: %(default)s)")
+    p.add_argument("--config", help="JSON file of configuration keys (a train --config file)")
+
+    p = commands.add_parser("compare", help="compare run folders: one table, their validation curves overlaid",
+                            description="Compare run folders: a table (recipe, settings, best epoch, accuracy, F1, "
+                                        "ECE, time) and their validation curves, as CSV, PNG and one HTML file.")
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders")
+    p.add_argument("--out", default="compare", help="folder for compare.csv, compare.png and compare.html "
+                                                    "(default: %(default)s)")
 
     p = commands.add_parser("predict", help="predict the class of images",
                             description="Predict the class of image files, folders or globs.")
@@ -363,6 +380,24 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_lr_find(args: argparse.Namespace) -> int:
+    from .training.lr_find import lr_find
+
+    result = lr_find(_config_from_args(args, LR_FIND_KEYS), args.out, steps=args.steps)
+    print(f"{result.steps} steps of batch {result.batch_size}: plot in {Path(args.out) / 'lr_find.png'}")
+    print(result.line())
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .evaluation.compare import compare, text_table
+
+    result = compare(args.runs, args.out)
+    print(text_table(result["rows"]))
+    print(f"written: {', '.join(result['files'])}")
+    return 0
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     from .inference.predict import predict_files, write_predictions
     from .inference.runtimes import open_model
@@ -591,7 +626,7 @@ def cmd_bench_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-WITHOUT_TENSORFLOW = ("check-data",)  # commands that never load TensorFlow (seconds saved)
+WITHOUT_TENSORFLOW = ("check-data", "compare")  # commands that never load TensorFlow (seconds saved)
 
 
 def _needs_tensorflow(args: argparse.Namespace) -> bool:
@@ -605,7 +640,8 @@ def _needs_tensorflow(args: argparse.Namespace) -> bool:
 
 COMMANDS = {"train": cmd_train, "predict": cmd_predict, "evaluate": cmd_evaluate, "export": cmd_export,
             "serve": cmd_serve, "bench": cmd_bench, "bench-serve": cmd_bench_serve, "report": cmd_report,
-            "check-data": cmd_check_data, "calibrate": cmd_calibrate, "explain": cmd_explain}
+            "check-data": cmd_check_data, "calibrate": cmd_calibrate, "explain": cmd_explain,
+            "lr-find": cmd_lr_find, "compare": cmd_compare}
 
 
 def _model_defaults(key: str) -> str:

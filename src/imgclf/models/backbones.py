@@ -136,7 +136,8 @@ def _block_starts(base: keras.Model) -> dict[str, int]:
     return starts
 
 
-def make_optimizer(learning_rate: float, steps_per_epoch: int, epochs: int, backbone_lr: float = 1.0):
+def make_optimizer(learning_rate: float, steps_per_epoch: int, epochs: int, backbone_lr: float = 1.0,
+                   lr_scale: float = 1.0):
     """Adam, its step size decaying to 0 over the phase by a cosine."""
     schedule = keras.optimizers.schedules.CosineDecay(learning_rate * backbone_lr, max(1, steps_per_epoch * epochs))
     return keras.optimizers.Adam(schedule)

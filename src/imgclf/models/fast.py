@@ -158,14 +158,15 @@ class PreciseBatchNorm(keras.callbacks.Callback):
                 layer.momentum = momentum
 
 
-def make_optimizer(peak_lr: float, steps_per_epoch: int, epochs: int,
-                   backbone_lr: float = 1.0) -> keras.optimizers.Optimizer:
-    """`peak_lr`: the BatchNorm offsets' step size (the others keep their ratio to it).
+def make_optimizer(peak_lr: float, steps_per_epoch: int, epochs: int, backbone_lr: float = 1.0,
+                   lr_scale: float = 1.0) -> keras.optimizers.Optimizer:
+    """`peak_lr`: the BatchNorm offsets' step size (the others keep their ratio to it);
+    `lr_scale`: its ratio to the recipe's default, which scales Muon's per-step size too.
     `backbone_lr` scales every step size but the classifier's (fine-tuning a model from --init)."""
     head_lr = peak_lr * HEAD_LR_PER_IMAGE / FAST_BIAS_LR_PER_IMAGE
     body_lr = peak_lr * backbone_lr
     return Muon(
-        learning_rate=LinearDecay(steps_per_epoch * epochs), muon_lr=MUON_LR * backbone_lr,
+        learning_rate=LinearDecay(steps_per_epoch * epochs), muon_lr=MUON_LR * lr_scale * backbone_lr,
         muon_momentum=MUON_MOMENTUM, sgd_momentum=SGD_MOMENTUM,
         lr_multipliers={"beta": body_lr, "bias": body_lr, "kernel": head_lr, "default": body_lr},
         weight_decay_l2={"beta": WEIGHT_DECAY_PER_IMAGE / FAST_BIAS_LR_PER_IMAGE,

@@ -19,8 +19,10 @@ from ..errors import ImgclfError
 @dataclass(frozen=True)
 class Recipe:
     build: Callable[..., Any]  # (input_shape, num_classes[, train_pixels]) -> keras.Model
-    # (peak step size, steps/epoch, epochs, backbone_lr=1.0) -> keras optimizer; backbone_lr scales
-    # the step sizes of everything but the classifier where the optimizer can (fast), else all
+    # (peak step size, steps/epoch, epochs, backbone_lr=1.0, lr_scale=1.0) -> keras optimizer;
+    # backbone_lr scales the step sizes of everything but the classifier where the optimizer can
+    # (fast), else all; lr_scale is the peak step size's ratio to the recipe's default, for the
+    # step sizes not derived from it (fast's Muon), so --learning-rate scales every step size
     make_optimizer: Callable[..., Any]
     loss: Any = "sparse_categorical_crossentropy"  # Keras loss (labels are class indices)
     # batch augmentation in tf.data, stateless: (uint8 images, seed[2], index, epoch) -> images
@@ -232,6 +234,18 @@ def check(config: TrainConfig) -> None:
         raise ImgclfError("; ".join(problems))
 
 
+def default_learning_rate(model: str, batch_size: int) -> float:
+    """The recipe's step size at this batch size (in proportion to it where the recipe says)."""
+    recipe = recipe_defaults(model)
+    return recipe.learning_rate * (batch_size / recipe.batch_size if recipe.scale_lr_with_batch else 1.0)
+
+
+def learning_rate_scale(config: TrainConfig) -> float:
+    """A resolved config's step size as a multiple of its recipe's default at its batch size:
+    what scales the step sizes an optimizer does not take from the peak step size (Muon's)."""
+    return config.learning_rate / default_learning_rate(config.model, config.batch_size)
+
+
 def resolve(config: TrainConfig, train_images: int | None = None, replicas: int = 1) -> TrainConfig:
     """`config` with its recipe's defaults filled in where a value is None; with
     `train_images`, a batch size fitted to a training set that small (`fitted_batch_size`).
@@ -243,8 +257,7 @@ def resolve(config: TrainConfig, train_images: int | None = None, replicas: int 
         batch_size = per_device * replicas
     learning_rate = config.learning_rate
     if learning_rate is None:
-        scale = batch_size / recipe.batch_size if recipe.scale_lr_with_batch else 1.0
-        learning_rate = recipe.learning_rate * scale
+        learning_rate = default_learning_rate(config.model, batch_size)
     backbone_lr = config.backbone_lr
     if backbone_lr is None:
         backbone_lr = INIT_BACKBONE_LR if config.init else recipe.backbone_lr if pretrained(config) else 1.0

@@ -45,7 +45,7 @@ def recipe(name: str) -> Recipe:
     """The seed recipe (registered in `recipes.RECIPE_DEFAULTS`)."""
     return Recipe(
         build=seed_cnn,
-        make_optimizer=lambda lr, steps, epochs, backbone_lr=1.0: keras.optimizers.Adam(lr * backbone_lr),
+        make_optimizer=lambda lr, steps, epochs, backbone_lr=1.0, lr_scale=1.0: keras.optimizers.Adam(lr * backbone_lr),
         steps_per_execution=STEPS_PER_CALL,
         explain_layer=last_conv,
         model_augment=True,

@@ -20,11 +20,12 @@ from ..data.pipeline import make_dataset, make_train_dataset, sample_pixels, ste
 from ..evaluation.metrics import ConfusionMatrix
 from ..inference.modelio import save_model
 from ..models.backbones import set_phase
-from ..models.recipes import SAVED_RECIPE_KEY, Recipe, recipe_defaults
+from ..models.recipes import SAVED_RECIPE_KEY, Recipe, learning_rate_scale, recipe_defaults
 from ..models.registry import create_model
 from ..run.folder import RunFolder
 from .callbacks import BestModelCheckpoint, EpochMetrics, ReplicatedValidation
 from .checkpoint import Stateful, TrainingCheckpoint, restore_state
+from .distribute import all_sum, fit_replicated, replicas, tf_strategy, worker_position, worker_shard
 from .regularize import (
     EarlyStopping,
     SwapEMAWeights,
@@ -33,7 +34,6 @@ from .regularize import (
     training_augment,
     training_loss,
 )
-from .distribute import all_sum, fit_replicated, replicas, tf_strategy, worker_position, worker_shard
 from .tracking import tracking_callbacks
 from .transfer import load_init, transfer_model
 
@@ -171,7 +171,8 @@ def compile_phase(model: keras.Model, config: TrainConfig, recipe: Recipe, matri
     if number:
         set_phase(model, number, config.unfreeze)
     optimizer = recipe.make_optimizer(config.learning_rate, steps_per_epoch, stop - start,
-                                      backbone_lr=1.0 if number == 1 else config.backbone_lr)
+                                      backbone_lr=1.0 if number == 1 else config.backbone_lr,
+                                      lr_scale=learning_rate_scale(config))
     model.compile(
         optimizer=configure_optimizer(optimizer, config),
         loss=training_loss(config, recipe),

@@ -117,7 +117,7 @@ def _train(config: TrainConfig, strategy, resumed: RunFolder | None, data: Loade
     if config.init and resumed is None:
         config = config.replace(model=init_recipe(config.init))  # the source's recipe
     data = data if data is not None else load_data(config)
-    split = _split(data, config)
+    split = split_data(data, config)
     if config.model == AUTO:
         config = _pick_recipe(config, len(split.train))
     # the recipe's defaults, the batch fitted to the data (global: per device x replicas)
@@ -198,7 +198,8 @@ def _seed_everything(config: TrainConfig) -> None:
     keras.utils.set_random_seed(config.seed)
 
 
-def _split(data: LoadedData, config: TrainConfig) -> Split:
+def split_data(data: LoadedData, config: TrainConfig) -> Split:
+    """The training and validation splits (or, with train_on_all, everything and the test split)."""
     labelled = data.labelled
     check_classes(labelled)
     if config.train_on_all:
