@@ -7,6 +7,9 @@ The Python API (the CLI and the notebooks call exactly these):
     model = load_model(run_dir / "best_model.keras")
     predictions, skipped = predict_files(model, ["new_photos/"], min_confidence=0.9)
     explanations, skipped = explain_files(model, ["new_photos/"], "why/")  # Grad-CAM overlays
+    suggestion = lr_find(TrainConfig(data_dir="photos"), "lr/").suggestion  # range test
+    study = tune(TrainConfig(data_dir="photos"), "study/", trials=20)  # Optuna search; study.best_config
+    table = compare([run_dir, study.folder / "trials" / "trial-0000"], "compare/")
 """
 
 from __future__ import annotations
@@ -21,6 +24,9 @@ __version__ = "0.1.0"
 # public names.
 _LAZY = {
     "training.loop": ("train", "resume"),
+    "training.lr_find": ("lr_find",),
+    "training.tune": ("tune",),
+    "evaluation.compare": ("compare",),
     "inference.modelio": ("load_model", "save_model"),
     "inference.predict": ("predict_files", "predict_probabilities"),
     "inference.runtimes": ("open_model",),
@@ -46,4 +52,4 @@ def __getattr__(name: str):
 __all__ = ["TrainConfig", "ImgclfError", "DataError", "ModelFileError", "train", "resume", "load_model",
            "save_model", "predict_files", "predict_probabilities", "evaluate", "evaluate_images",
            "load_data", "create_model", "export_model", "open_model", "create_app", "calibrate", "explain_files",
-           "Explainer"]
+           "Explainer", "tune", "compare", "lr_find"]

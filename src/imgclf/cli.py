@@ -40,6 +40,8 @@ TRAIN_KEYS = tuple(f.name for f in dataclasses.fields(TrainConfig) if "help" in 
 DATA_KEYS = ("dataset", "data_dir", "labels", "limit")
 IMAGE_KEYS = ("image_size", "resize")
 BENCH_KEYS = (*DATA_KEYS, *IMAGE_KEYS, "seed")
+TUNE_KEYS = (*DATA_KEYS, *IMAGE_KEYS, "val_split", "memory_limit_mb", "cache", "precision", "seed", "patience",
+             "min_delta", "calibrate")
 LR_FIND_KEYS = (*DATA_KEYS, *IMAGE_KEYS, "val_split", "memory_limit_mb", "model", "weights", "batch_size", "precision",
                 "seed", "augment", "label_smoothing", "weight_decay")
 
@@ -127,6 +129,25 @@ def build_parser() -> Parser:
     p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders")
     p.add_argument("--out", default="compare", help="folder for compare.csv, compare.png and compare.html "
                                                     "(default: %(default)s)")
+
+    p = commands.add_parser("tune", help="search training settings with Optuna (resumable)",
+                            description="Search recipe, step size, batch size, epochs, augmentation, label smoothing, "
+                                        "weight decay and EMA with Optuna; each trial is a run folder in the study "
+                                        "folder; run the same command again to continue a stopped study.")
+    add_config_options(p, TUNE_KEYS)
+    p.add_argument("--out", required=True, metavar="STUDY_DIR",
+                   help="study folder: study.db (Optuna's SQLite), trials/, compare.html, best_config.json, "
+                        "best_model.keras")
+    p.add_argument("--trials", type=int, metavar="N", help="stop when N trials have finished (complete or pruned)")
+    p.add_argument("--minutes", type=float, metavar="M", help="stop starting trials after M minutes (all runs of "
+                                                              "the study together)")
+    p.add_argument("--models", metavar="LIST", help="recipes to search, comma-separated (default: every "
+                                                     "from-scratch recipe, and backbones whose weights are at hand)")
+    p.add_argument("--max-epochs", type=int, metavar="N", help="cap every trial's epochs")
+    p.add_argument("--objective", choices=("loss", "accuracy"), default="loss",
+                   help="what the best trial has: the lowest validation log-loss or the highest accuracy "
+                        "(default: %(default)s)")
+    p.add_argument("--config", help="JSON file of configuration keys: the base every trial starts from")
 
     p = commands.add_parser("predict", help="predict the class of images",
                             description="Predict the class of image files, folders or globs.")
@@ -398,6 +419,28 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tune(args: argparse.Namespace) -> int:
+    from .training.tune import tune
+
+    models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else None
+    if args.max_epochs is not None and args.max_epochs < 1:
+        raise ImgclfError(f"--max-epochs must be at least 1 (got {args.max_epochs})")
+    result = tune(_config_from_args(args, TUNE_KEYS), args.out, trials=args.trials, minutes=args.minutes,
+                  models=models, max_epochs=args.max_epochs, objective=args.objective)
+    print(f"{result.finished} trials finished ({result.complete} complete, {result.pruned} pruned, "
+          f"{result.failed} failed or interrupted) in {result.seconds / 60:.1f} min")
+    if result.best_trial is None:
+        print("no trial has completed yet")
+        return 0
+    from .evaluation.compare import text_table
+
+    print(text_table(result.rows))
+    print(f"best: trial {result.best_trial} ({args.objective} {result.best_value:.4f}); its settings: "
+          f"{result.best_config} (train --config {result.best_config}); its model: {result.best_model}; "
+          f"all trials: {Path(args.out) / 'compare.html'}")
+    return 0
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     from .inference.predict import predict_files, write_predictions
     from .inference.runtimes import open_model
@@ -641,7 +684,7 @@ def _needs_tensorflow(args: argparse.Namespace) -> bool:
 COMMANDS = {"train": cmd_train, "predict": cmd_predict, "evaluate": cmd_evaluate, "export": cmd_export,
             "serve": cmd_serve, "bench": cmd_bench, "bench-serve": cmd_bench_serve, "report": cmd_report,
             "check-data": cmd_check_data, "calibrate": cmd_calibrate, "explain": cmd_explain,
-            "lr-find": cmd_lr_find, "compare": cmd_compare}
+            "lr-find": cmd_lr_find, "compare": cmd_compare, "tune": cmd_tune}
 
 
 def _model_defaults(key: str) -> str:

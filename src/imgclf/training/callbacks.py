@@ -56,6 +56,8 @@ class EpochMetrics(keras.callbacks.Callback, Stateful):
             "learning_rate": _learning_rate(self.model),
             "seconds": time.perf_counter() - self._started,
         }
+        if logs.get("val_nll") is not None:  # the plain log-loss, where the loss is smoothed
+            row["val_nll"] = logs["val_nll"]
         for item in summary["per_class"]:
             for key in ("f1", "precision", "recall"):
                 row[f"val_{key}[{item['class']}]"] = item[key]

@@ -12,6 +12,8 @@ exactly where the run stopped.
 
 from __future__ import annotations
 
+import re
+
 import keras
 import numpy as np
 
@@ -65,7 +67,7 @@ def restore_state(meta: dict, arrays: dict[str, np.ndarray], model: keras.Model,
     """Put a checkpoint's state into a compiled `model` (same architecture) and callbacks;
     return the number of completed epochs."""
     variables = model.variables
-    if [v.path for v in variables] != meta["model_variables"]:
+    if [_unnumbered(v.path) for v in variables] != [_unnumbered(p) for p in meta["model_variables"]]:
         raise CheckpointError("the checkpoint does not match the model (different architecture)")
     for i, variable in enumerate(variables):
         _assign(variable, arrays[f"model/{i}"])
@@ -82,6 +84,12 @@ def restore_state(meta: dict, arrays: dict[str, np.ndarray], model: keras.Model,
             raise CheckpointError(f"the checkpoint has no state for {name}")
         callback.set_state(saved["info"], [arrays[f"{name}/{i}"] for i in range(saved["arrays"])])
     return int(meta["epoch"])
+
+
+def _unnumbered(path: str) -> str:
+    """A variable's path without Keras' automatic layer numbers (conv2d_3/kernel -> conv2d/kernel):
+    a process that built other models before numbers the same layers differently."""
+    return re.sub(r"_\d+(?=/|$)", "", path)
 
 
 def _assign(variable, value: np.ndarray) -> None:

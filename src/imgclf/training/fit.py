@@ -30,9 +30,9 @@ from .regularize import (
     EarlyStopping,
     SwapEMAWeights,
     configure_optimizer,
-    training_accuracy,
     training_augment,
     training_loss,
+    training_metrics,
 )
 from .tracking import tracking_callbacks
 from .transfer import load_init, transfer_model
@@ -176,7 +176,7 @@ def compile_phase(model: keras.Model, config: TrainConfig, recipe: Recipe, matri
     model.compile(
         optimizer=configure_optimizer(optimizer, config),
         loss=training_loss(config, recipe),
-        metrics=[training_accuracy(config), matrix],
+        metrics=[*training_metrics(config), matrix],
         # model.fit's; with several replicas `fit_replicated` runs one step per call (several
         # fail under MirroredStrategy on TF 2.21, docs/distribute.md)
         steps_per_execution=steps_per_call(steps_per_epoch, recipe.steps_per_execution),

@@ -98,16 +98,23 @@ def training_loss(config: TrainConfig, recipe: Recipe):
     return crossentropy
 
 
-def training_accuracy(config: TrainConfig):
-    """The accuracy metric to compile: Keras' by name, or (labels mixed) the share of images
-    whose top class is the label's top class, which reads both kinds of label."""
-    if not mixes(config):
-        return "accuracy"
+def training_metrics(config: TrainConfig) -> list:
+    """The metrics to compile (before the confusion matrix): accuracy, Keras' by name or (labels
+    mixed) the share of images whose top class is the label's top class, which reads both kinds
+    of label; and where the loss is smoothed, "nll", the plain log-loss (val_nll: what
+    `imgclf tune` compares trials on, with and without smoothing alike)."""
     from keras import ops
 
-    def accuracy(y_true, y_pred):
-        return ops.cast(ops.argmax(dense_labels(y_true, y_pred), -1) == ops.argmax(y_pred, -1), "float32")
-    return keras.metrics.MeanMetricWrapper(accuracy, name="accuracy")
+    metrics: list = ["accuracy"]
+    if mixes(config):
+        def accuracy(y_true, y_pred):
+            return ops.cast(ops.argmax(dense_labels(y_true, y_pred), -1) == ops.argmax(y_pred, -1), "float32")
+        metrics = [keras.metrics.MeanMetricWrapper(accuracy, name="accuracy")]
+    if config.label_smoothing:
+        def nll(y_true, y_pred):
+            return keras.losses.categorical_crossentropy(dense_labels(y_true, y_pred), y_pred)
+        metrics.append(keras.metrics.MeanMetricWrapper(nll, name="nll"))
+    return metrics
 
 
 def configure_optimizer(optimizer, config: TrainConfig):

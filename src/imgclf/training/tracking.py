@@ -78,7 +78,7 @@ def confusion_image(matrix: np.ndarray) -> np.ndarray:
     counts = np.asarray(matrix, np.float64)
     shares = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
     rgb = (colormaps["Blues"](shares)[..., :3] * 255).astype(np.uint8)
-    cell = max(4, CONFUSION_IMAGE_SIDE // max(1, len(counts)))
+    cell = max(4, -(-CONFUSION_IMAGE_SIDE // max(1, len(counts))))  # rounded up
     return np.repeat(np.repeat(rgb, cell, axis=0), cell, axis=1)
 
 
