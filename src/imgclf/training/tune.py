@@ -242,19 +242,24 @@ def _finished(study) -> int:
 
 def _requeue_interrupted(study, storage) -> None:
     """Trials left RUNNING by a killed `tune` (the lock says no other runs), or failed by
-    Ctrl-C: mark them failed and queue their settings again, continuing their run folder."""
+    Ctrl-C: queue their settings again (continuing their run folder) and mark them failed.
+    A trial already queued again (a kill between the two steps) is not queued twice."""
     from optuna.trial import TrialState
 
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.FAIL)):
-        if trial.state == TrialState.FAIL and not (trial.user_attrs.get("interrupted")
-                                                   and not trial.user_attrs.get("queued_again")):
+    trials = study.get_trials(deepcopy=False)
+    retried = {t.user_attrs.get("retry_of") for t in trials}
+    for trial in trials:
+        interrupted = trial.state == TrialState.RUNNING or (
+            trial.state == TrialState.FAIL and trial.user_attrs.get("interrupted"))
+        if not interrupted:
             continue
         run = trial.user_attrs.get("run")
-        if trial.state == TrialState.RUNNING:
+        if trial.number not in retried:
+            study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number, "resume_run": run})
+            print(f"trial {trial.number} was interrupted: queued again, continuing {run}", file=sys.stderr)
+        if trial.state == TrialState.RUNNING:  # (a finished trial's attributes are read-only)
+            storage.set_trial_user_attr(trial._trial_id, "queued_again", True)
             storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
-        storage.set_trial_user_attr(trial._trial_id, "queued_again", True)
-        study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number, "resume_run": run})
-        print(f"trial {trial.number} was interrupted: queued again, continuing {run}", file=sys.stderr)
 
 
 class _Report(keras.callbacks.Callback):
