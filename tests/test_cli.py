@@ -121,7 +121,7 @@ def test_every_choice_list_of_the_cli_is_configs():
 
     expected = {"dataset": config.DATASETS, "resize": config.RESIZE_MODES, "precision": config.PRECISIONS,
                 "distribute": config.DISTRIBUTE_MODES, "format": (*config.EXPORT_FORMATS, "all"),
-                "only": config.BENCH_CONTENDERS, "calibrate": config.CALIBRATIONS,
+                "only": config.BENCH_CONTENDERS, "calibrate": config.CALIBRATIONS, "objective": config.TUNE_OBJECTIVES,
                 "fast_model": tuple(name for name in RECIPE_DEFAULTS if name.startswith("fast"))}
     seen = set()
     for command, parser in _commands().items():

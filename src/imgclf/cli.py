@@ -15,7 +15,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from .config import BENCH_CONTENDERS, EXPORT_FORMATS, ServeLimits, TrainConfig, min_confidence_value
+from .config import (
+    BENCH_CONTENDERS,
+    EXPORT_FORMATS,
+    TUNE_OBJECTIVES,
+    ServeLimits,
+    TrainConfig,
+    min_confidence_value,
+)
 from .errors import ImgclfError, resource_error
 from .models.recipes import BACKBONES, INIT_BACKBONE_LR, INIT_FREEZE_EPOCHS, RECIPE_DEFAULTS
 
@@ -144,7 +151,7 @@ def build_parser() -> Parser:
     p.add_argument("--models", metavar="LIST", help="recipes to search, comma-separated (default: every "
                                                      "from-scratch recipe, and backbones whose weights are at hand)")
     p.add_argument("--max-epochs", type=int, metavar="N", help="cap every trial's epochs")
-    p.add_argument("--objective", choices=("loss", "accuracy"), default="loss",
+    p.add_argument("--objective", choices=TUNE_OBJECTIVES, default="loss",
                    help="what the best trial has: the lowest validation log-loss or the highest accuracy "
                         "(default: %(default)s)")
     p.add_argument("--config", help="JSON file of configuration keys: the base every trial starts from")

@@ -39,6 +39,7 @@ CALIBRATIONS = ("temperature", "none")  # --calibrate: how the kept model's prob
 # "recipe" is the recipe's own (the default), the presets are lists of the others
 AUGMENTS = ("recipe", "randaugment", "mixup", "cutmix", "erasing")
 AUGMENT_PRESETS = {"none": (), "light": ("recipe",), "strong": ("recipe", "randaugment", "mixup", "cutmix", "erasing")}
+TUNE_OBJECTIVES = ("loss", "accuracy")  # imgclf tune: the kept model's validation log-loss or accuracy
 DEFAULT_MLFLOW = "sqlite:///mlflow.db"  # --mlflow without a URI: a SQLite file in the working directory
 MAX_IMAGE_PIXELS = 64_000_000  # refuse decompression bombs: a tiny file that expands to gigapixels
 MIN_IMAGE_SIDE = 8  # pixels: the smallest image any recipe takes

@@ -14,8 +14,9 @@ import time
 import keras
 import pytest
 
-from conftest import headless_chromium, make_image_folder, run_main
 from imgclf.training.tune import NOT_REPRODUCED, STUDY_DB
+
+from conftest import headless_chromium, make_image_folder, run_main
 
 pytestmark = pytest.mark.slow  # trains several runs and starts a new process
 TRIALS = 3
@@ -23,7 +24,7 @@ TRIALS = 3
 
 def tune_args(data, study):
     return ["tune", "--data-dir", data, "--image-size", "16", "--out", study, "--trials", str(TRIALS),
-            "--models", "seed", "--max-epochs", "6", "--calibrate", "none"]
+            "--models", "seed", "--max-epochs", "5", "--calibrate", "none"]
 
 
 def load_study(folder):
@@ -38,7 +39,7 @@ def killed_and_continued(tmp_path_factory):
     from optuna.trial import TrialState
 
     root = tmp_path_factory.mktemp("tune")
-    data = make_image_folder(root / "images", per_class=20, size=(16, 16))
+    data = make_image_folder(root / "images", per_class=12, size=(16, 16))
     study = root / "study"
     process = subprocess.Popen([sys.executable, "-m", "imgclf.cli", *map(str, tune_args(data, study))],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -47,7 +48,7 @@ def killed_and_continued(tmp_path_factory):
     deadline = time.monotonic() + 240
     while not second.exists() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
-    process.send_signal(signal.SIGKILL)  # mid second trial: its first epoch done, five to go
+    process.send_signal(signal.SIGKILL)  # mid second trial: its first epoch done, four to go
     process.wait()
     assert second.exists(), "the second trial never wrote its first checkpoint"
     at_kill = {t.number: t.state for t in load_study(study).get_trials()}
@@ -73,7 +74,7 @@ def test_killed_study_continues_without_losing_or_repeating_a_trial(killed_and_c
     assert len(set(runs)) == TRIALS and retried[0].user_attrs["run"] == failed[0].user_attrs["run"]
     # the interrupted trial's run continued from its checkpoint: each epoch once
     history = (folder / "trials" / "trial-0001" / "history.csv").read_text().splitlines()[1:]
-    assert [int(line.split(",")[0]) for line in history] == list(range(1, 7))
+    assert [int(line.split(",")[0]) for line in history] == list(range(1, 6))
     assert json.loads((folder / "trials" / "trial-0001" / "metrics.json").read_text())["resumed_after_epoch"] >= 1
     assert "trial 1 was interrupted: queued again" in result.stderr
     assert f"{TRIALS} trials finished" in result.stdout

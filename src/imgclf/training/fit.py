@@ -105,14 +105,18 @@ def fit(config: TrainConfig, recipe: Recipe, run: RunFolder, train: Images, val:
             print(f"resuming after epoch {first_epoch} of {config.epochs} (best so far: epoch "
                   f"{callbacks.best.best_epoch})" + (f"; it had stopped early after epoch {first_epoch}, so "
                                                      "nothing more trains" if callbacks.stopped else ""))
-    for phase in phases:
-        if phase[2] <= first_epoch or callbacks.stopped:
-            continue
-        if phase != current:
-            compile_phase(model, config, recipe, matrix, steps_per_epoch, phase)
-            current = phase
-        fit_phase(model, config, recipe, train, validation, strategy, steps_per_epoch,
-                  max(first_epoch, phase[1]), phase[2], callbacks.for_fit(run), class_names)
+    try:
+        for phase in phases:
+            if phase[2] <= first_epoch or callbacks.stopped:
+                continue
+            if phase != current:
+                compile_phase(model, config, recipe, matrix, steps_per_epoch, phase)
+                current = phase
+            fit_phase(model, config, recipe, train, validation, strategy, steps_per_epoch,
+                      max(first_epoch, phase[1]), phase[2], callbacks.for_fit(run), class_names)
+    finally:
+        for tracker in callbacks.tracking:  # their files closed, even when the fit failed
+            tracker.close()
     stopped = callbacks.early.stopped_epoch if callbacks.stopped else None
     if stopped and config.verbose:
         print(f"stopped early after epoch {stopped}: the validation loss has not improved by more than "
@@ -170,9 +174,10 @@ def compile_phase(model: keras.Model, config: TrainConfig, recipe: Recipe, matri
     number, start, stop = phase
     if number:
         set_phase(model, number, config.unfreeze)
-    optimizer = recipe.make_optimizer(config.learning_rate, steps_per_epoch, stop - start,
-                                      backbone_lr=1.0 if number == 1 else config.backbone_lr,
-                                      lr_scale=learning_rate_scale(config))
+    options = {"backbone_lr": 1.0 if number == 1 else config.backbone_lr}
+    if _takes(recipe.make_optimizer, "lr_scale"):  # (a recipe registered before lr_scale existed does not)
+        options["lr_scale"] = learning_rate_scale(config)
+    optimizer = recipe.make_optimizer(config.learning_rate, steps_per_epoch, stop - start, **options)
     model.compile(
         optimizer=configure_optimizer(optimizer, config),
         loss=training_loss(config, recipe),
@@ -181,6 +186,13 @@ def compile_phase(model: keras.Model, config: TrainConfig, recipe: Recipe, matri
         # fail under MirroredStrategy on TF 2.21, docs/distribute.md)
         steps_per_execution=steps_per_call(steps_per_epoch, recipe.steps_per_execution),
     )
+
+
+def _takes(function, name: str) -> bool:
+    import inspect
+
+    parameters = inspect.signature(function).parameters
+    return name in parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values())
 
 
 def fit_phase(model: keras.Model, config: TrainConfig, recipe: Recipe, train: Images, validation, strategy,

@@ -252,7 +252,7 @@ def _resolve_class_weight(config: TrainConfig, split: Split) -> TrainConfig:
 
 def _warn_outside_tuning(config: TrainConfig, train_images: int, resumed: RunFolder | None) -> None:
     notes = outside_tuning(recipe_defaults(config.model), train_images, max(config.size))
-    if notes and resumed is None and config.verbose:
+    if notes and resumed is None:
         print(f"warning: the {config.model} recipe was tuned for other data than this run's: {'; '.join(notes)}; "
               "its defaults may not suit it", file=sys.stderr)
 

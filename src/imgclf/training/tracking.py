@@ -65,9 +65,11 @@ class TensorBoardLog(keras.callbacks.Callback):
                                          + ", ".join(self.class_names) + "), columns predicted ones")
         self.writer.flush()
 
-    def on_train_end(self, logs=None):
+    def close(self):
+        """Close the event file (the training loop does, at the end of the fit or on failure)."""
         if self.writer is not None:
-            self.writer.flush()
+            self.writer.close()
+            self.writer = None
 
 
 def confusion_image(matrix: np.ndarray) -> np.ndarray:

@@ -26,7 +26,9 @@ complete or pruned).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 import math
 import os
@@ -38,7 +40,7 @@ from pathlib import Path
 
 import keras
 
-from ..config import TrainConfig
+from ..config import TUNE_OBJECTIVES, TrainConfig
 from ..data.labelled import LoadedData
 from ..data.sources import load_data
 from ..errors import ImgclfError
@@ -50,7 +52,7 @@ from ..run.folder import BEST_MODEL, CONFIG, METRICS
 STUDY_DB, STUDY_JSON, LOCK = "study.db", "study.json", "tune.lock"
 TRIALS = "trials"
 BEST_CONFIG = "best_config.json"
-OBJECTIVES = {"loss": "minimize", "accuracy": "maximize"}
+OBJECTIVES = dict(zip(TUNE_OBJECTIVES, ("minimize", "maximize")))
 FROM_SCRATCH = ("fast-tiny", "fast-small", "fast", "seed")  # searched by default
 AUGMENT_CHOICES = ("none", "light", "strong", "recipe,randaugment", "recipe,mixup", "recipe,cutmix",
                    "recipe,erasing")
@@ -298,6 +300,7 @@ class _Trial:
     def __init__(self, config, folder, data, candidates, max_epochs, objective, deadline):
         self.config, self.folder, self.data = config, folder, data
         self.candidates, self.max_epochs, self.objective, self.deadline = candidates, max_epochs, objective, deadline
+        self.said: set[str] = set()  # stderr lines of earlier trials
 
     def settings(self, trial) -> dict:
         train_images = int(len(self.data.labelled) * (1 - self.config.val_split))
@@ -320,8 +323,6 @@ class _Trial:
                 "weight_decay": weight_decay, "ema": None if ema == "none" else float(ema)}
 
     def __call__(self, trial) -> float:
-        from .loop import resume, train
-
         keras.backend.clear_session()  # one process, many models: free them, restart layer names
         run = trial.user_attrs.get("resume_run")
         run = Path(run) if run else self.folder / TRIALS / f"trial-{trial.number:04d}"
@@ -330,15 +331,8 @@ class _Trial:
         reporter = _Report(trial, self.objective, self.deadline)
         started = time.perf_counter()
         try:
-            if (run / CONFIG).exists():  # an interrupted trial's run: continue it
-                for row in _history_rows(run):
-                    reporter.report(int(row["epoch"]), row)
-                out = resume(run, data=self.data, extra_callbacks=[reporter], verbose=0)
-            else:
-                if run.exists():  # killed before its run folder was written: start it afresh
-                    shutil.rmtree(run)
-                config = self.config.replace(**settings, out=str(run), verbose=0)
-                out = train(config, data=self.data, extra_callbacks=[reporter])
+            with _once_per_study(self.said):
+                out = self._run(trial, run, settings, reporter)
         except KeyboardInterrupt:
             trial.set_user_attr("interrupted", True)  # queued again by the next tune
             raise
@@ -350,6 +344,33 @@ class _Trial:
         print(f"trial {trial.number}: {_describe(settings)}: val accuracy {metrics['accuracy']:.4f}, "
               f"log-loss {trial_value(metrics, 'loss'):.4f} [{time.perf_counter() - started:.0f}s]", flush=True)
         return value
+
+    def _run(self, trial, run: Path, settings: dict, reporter) -> Path:
+        from .loop import resume, train
+
+        if (run / CONFIG).exists():  # an interrupted trial's run: continue it
+            for row in _history_rows(run):
+                reporter.report(int(row["epoch"]), row)
+            return resume(run, data=self.data, extra_callbacks=[reporter], verbose=0)
+        if run.exists():  # killed before its run folder was written: start it afresh
+            shutil.rmtree(run)
+        config = self.config.replace(**settings, out=str(run), verbose=0)
+        return train(config, data=self.data, extra_callbacks=[reporter])
+
+
+@contextlib.contextmanager
+def _once_per_study(said: set):
+    """What training prints to stderr (the recipe's warnings), each line once per study: every
+    trial would repeat them."""
+    buffer = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(buffer):
+            yield
+    finally:
+        for line in buffer.getvalue().splitlines():
+            if line not in said:
+                said.add(line)
+                print(line, file=sys.stderr)
 
 
 def trial_value(metrics: dict, objective: str) -> float:
