@@ -58,6 +58,7 @@ def test_tensorboard_events_hold_every_history_column_and_the_confusion_matrix(t
     assert width == height >= 256
 
 
+@pytest.mark.slow
 def test_mlflow_logs_a_run_that_stops_early_and_resumes_as_stopped(colours, tmp_path):
     """One seed run without augmentation, logged to MLflow in a temporary SQLite store, that
     stops early: min_delta larger than any loss, so no epoch after the first is an improvement
@@ -129,6 +130,7 @@ def test_bad_choices_are_one_line_errors_before_anything_is_written(colours, tmp
 
 # ------------------------------------------------------------------------------ lr-find
 
+@pytest.mark.slow
 def test_lr_find_suggests_a_step_size_that_trains_well(colours, tmp_path):
     """The seed recipe's Adam at 1e-3 learns these colours; the range test's suggestion lies
     within 10x of it, and a run at the suggestion learns them too."""
@@ -181,6 +183,7 @@ def test_mixing_gives_class_probabilities_and_only_the_pipeline_sees_it(colours)
     assert 0 <= float(tf.reduce_min(x)) and float(tf.reduce_max(x)) <= 255
 
 
+@pytest.mark.slow
 def test_strong_augmentation_smoothing_and_ema_train_and_save_no_training_only_layer(colours, tmp_path):
     run = train(tiny(colours, tmp_path, model="fast-tiny", epochs=2, augment="strong", label_smoothing=0.1,
                      weight_decay=1e-4, ema=0.5))
@@ -195,6 +198,7 @@ def test_strong_augmentation_smoothing_and_ema_train_and_save_no_training_only_l
     assert "val_nll" in rows[0]  # the plain log-loss beside the smoothed loss
 
 
+@pytest.mark.slow
 def test_ema_weights_are_what_is_validated_and_saved(colours, tmp_path):
     """One step per epoch (a batch of the whole training split). Keras' average starts at the
     weights after the first step, and with a decay of 0.999 it stays within a fraction of a
