@@ -62,14 +62,15 @@ class Callbacks:
     own_validation: list
     extra: list
     stateful: dict[str, Stateful]  # what the checkpoint saves and a resume restores
-    ema: SwapEMAWeights | None = None  # --ema: before the best model, which saves the averaged weights
+    ema: SwapEMAWeights | None = None  # --ema: first, so that validation and the best model see the average
     early: EarlyStopping | None = None  # --patience
     tracking: list = dataclasses.field(default_factory=list)  # TensorBoard, MLflow: after the history
 
     def for_fit(self, run: RunFolder) -> list:
-        optional = [c for c in (self.ema,) if c is not None]
+        # the averaged weights go in first: our own validation (several replicas) measures them too
+        ema = [c for c in (self.ema,) if c is not None]
         stop = [c for c in (self.early,) if c is not None]
-        return [*self.own_validation, self.history, *self.tracking, *self.recipe, *optional, self.best, *stop,
+        return [*ema, *self.own_validation, self.history, *self.tracking, *self.recipe, self.best, *stop,
                 *self.extra, TrainingCheckpoint(run, self.stateful)]
 
     @property
