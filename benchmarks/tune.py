@@ -107,6 +107,9 @@ def main() -> int:
         print(label, result[label], flush=True)
     started = time.perf_counter()
     tuned = tune(base, root / "study", minutes=args.minutes)
+    if tuned.best_config is None:
+        print("no trial completed in the time given", file=sys.stderr)
+        return 1
     best_config = json.loads(tuned.best_config.read_text())
     result["tuned"] = {"best_trial": tuned.best_trial, "model": best_config["model"],
                        "settings": {k: best_config[k] for k in ("model", "learning_rate", "batch_size", "epochs",

@@ -142,9 +142,10 @@ def test_lr_find_suggests_a_step_size_that_trains_well(colours, tmp_path):
     saved = json.loads((tmp_path / "lr" / "lr_find.json").read_text())
     assert saved["suggestion"] == pytest.approx(result.suggestion) and saved["model"] == "seed"
     with open(tmp_path / "lr" / "lr_find.csv", newline="") as handle:
-        rates = [float(r["learning_rate"]) for r in csv.DictReader(handle)]
-    assert np.all(np.diff(np.log(rates)) > 0)  # grows exponentially: equal steps in log
-    assert np.allclose(np.diff(np.log(rates)), np.log(rates[1] / rates[0]), rtol=1e-3)
+        smoothed = [float(r["smoothed_loss"]) for r in csv.DictReader(handle)]
+    assert len(smoothed) == result.steps <= 100
+    # the sweep went past the best step size: the loss turned up (or diverged) after its minimum
+    assert smoothed[-1] > 2 * min(smoothed) and result.minimum > result.suggestion
     run = train(tiny(colours, tmp_path, model="seed", epochs=4, learning_rate=result.suggestion, patience=2))
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["accuracy"] >= 0.9
@@ -192,7 +193,7 @@ def test_strong_augmentation_smoothing_and_ema_train_and_save_no_training_only_l
         "recipe,randaugment,mixup,cutmix,erasing", 0.1, 1e-4, 0.5)
     model = keras.saving.load_model(run / "best_model.keras", compile=False)
     kinds = {type(layer).__name__ for layer in model.layers}
-    assert not kinds & {"RandAugment", "MixUp", "CutMix", "RandomErasing", "RandomFlip"}
+    assert not kinds & {"RandAugment", "MixUp", "CutMix", "RandomErasing"}
     rows = history_rows(run)
     assert len(rows) == 2 and all(np.isfinite(float(r["val_loss"])) for r in rows)
     assert "val_nll" in rows[0]  # the plain log-loss beside the smoothed loss
@@ -216,6 +217,9 @@ def test_ema_weights_are_what_is_validated_and_saved(colours, tmp_path):
     initial = create_model("seed", (16, 16, 3), 3).get_weights()
     step_one = keras.saving.load_model(first / "best_model.keras", compile=False).get_weights()
     averaged = keras.saving.load_model(slow / "best_model.keras", compile=False).get_weights()
+    # `initial` is the runs' start: Adam's first step moves each weight by about its step size
+    moved = np.concatenate([np.abs(a - b).ravel() for a, b in zip(step_one, initial)])
+    assert 0.5e-3 < np.median(moved[moved > 0]) < 2e-3
     assert distance(averaged, step_one) < 0.02 * distance(step_one, initial)
     validated = float(history_rows(first)[0]["val_loss"])
     assert [float(r["val_loss"]) for r in history_rows(slow)] == pytest.approx([validated] * 3, rel=0.01)

@@ -70,6 +70,8 @@ def test_killed_study_continues_without_losing_or_repeating_a_trial(killed_and_c
     assert [t.number for t in failed] == [1] and failed[0].user_attrs["queued_again"]
     retried = [t for t in finished if t.user_attrs.get("retry_of") == 1]
     assert len(retried) == 1 and retried[0].params == failed[0].params  # the same settings, once
+    others = [t.params for t in finished if t.user_attrs.get("retry_of") is None]
+    assert all(a != b for i, a in enumerate(others) for b in others[i + 1:])  # new draws after the restart
     runs = [t.user_attrs["run"] for t in finished]
     assert len(set(runs)) == TRIALS and retried[0].user_attrs["run"] == failed[0].user_attrs["run"]
     # the interrupted trial's run continued from its checkpoint: each epoch once

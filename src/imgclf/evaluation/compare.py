@@ -15,7 +15,7 @@ from pathlib import Path
 from matplotlib.figure import Figure
 
 from ..errors import ImgclfError
-from ..run.atomic import write_csv, write_figure
+from ..run.atomic import atomic_path, write_csv, write_figure
 from ..run.folder import CONFIG, HISTORY, METRICS, RunFolder
 from .report import SCRIPT, STYLE, figure_tag, table
 
@@ -49,10 +49,7 @@ def compare(runs: list[str | Path], out: str | Path | None = None, *, title: str
     {"rows": [...], "files": [...]}."""
     if not runs:
         raise ImgclfError("compare needs at least one run folder")
-    folders = [RunFolder.existing(path) for path in runs]
-    missing = [str(f.path) for f in folders if not (f.path / CONFIG).exists()]
-    if missing:
-        raise ImgclfError(f"not an imgclf run folder (no {CONFIG}): {', '.join(missing)}")
+    folders = [RunFolder.existing(path) for path in runs]  # each an imgclf run folder, or one line
     labels = _labels(folders)
     rows = [{**run_row(folder), "run": label} for folder, label in zip(folders, labels)]
     histories = {label: folder.read_history() for folder, label in zip(folders, labels)
@@ -66,7 +63,8 @@ def compare(runs: list[str | Path], out: str | Path | None = None, *, title: str
         out.mkdir(parents=True, exist_ok=True)
         write_csv(out / CSV, COLUMNS, [["" if r[c] is None else r[c] for c in COLUMNS] for r in rows])
         write_figure(out / PNG, figure, 110)
-        (out / HTML).write_text(render(rows, figure, title), encoding="utf-8")
+        with atomic_path(out / HTML, suffix=".html") as tmp:
+            tmp.write_text(render(rows, figure, title), encoding="utf-8")
         files = [str(out / name) for name in (CSV, PNG, HTML)]
     return {"rows": rows, "files": files}
 

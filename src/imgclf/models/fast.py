@@ -142,6 +142,10 @@ class PreciseBatchNorm(keras.callbacks.Callback):
         if (batch + 1) % self.steps_per_epoch == 0:
             self.recompute(self.model, self.pixels)
 
+    def refresh(self, model) -> None:
+        """Re-estimate for other weights of the model (--ema's averaged weights)."""
+        self.recompute(model, self.pixels)
+
     @staticmethod
     def recompute(model, pixels: np.ndarray) -> None:
         """Set every BatchNorm layer's statistics to the average over `pixels`' batches

@@ -92,7 +92,7 @@ def fit(config: TrainConfig, recipe: Recipe, run: RunFolder, train: Images, val:
                                extra_callbacks)
     validation = make_dataset(worker_shard(val, strategy), max(config.batch_size, EVAL_BATCH), config.cache)
     if replicas(strategy) > 1:  # model.fit's validation sees only this worker's shard
-        callbacks.own_validation = [ReplicatedValidation(validation, matrix, recipe.loss,
+        callbacks.own_validation = [ReplicatedValidation(validation, matrix, training_loss(config, recipe),
                                                          all_sum=lambda values: all_sum(strategy, values))]
     phases = plan_phases(config)
     done = int(checkpoint[0]["epoch"]) if checkpoint is not None else 0
@@ -113,6 +113,8 @@ def fit(config: TrainConfig, recipe: Recipe, run: RunFolder, train: Images, val:
             if phase != current:
                 compile_phase(model, config, recipe, matrix, steps_per_epoch, phase)
                 current = phase
+                if callbacks.ema is not None:  # the model holds the weights to go on from
+                    callbacks.ema.new_optimizer()
             fit_phase(model, config, recipe, train, validation, strategy, steps_per_epoch,
                       max(first_epoch, phase[1]), phase[2], callbacks.for_fit(run), class_names)
     finally:
@@ -148,10 +150,12 @@ def make_callbacks(config: TrainConfig, recipe: Recipe, run: RunFolder, model: k
     stateful.update({f"recipe{i}": cb for i, cb in enumerate(recipe_callbacks) if isinstance(cb, Stateful)})
     callbacks = Callbacks(history, best, recipe_callbacks, [], list(extra_callbacks or []), stateful)
     if config.ema is not None:
-        callbacks.ema = stateful["ema"] = SwapEMAWeights()
+        refresh = next((cb.refresh for cb in recipe_callbacks if hasattr(cb, "refresh")), None)
+        callbacks.ema = stateful["ema"] = SwapEMAWeights(refresh)
         callbacks.ema.set_model(model)
     if config.patience is not None:
-        callbacks.early = stateful["early_stopping"] = EarlyStopping(config.patience, config.min_delta)
+        callbacks.early = stateful["early_stopping"] = EarlyStopping(config.patience, config.min_delta,
+                                                                     config.epochs, callbacks.ema)
         callbacks.early.set_model(model)
     callbacks.tracking = tracking_callbacks(config, run, history, matrix, class_names)
     return callbacks

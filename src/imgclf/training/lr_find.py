@@ -5,9 +5,9 @@ exponentially, from `START` to `END` times the recipe's default; the loss of eac
 smoothed (a debiased moving average, as fastai does) and the test stops once the smoothed loss
 passes DIVERGED x its minimum. The suggestion is the step size where the smoothed loss falls
 fastest (per factor of step size, before its minimum): Smith's original choice, fastai's
-"steep". fastai's "valley" and the step size at the minimum are reported too; on generated
-colours and on the fast recipe, "valley" came out 10-15x below the step size that trained well
-and "steep" within 1.5x of it (docs/experiments.md). Every value is one that
+"steep". fastai's "valley" and the step size at the minimum are reported too. On generated
+colours, "steep" came out within 1.5x of a step size that trains well for `seed` and 12x below
+the default for `fast-tiny`, "valley" 8x and 45x below (docs/experiments.md). Every value is one that
 `imgclf train --learning-rate` takes (the recipe's peak step size; every other step size of the
 recipe scales with it).
 

@@ -7,6 +7,9 @@ Every augmentation runs in the tf.data input pipeline, never in the model: what 
 exported and served holds no training-only layer. RandAugment, RandomErasing, MixUp and CutMix
 are Keras' layers; MixUp and CutMix turn the training labels into class probabilities, so a
 run that mixes computes its loss and accuracy from dense labels (validation stays sparse).
+Keras' layers draw from their own random state (RandAugment ignores a seed given per call), so
+with them a resumed run's augmentation differs from the uninterrupted run's; the recipes' own
+augmentation stays a function of (seed, epoch), exact on resume.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ CUTMIX_FACTOR = 1.0  # Beta(1, 1): a uniformly drawn area share
 RANDAUGMENT_OPS = 2  # operations per image
 RANDAUGMENT_FACTOR = 0.5  # their strength, of Keras' range
 ERASING_FACTOR = 0.5  # share of images with one erased rectangle
+NO_WEIGHT_DECAY = ("bias", "beta", "gamma")  # variable names --weight-decay leaves alone
 
 
 def mixes(config: TrainConfig) -> bool:
@@ -126,16 +130,52 @@ def configure_optimizer(optimizer, config: TrainConfig):
         optimizer.ema_overwrite_frequency = None
     if config.weight_decay:
         optimizer.weight_decay = config.weight_decay
+        # not the offsets and scales (biases, BatchNorm's beta and gamma), as is usual
+        optimizer.exclude_from_weight_decay(var_names=list(NO_WEIGHT_DECAY))
     return optimizer
 
 
 class SwapEMAWeights(keras.callbacks.SwapEMAWeights, Stateful):
     """Keras' SwapEMAWeights (validation, the best model and the end of each epoch see the
-    averaged weights), resumable: a checkpoint is written with the averaged weights in the
-    model, so a resumed run must swap them out before it trains on."""
+    averaged weights), made to fit imgclf's fit:
 
-    def __init__(self):
+    - resumable: a checkpoint is written with the averaged weights in the model, so a resumed
+      run must swap them out before it trains on (the flag is in the checkpoint);
+    - a new phase (a fine-tuning run's second compile) starts a new optimizer, whose averages
+      are not built yet: `new_optimizer` says the model holds the weights to go on from;
+    - `finish_early` (an early stop) puts the averages into the model for good, as Keras does
+      only at the last epoch;
+    - `refresh(model)`, where the recipe re-estimates BatchNorm statistics (the fast family),
+      re-estimates them for the averaged weights before they are validated and saved."""
+
+    def __init__(self, refresh=None):
         super().__init__(swap_on_epoch=True)
+        self.refresh = refresh
+        self._refreshed = False
+
+    def new_optimizer(self):
+        self._ema_weights_in_model = False
+
+    def finish_early(self):
+        if self._ema_weights_in_model:
+            self._finalize_ema_values()
+
+    def on_epoch_begin(self, epoch, logs=None):
+        super().on_epoch_begin(epoch, logs)
+        self._refreshed = False
+
+    def on_test_begin(self, logs=None):
+        super().on_test_begin(logs)
+        self._refresh()
+
+    def on_epoch_end(self, epoch, logs=None):
+        super().on_epoch_end(epoch, logs)
+        self._refresh()
+
+    def _refresh(self):
+        if self.refresh is not None and self._ema_weights_in_model and not self._refreshed:
+            self.refresh(self.model)
+            self._refreshed = True
 
     def get_state(self):
         return {"ema_in_model": self._ema_weights_in_model}, []
@@ -150,8 +190,9 @@ class EarlyStopping(keras.callbacks.EarlyStopping, Stateful):
     survives a resume and the phases of a fine-tuning run: `stopped_epoch` (1-based, 0 while
     training goes on) is in the checkpoint, and a resumed run that had stopped trains no more."""
 
-    def __init__(self, patience: int, min_delta: float):
+    def __init__(self, patience: int, min_delta: float, epochs: int, ema: SwapEMAWeights | None = None):
         super().__init__(monitor="val_loss", patience=patience, min_delta=min_delta, mode="min")
+        self.epochs, self.ema = epochs, ema  # the run's epochs (a stop at the last is no early stop)
         self.on_train_begin()  # Keras resets its counters there: once, not at every fit() of a phase
 
     def on_train_begin(self, logs=None):
@@ -162,8 +203,14 @@ class EarlyStopping(keras.callbacks.EarlyStopping, Stateful):
     def on_epoch_end(self, epoch, logs=None):
         before = self.stopped_epoch
         super().on_epoch_end(epoch, logs)
-        if self.stopped_epoch != before:
-            self.stopped_epoch = epoch + 1  # Keras' is 0-based, with 0 also meaning "not stopped"
+        if self.stopped_epoch == before:
+            return
+        if epoch + 1 >= self.epochs:  # the last epoch: the run ends anyway
+            self.stopped_epoch, self.model.stop_training = before, False
+            return
+        self.stopped_epoch = epoch + 1  # Keras' is 0-based, with 0 also meaning "not stopped"
+        if self.ema is not None:
+            self.ema.finish_early()
 
     @property
     def stopped(self) -> bool:

@@ -134,13 +134,19 @@ class MlflowLog(keras.callbacks.Callback):
     def __init__(self, config: TrainConfig, run: RunFolder, resumed: bool):
         super().__init__()
         self.run = run
+        self.warned = False
         self.client = check_mlflow(config.mlflow)
         self.uri = config.mlflow
         saved = run.read_json(MLFLOW_RUN) if resumed else None
+        self.run_id = None
         if saved and saved.get("tracking_uri") == config.mlflow:
-            self.run_id = saved["run_id"]
-            self.client.update_run(self.run_id, status="RUNNING")
-        else:
+            try:
+                self.client.update_run(saved["run_id"], status="RUNNING")
+                self.run_id = saved["run_id"]
+            except Exception as exc:  # deleted there, or another database: a new MLflow run
+                print(f"warning: MLflow ({self.uri}): the run's MLflow run {saved['run_id']} cannot go on "
+                      f"({type(exc).__name__}); logging to a new one", file=sys.stderr)
+        if self.run_id is None:
             experiment = _experiment_id(self.client, config.mlflow)
             self.run_id = self.client.create_run(experiment, run_name=run.path.name,
                                                  tags={"imgclf.run_folder": str(run.path.resolve())}).info.run_id
@@ -149,7 +155,6 @@ class MlflowLog(keras.callbacks.Callback):
 
             write_json(run.path / MLFLOW_RUN, {"tracking_uri": config.mlflow, "run_id": self.run_id,
                                                "experiment": EXPERIMENT})
-        self.warned = False
 
     def _log_params(self, config: TrainConfig):
         from mlflow.entities import Param

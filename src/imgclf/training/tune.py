@@ -62,6 +62,7 @@ EPOCH_SCALE = (0.5, 2.0)  # epochs: this range of multiples of the recipe's defa
 LABEL_SMOOTHING = (0.0, 0.3)
 WEIGHT_DECAY = (1e-6, 1e-2)  # log-uniform, or none
 EMA_CHOICES = ("none", "0.9", "0.99")
+MAX_FAILURES_IN_A_ROW = 3  # then the study stops: something is wrong beyond one trial's settings
 PRUNER_STARTUP_TRIALS = 4  # trials that always run to the end, before pruning starts
 PRUNER_WARMUP_EPOCHS = 1  # epochs of each trial before it may be pruned
 # settings of a trial that `train --config` must not take from the best trial's config.json
@@ -121,11 +122,18 @@ def tune(config: TrainConfig, folder: str | Path, *, trials: int | None = None, 
             direction=OBJECTIVES[objective], sampler=optuna.samplers.TPESampler(seed=config.seed),
             pruner=optuna.pruners.MedianPruner(n_startup_trials=PRUNER_STARTUP_TRIALS,
                                                n_warmup_steps=PRUNER_WARMUP_EPOCHS))
+        # a continued study draws new settings, not the first run's sequence again
+        study.sampler = optuna.samplers.TPESampler(seed=config.seed + len(study.get_trials(deepcopy=False)))
         _requeue_interrupted(study, storage)
         started = time.perf_counter()
         spent = float(study.user_attrs.get("seconds", 0.0))
+
+        def record_time():
+            study.set_user_attr("seconds", spent + time.perf_counter() - started)
+
         deadline = None if minutes is None else started + max(0.0, minutes * 60 - spent)
-        runner = _Trial(config, folder, data, candidates, max_epochs, objective, deadline)
+        runner = _Trial(config, folder, data, candidates, max_epochs, objective, deadline, record_time)
+        failures = 0
         try:
             while True:
                 done = _finished(study)
@@ -133,10 +141,16 @@ def tune(config: TrainConfig, folder: str | Path, *, trials: int | None = None, 
                     break
                 if deadline is not None and time.perf_counter() >= deadline:
                     break
-                study.optimize(runner, n_trials=1, catch=(ImgclfError,))
-                study.set_user_attr("seconds", spent + time.perf_counter() - started)
+                study.optimize(runner, n_trials=1, catch=(Exception,))  # a failed trial is one line; go on
+                record_time()
+                last = study.get_trials(deepcopy=False)[-1]
+                failures = failures + 1 if last.state == optuna.trial.TrialState.FAIL and not \
+                    last.user_attrs.get("interrupted") else 0
+                if failures >= MAX_FAILURES_IN_A_ROW:
+                    raise ImgclfError(f"{failures} trials in a row failed (the last: "
+                                      f"{last.user_attrs.get('failed', 'see above')}); the study stops")
         finally:
-            study.set_user_attr("seconds", spent + time.perf_counter() - started)
+            record_time()
         return _summarise(study, folder, objective, spent + time.perf_counter() - started)
 
 
@@ -265,40 +279,48 @@ def _requeue_interrupted(study, storage) -> None:
 
 
 class _Report(keras.callbacks.Callback):
-    """Report each epoch's validation value to the trial; prune (raise TrialPruned) when the
-    pruner says so, stop at the time budget."""
+    """Report each epoch's validation value to the trial (each epoch once) and prune (raise
+    TrialPruned) when the pruner says so; at the start of an epoch past the time budget, stop
+    (the last epoch's checkpoint is written: a later `tune` continues the trial)."""
 
-    def __init__(self, trial, objective: str, deadline: float | None):
+    def __init__(self, trial, objective: str, deadline: float | None, record_time):
         super().__init__()
-        self.trial, self.objective, self.deadline = trial, objective, deadline
+        self.trial, self.objective, self.deadline, self.record_time = trial, objective, deadline, record_time
+        self.reported: set[int] = set()
+        self.epochs_here = 0  # epochs this process trained of the trial
 
     def report(self, epoch: int, logs: dict) -> None:
         value = logs.get("val_nll", logs.get("val_loss")) if self.objective == "loss" else logs.get("val_accuracy")
-        if value is not None and math.isfinite(value):
+        if value is not None and math.isfinite(value) and epoch not in self.reported:
             self.trial.report(float(value), epoch)
+            self.reported.add(epoch)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self.deadline is not None and time.perf_counter() > self.deadline and self.epochs_here:
+            raise _OutOfTime()
 
     def on_epoch_end(self, epoch, logs=None):
         import optuna
 
         self.report(epoch + 1, logs or {})
+        self.epochs_here += 1
+        self.record_time()
         if self.trial.should_prune():
             print(f"trial {self.trial.number}: pruned after epoch {epoch + 1} (worse than the median of earlier "
                   "trials there)", flush=True)
             raise optuna.TrialPruned(f"pruned after epoch {epoch + 1}")
-        if self.deadline is not None and time.perf_counter() > self.deadline:
-            raise _OutOfTime()
 
 
 class _OutOfTime(ImgclfError):
     def __init__(self):
-        super().__init__("the time budget ran out during this trial")
+        super().__init__("the time budget ran out during this trial; a later tune with more --minutes continues it")
 
 
 class _Trial:
     """The objective: sample settings, train a run, return its kept model's value."""
 
-    def __init__(self, config, folder, data, candidates, max_epochs, objective, deadline):
-        self.config, self.folder, self.data = config, folder, data
+    def __init__(self, config, folder, data, candidates, max_epochs, objective, deadline, record_time):
+        self.config, self.folder, self.data, self.record_time = config, folder, data, record_time
         self.candidates, self.max_epochs, self.objective, self.deadline = candidates, max_epochs, objective, deadline
         self.said: set[str] = set()  # stderr lines of earlier trials
 
@@ -324,20 +346,26 @@ class _Trial:
 
     def __call__(self, trial) -> float:
         keras.backend.clear_session()  # one process, many models: free them, restart layer names
-        run = trial.user_attrs.get("resume_run")
-        run = Path(run) if run else self.folder / TRIALS / f"trial-{trial.number:04d}"
-        trial.set_user_attr("run", str(run))
+        name = trial.user_attrs.get("resume_run") or f"{TRIALS}/trial-{trial.number:04d}"
+        trial.set_user_attr("run", name)  # relative to the study folder, wherever tune runs from
+        run = self.folder / name
         settings = self.settings(trial)
-        reporter = _Report(trial, self.objective, self.deadline)
+        reporter = _Report(trial, self.objective, self.deadline, self.record_time)
         started = time.perf_counter()
         try:
             with _once_per_study(self.said):
                 out = self._run(trial, run, settings, reporter)
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, _OutOfTime) as exc:
             trial.set_user_attr("interrupted", True)  # queued again by the next tune
+            if isinstance(exc, _OutOfTime):
+                print(f"trial {trial.number}: stopped: {exc}", flush=True)
             raise
-        except ImgclfError as exc:
-            print(f"trial {trial.number}: failed: {exc}", flush=True)
+        except Exception as exc:
+            if isinstance(exc, optuna_pruned()):
+                raise
+            line = str(exc) if isinstance(exc, ImgclfError) else f"{type(exc).__name__}: {exc}".splitlines()[0]
+            trial.set_user_attr("failed", line)
+            print(f"trial {trial.number}: failed: {line}", flush=True)
             raise
         metrics = json.loads((Path(out) / METRICS).read_text(encoding="utf-8"))
         value = trial_value(metrics, self.objective)
@@ -371,6 +399,12 @@ def _once_per_study(said: set):
             if line not in said:
                 said.add(line)
                 print(line, file=sys.stderr)
+
+
+def optuna_pruned():
+    import optuna
+
+    return optuna.TrialPruned
 
 
 def trial_value(metrics: dict, objective: str) -> float:
@@ -408,14 +442,14 @@ def _summarise(study, folder: Path, objective: str, seconds: float) -> TuneResul
 
     trials = study.get_trials(deepcopy=False)
     counts = {state: sum(t.state == state for t in trials) for state in TrialState}
-    runs = [t.user_attrs["run"] for t in trials if t.user_attrs.get("run") and (Path(t.user_attrs["run"]) / CONFIG)
-            .exists() and t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    runs = [folder / t.user_attrs["run"] for t in trials if t.user_attrs.get("run") and t.state in (
+        TrialState.COMPLETE, TrialState.PRUNED) and (folder / t.user_attrs["run"] / CONFIG).exists()]
     rows = compare(runs, folder, title=f"imgclf tune: {len(runs)} trials")["rows"] if runs else []
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     best_config = best_model = None
     best = study.best_trial if complete else None
     if best is not None:
-        run = Path(best.user_attrs["run"])
+        run = folder / best.user_attrs["run"]
         config = json.loads((run / CONFIG).read_text(encoding="utf-8"))
         best_config = folder / BEST_CONFIG
         write_json(best_config, {k: v for k, v in config.items() if k not in NOT_REPRODUCED})
