@@ -20,6 +20,7 @@ from ..run.folder import CONFIG, HISTORY, METRICS, RunFolder
 from .report import SCRIPT, STYLE, figure_tag, table
 
 CSV, PNG, HTML = "compare.csv", "compare.png", "compare.html"
+LEGEND_RUNS = 12  # more runs than this get no legend (it would not fit)
 COLUMNS = ["run", "recipe", "epochs", "batch", "learning rate", "augment", "label smoothing", "ema", "weight decay",
            "best epoch", "val accuracy", "val f1", "ece", "seconds", "state"]
 
@@ -90,8 +91,10 @@ def curves_figure(histories: dict) -> Figure:
         ax.set_ylabel(name)
         ax.set_title(name)
         ax.grid(alpha=0.3)
-    if histories:
+    if 0 < len(histories) <= LEGEND_RUNS:
         acc_ax.legend(fontsize=7, loc="lower right")
+    elif histories:  # a study's dozens of trials: the table names them
+        acc_ax.set_title(f"validation accuracy ({len(histories)} runs)")
     figure.tight_layout()
     return figure
 
