@@ -146,8 +146,9 @@ def build_parser() -> Parser:
                    help="study folder: study.db (Optuna's SQLite), trials/, compare.html, best_config.json, "
                         "best_model.keras")
     p.add_argument("--trials", type=int, metavar="N", help="stop when N trials have finished (complete or pruned)")
-    p.add_argument("--minutes", type=float, metavar="M", help="stop starting trials after M minutes (all runs of "
-                                                              "the study together)")
+    p.add_argument("--minutes", type=float, metavar="M",
+                   help="stop after M minutes, all runs of the study together (a trial still running then stops "
+                        "between two epochs; a later tune with more minutes continues it)")
     p.add_argument("--models", metavar="LIST", help="recipes to search, comma-separated (default: every "
                                                      "from-scratch recipe, and backbones whose weights are at hand)")
     p.add_argument("--max-epochs", type=int, metavar="N", help="cap every trial's epochs")
