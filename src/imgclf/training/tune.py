@@ -47,7 +47,7 @@ from ..errors import ImgclfError
 from ..evaluation.compare import compare
 from ..models.recipes import BACKBONES, RECIPE_DEFAULTS, cached_weights, check, default_learning_rate
 from ..run.atomic import write_json
-from ..run.folder import BEST_MODEL, CONFIG, METRICS
+from ..run.folder import BEST_MODEL, CONFIG, HISTORY, METRICS, RunFolder
 
 STUDY_DB, STUDY_JSON, LOCK = "study.db", "study.json", "tune.lock"
 TRIALS = "trials"
@@ -416,13 +416,12 @@ def trial_value(metrics: dict, objective: str) -> float:
 
 
 def _history_rows(run: Path) -> list[dict]:
-    import csv
-
-    path = run / "history.csv"
-    if not path.exists():
+    """history.csv's rows as {column: value} (none before the run's first epoch)."""
+    folder = RunFolder(run)
+    if not (run / HISTORY).exists():
         return []
-    with open(path, newline="", encoding="utf-8") as handle:
-        return [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(handle)]
+    history = folder.read_history()
+    return [{key: float(values[i]) for key, values in history.items()} for i in range(len(history.get("epoch", ())))]
 
 
 def _describe(settings: dict) -> str:
