@@ -38,8 +38,10 @@ browser:
 # test keeps one core of two busy (TensorFlow's import, subprocesses, Python between the ops).
 TEST_WORKERS ?= 2
 
+# --no-loadscope-reorder: in the order tests/conftest.py sorts the files (the longest first), not
+# xdist's own (the most tests first, which left the heavy few-test files for the end).
 test: install browser
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile $(ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(ARGS)
 
 # Everything but the tests marked slow (trainings, new processes, notebooks, real CIFAR-10).
 test-fast: install

@@ -121,6 +121,9 @@ def _probabilities(loaded: LoadedModel, batches: Callable[[], Iterable[np.ndarra
     return combine_views(_views(loaded, batches, tta))
 
 
+TTA_VIEWS = 6  # views `_views` predicts with tta: the image, its mirror, and both shifted two ways
+
+
 def _views(loaded: LoadedModel, batches: Callable[[], Iterable[np.ndarray]],
            tta: bool) -> list[tuple[float, np.ndarray]]:
     if not tta:

@@ -138,6 +138,10 @@ class PreciseBatchNorm(keras.callbacks.Callback):
         self.pixels = pixels[:PRECISE_BN_IMAGES]
         self.steps_per_epoch = steps_per_epoch
 
+    @property
+    def forward_images(self) -> int:  # images it passes through the model each epoch (training/budget.py)
+        return len(self.pixels)
+
     def on_train_batch_end(self, batch, logs=None):
         if (batch + 1) % self.steps_per_epoch == 0:
             self.recompute(self.model, self.pixels)

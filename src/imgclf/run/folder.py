@@ -238,6 +238,9 @@ class RunFolder:
             tmp.write_text(text, encoding="utf-8")
         return self.path / name
 
+    def write_json(self, name: str, values: dict) -> None:
+        write_json(self.path / name, values)
+
     def read_json(self, name: str) -> dict | None:
         path = self.path / name
         return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None

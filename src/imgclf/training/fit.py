@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import sys
 from dataclasses import dataclass
+from typing import Any
 
 import keras
 
@@ -48,7 +49,8 @@ Phase = tuple[int, int, int]  # (phase, first epoch, end epoch)
 class Fitted:
     best: BestModelCheckpoint
     first_epoch: int  # epochs already done when this process started (resume)
-    stopped_epoch: int | None = None  # --patience stopped the run after this epoch
+    stopped_epoch: int | None = None  # --patience or --time-budget stopped the run after this epoch
+    stopped_by: str | None = None  # which: "patience" or "time_budget"
     epochs_run: int = 0  # epochs completed in all (all of them, or up to the early stop)
 
 
@@ -64,24 +66,31 @@ class Callbacks:
     stateful: dict[str, Stateful]  # what the checkpoint saves and a resume restores
     ema: SwapEMAWeights | None = None  # --ema: first, so that validation and the best model see the average
     early: EarlyStopping | None = None  # --patience
+    budget: Any = None  # --time-budget: budget.TimeBudgetGuard
     tracking: list = dataclasses.field(default_factory=list)  # TensorBoard, MLflow: after the history
 
     def for_fit(self, run: RunFolder) -> list:
         # the averaged weights go in first: our own validation (several replicas) measures them too
         ema = [c for c in (self.ema,) if c is not None]
-        stop = [c for c in (self.early,) if c is not None]
+        stop = [c for c in (self.early, self.budget) if c is not None]
         return [*ema, *self.own_validation, self.history, *self.tracking, *self.recipe, self.best, *stop,
                 *self.extra, TrainingCheckpoint(run, self.stateful)]
 
     @property
+    def stopper(self):
+        """What stopped the run before its last epoch (early stopping, the time budget), or None."""
+        return next((c for c in (self.early, self.budget) if c is not None and c.stopped), None)
+
+    @property
     def stopped(self) -> bool:
-        return self.early is not None and self.early.stopped
+        return self.stopper is not None
 
 
 def fit(config: TrainConfig, recipe: Recipe, run: RunFolder, train: Images, val: Images, class_names: list[str],
-        checkpoint, extra_callbacks: list | None) -> Fitted:
+        checkpoint, extra_callbacks: list | None, budget_guard=None) -> Fitted:
     """Build the model, restore a checkpoint if there is one, train the remaining epochs of
-    each phase (compiled for that phase) and save the last model."""
+    each phase (compiled for that phase) and save the last model. `budget_guard`
+    (--time-budget: a budget.TimeBudgetGuard) stops it between epochs when time runs out."""
     steps_per_epoch = train_steps(len(train), config.batch_size)
     pixels = sample_pixels(train, DATA_INIT_IMAGES, seed=config.seed) if recipe.needs_data else None
     model = build_model(config, len(class_names), pixels)
@@ -89,7 +98,7 @@ def fit(config: TrainConfig, recipe: Recipe, run: RunFolder, train: Images, val:
     strategy = tf_strategy()
     metadata = {SAVED_RECIPE_KEY: config.model, "resize": config.resize}
     callbacks = make_callbacks(config, recipe, run, model, matrix, class_names, steps_per_epoch, pixels, metadata,
-                               extra_callbacks)
+                               extra_callbacks, budget_guard)
     validation = make_dataset(worker_shard(val, strategy), max(config.batch_size, EVAL_BATCH), config.cache)
     if replicas(strategy) > 1:  # model.fit's validation sees only this worker's shard
         callbacks.own_validation = [ReplicatedValidation(validation, matrix, training_loss(config, recipe),
@@ -120,14 +129,17 @@ def fit(config: TrainConfig, recipe: Recipe, run: RunFolder, train: Images, val:
     finally:
         for tracker in callbacks.tracking:  # their files closed, even when the fit failed
             tracker.close()
-    stopped = callbacks.early.stopped_epoch if callbacks.stopped else None
+    stopped = callbacks.stopper.stopped_epoch if callbacks.stopped else None
     if stopped and config.verbose:
-        print(f"stopped early after epoch {stopped}: the validation loss has not improved by more than "
-              f"{config.min_delta:g} for {config.patience} epochs")
+        print(f"stopped early after epoch {stopped}: " + (
+            "the next epoch and the final evaluation would not end within the time budget"
+            if callbacks.stopper is callbacks.budget else
+            f"the validation loss has not improved by more than {config.min_delta:g} for {config.patience} epochs"))
     epochs_run = stopped or config.epochs
     if not (stopped and first_epoch >= stopped):  # a resumed run that had stopped keeps its last model
         save_model(model, run.last_model, class_names, epoch=epochs_run, **metadata)
-    return Fitted(callbacks.best, first_epoch, stopped, epochs_run)
+    stopped_by = None if not stopped else "time_budget" if callbacks.stopper is callbacks.budget else "patience"
+    return Fitted(callbacks.best, first_epoch, stopped, epochs_run, stopped_by)
 
 
 def build_model(config: TrainConfig, num_classes: int, pixels) -> keras.Model:
@@ -141,7 +153,7 @@ def build_model(config: TrainConfig, num_classes: int, pixels) -> keras.Model:
 
 def make_callbacks(config: TrainConfig, recipe: Recipe, run: RunFolder, model: keras.Model, matrix: ConfusionMatrix,
                    class_names: list[str], steps_per_epoch: int, pixels, metadata: dict,
-                   extra_callbacks: list | None) -> Callbacks:
+                   extra_callbacks: list | None, budget_guard=None) -> Callbacks:
     best = BestModelCheckpoint(run, class_names, **metadata)
     history = EpochMetrics(matrix, class_names, run, epochs=config.epochs, verbose=config.verbose)
     recipe_callbacks = recipe.make_callbacks(steps_per_epoch, config.epochs, pixels) if recipe.make_callbacks else []
@@ -157,6 +169,10 @@ def make_callbacks(config: TrainConfig, recipe: Recipe, run: RunFolder, model: k
         callbacks.early = stateful["early_stopping"] = EarlyStopping(config.patience, config.min_delta,
                                                                      config.epochs, callbacks.ema)
         callbacks.early.set_model(model)
+    if budget_guard is not None:
+        budget_guard.ema = callbacks.ema  # a stop finalizes the average, as an early stop does
+        callbacks.budget = stateful["time_budget"] = budget_guard
+        budget_guard.set_model(model)
     callbacks.tracking = tracking_callbacks(config, run, history, matrix, class_names)
     return callbacks
 

@@ -32,6 +32,8 @@ from ..inference.modelio import LoadedModel, load_model
 from ..models.recipes import check, outside_tuning, pick_recipe, recipe_defaults, resolve
 from ..models.registry import get_recipe
 from ..run.folder import RunFolder
+from .budget import BUDGET_FILE, BudgetPlan, TimeBudgetGuard
+from .budget import plan as plan_budget
 from .distribute import (
     is_chief,
     make_strategy,
@@ -127,23 +129,33 @@ def _train(config: TrainConfig, strategy, resumed: RunFolder | None, data: Loade
     _warn_outside_tuning(config, len(split.train), resumed)
     if resumed is None and chief:
         quick_check(split.train, split.val)  # imbalance, identical files on both sides of the split
+    recipe = get_recipe(config.model)
+    budget = None
+    if config.time_budget and resumed is None:  # the epochs it buys, timed here (a resume keeps the plan)
+        config, budget = _plan_budget(config, precision, recipe, data, split, strategy, started)
     run, checkpoint = _open_run_folder(config.replace(precision=precision), split, resumed)
+    if budget is not None:
+        run.write_json(BUDGET_FILE, budget.to_dict())
+    elif config.time_budget and run.read_json(BUDGET_FILE):
+        budget = BudgetPlan.from_dict(run.read_json(BUDGET_FILE))
     run.write_environment(environment(config.seed))
     run.write_data_summary(_data_summary(data, split))
-    recipe = get_recipe(config.model)
     _announce(config, precision, run, data, split, strategy)
+    if budget is not None and config.verbose:
+        print(budget.line())
     mlflow = MlflowLog(config, run, resumed is not None) if config.mlflow and chief else None
     try:
         with compute_precision(precision), strategy.scope():
             try:
                 fitted = fit(config, recipe, run, split.train, split.val, split.labelled.class_names, checkpoint,
-                             list(extra_callbacks or []) + ([mlflow] if mlflow else []))
+                             list(extra_callbacks or []) + ([mlflow] if mlflow else []),
+                             TimeBudgetGuard(budget, started) if budget is not None else None)
             except StorageError as exc:  # disk full mid-run: every file written so far is whole
                 raise StorageError(exc.reason, exc.path, f"{exc.kept}; the run continues from its last completed "
                                                          f"epoch with --resume {run}") from None
         if not chief:
             return None
-        _finish(config, run, data, split, fitted, started, resumed)
+        _finish(config, run, data, split, fitted, started, resumed, budget)
     except BaseException:
         if mlflow:
             mlflow.finish("KILLED" if sys.exc_info()[0] is KeyboardInterrupt else "FAILED")
@@ -154,7 +166,7 @@ def _train(config: TrainConfig, strategy, resumed: RunFolder | None, data: Loade
 
 
 def _finish(config: TrainConfig, run: RunFolder, data: LoadedData, split: Split, fitted: Fitted, started: float,
-            resumed: RunFolder | None) -> None:
+            resumed: RunFolder | None, budget: BudgetPlan | None = None) -> None:
     """After the fit, on the chief: keep, calibrate and evaluate the final model; write
     metrics.json, the plots and the report."""
     train_seconds = time.perf_counter() - started
@@ -166,7 +178,12 @@ def _finish(config: TrainConfig, run: RunFolder, data: LoadedData, split: Split,
         metrics["calibration"] = report["calibration"] = calibration
     if config.patience is not None:
         metrics["early_stopping"] = {"patience": config.patience, "min_delta": config.min_delta,
-                                     "stopped_after_epoch": fitted.stopped_epoch, "epochs_run": fitted.epochs_run}
+                                     "stopped_after_epoch": fitted.stopped_epoch if fitted.stopped_by == "patience"
+                                     else None, "epochs_run": fitted.epochs_run}
+    if budget is not None:
+        metrics["time_budget"] = {**budget.to_dict(), "epochs_run": fitted.epochs_run,
+                                  "stopped_after_epoch": fitted.stopped_epoch if fitted.stopped_by == "time_budget"
+                                  else None, "seconds_so_far": round(time.perf_counter() - started, 1)}
     run.write_metrics(metrics)
     write_history_plots(run)
     write_html_report(run, report, title=f"{config.model} run {run.path.name}",
@@ -175,6 +192,18 @@ def _finish(config: TrainConfig, run: RunFolder, data: LoadedData, split: Split,
 
 
 PIPELINE_BATCHES = 3  # batches alive at once in the input pipeline: one decoded, one prefetched, one in the model
+
+
+def _plan_budget(config: TrainConfig, precision: str, recipe, data: LoadedData, split: Split, strategy,
+                 started: float) -> tuple[TrainConfig, BudgetPlan]:
+    """--time-budget: (the config with the epochs the budget buys on this machine, the plan)."""
+    if replicas(strategy) > 1:
+        raise DataError("time_budget times the run on one device; with several, give --epochs instead")
+    test_images = len(data.test) if data.test is not None and not config.train_on_all else 0
+    with compute_precision(precision), strategy.scope():
+        budget = plan_budget(config, recipe, split.train, split.val, len(split.labelled.class_names),
+                             started=started, test_images=test_images)
+    return config.replace(epochs=budget.epochs), budget
 
 
 def check_input_memory(config: TrainConfig) -> None:

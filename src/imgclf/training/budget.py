@@ -1,0 +1,203 @@
+"""--time-budget: as many epochs as fit in a wall-time budget on this machine.
+
+Before training, a probe times this machine with the run's own model, batches, precision and
+augmentation: one untimed call of a few training steps (it traces the graph), then a few
+timed steps; the forward pass over validation batches; a save and a load of the model. The
+plan is then
+
+    epochs = floor((budget x (1 - MARGIN) - spent - tracing - final evaluation) / epoch)
+
+where `spent` is what the run has used so far (loading, the probe), `tracing` what the real
+fit pays again before its first step, an epoch is its training steps plus the validation
+pass (and the recipe's own forward passes: the fast recipes' BatchNorm re-estimation) plus
+the files written after it, and the final evaluation is the kept model's passes over the
+validation split (x6 views with --tta), its loading and the report. The step-size schedule
+spans the planned epochs, so the run anneals to the end of its budget. `budget.json` in the
+run folder keeps the plan; a resumed run keeps it.
+
+`TimeBudgetGuard` stops training between epochs should the next epoch and the final
+evaluation no longer fit (the estimate was off, or the machine slowed down): the best model
+so far is kept, as with an early stop.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+
+from ..config import TrainConfig
+from ..data.labelled import Images
+from ..data.pipeline import make_dataset, make_train_dataset, sample_pixels, steps_per_call, train_steps
+from ..errors import ImgclfError
+from ..evaluation.metrics import ConfusionMatrix
+from ..inference.predict import TTA_VIEWS
+from ..models.recipes import Recipe
+from .checkpoint import Stateful
+from .fit import DATA_INIT_IMAGES, EVAL_BATCH, build_model, compile_phase, plan_phases
+from .regularize import training_augment
+
+BUDGET_FILE = "budget.json"
+MARGIN = 0.03  # of the budget, kept free: timings drift a few percent from minute to minute
+PROBE_STEPS = 3  # timed training steps (at least one graph call)
+PROBE_EVAL_BATCHES = 2  # timed validation batches
+clock = time.perf_counter  # the guard's clock (a test runs it ahead)
+FINISH_FIXED_S = 5.0  # the final evaluation's plots, tables and report (measured: 2-4 s)
+
+
+@dataclass(frozen=True)
+class Speed:
+    """What the probe measured on this machine, in seconds."""
+    step: float  # one training step
+    forward: float  # one image through the model, inference mode
+    save: float  # writing the model to a .keras file
+    load: float  # reading it back
+    tracing: float  # what the first training and validation calls cost beyond their steps
+
+
+@dataclass(frozen=True)
+class BudgetPlan:
+    """The epochs a time budget buys, and the estimates they come from (seconds)."""
+    minutes: float
+    epochs: int
+    max_epochs: int
+    step_s: float
+    epoch_s: float  # training steps, validation, per-epoch files
+    finish_s: float  # the final evaluation
+    spent_s: float  # used before the fit: loading, the probe
+    tracing_s: float
+
+    def to_dict(self) -> dict:
+        return {k: round(v, 3) if isinstance(v, float) else v for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "BudgetPlan":
+        return cls(**{f.name: values[f.name] for f in dataclasses.fields(cls)})
+
+    def line(self) -> str:
+        capped = f" (the most allowed: {self.max_epochs})" if self.epochs == self.max_epochs else ""
+        return (f"time budget {self.minutes:g} min: {self.epochs} epochs{capped} of ~{self.epoch_s:.1f} s "
+                f"({self.step_s:.2f} s a step, measured), after {self.spent_s:.0f} s of loading and timing, and "
+                f"~{self.finish_s:.0f} s for the final evaluation")
+
+
+def plan_epochs(budget_s: float, spent_s: float, tracing_s: float, epoch_s: float, finish_s: float,
+                max_epochs: int) -> int:
+    """The whole epochs that fit: see the module's formula. Raises ImgclfError when not even one does."""
+    free = budget_s * (1 - MARGIN) - spent_s - tracing_s - finish_s
+    epochs = min(max_epochs, math.floor(free / epoch_s)) if free > 0 else 0
+    if epochs < 1:
+        need = (spent_s + tracing_s + finish_s + epoch_s) / (1 - MARGIN)
+        raise ImgclfError(f"a time budget of {budget_s / 60:g} min leaves no time for one epoch on this machine "
+                          f"(~{epoch_s:.0f} s, after {spent_s:.0f} s of loading and timing and ~{finish_s:.0f} s "
+                          f"for the final evaluation): give at least {math.ceil(need / 6) / 10:g} min")
+    return epochs
+
+
+def plan(config: TrainConfig, recipe: Recipe, train: Images, val: Images, num_classes: int, *, started: float,
+         test_images: int = 0) -> BudgetPlan:
+    """The plan for `config` (whose `epochs` is the most it may pick), timed on this machine;
+    `started`: time.perf_counter() when the run began (its loading counts)."""
+    pixels = sample_pixels(train, DATA_INIT_IMAGES, seed=config.seed) if recipe.needs_data else None
+    speed = measure_speed(config, recipe, train, val, num_classes, pixels)
+    steps = train_steps(len(train), config.batch_size)
+    recipe_callbacks = recipe.make_callbacks(steps, config.epochs, pixels) if recipe.make_callbacks else []
+    per_epoch_forward = len(val) + sum(getattr(cb, "forward_images", 0) for cb in recipe_callbacks)
+    # after each epoch: the last model, the best (when it improved) and the checkpoint
+    epoch_s = steps * speed.step + per_epoch_forward * speed.forward + 3 * speed.save
+    views = len(TTA_VIEWS) if config.tta else 1
+    # the kept model is loaded, calibrated and saved, and its views of the validation (and test) images predicted
+    finish_s = (len(val) + test_images) * views * speed.forward + 2 * (speed.load + speed.save) + FINISH_FIXED_S
+    spent_s = time.perf_counter() - started
+    epochs = plan_epochs(config.time_budget * 60, spent_s, speed.tracing, epoch_s, finish_s, config.epochs)
+    return BudgetPlan(config.time_budget, epochs, config.epochs, speed.step, epoch_s, finish_s, spent_s,
+                      speed.tracing)
+
+
+def measure_speed(config: TrainConfig, recipe: Recipe, train: Images, val: Images, num_classes: int,
+                  pixels=None) -> Speed:
+    """Time a model of the run's recipe (built for the probe, then dropped) on this machine.
+    Training steps are those of the last phase (everything that trains: the slowest)."""
+    steps_per_epoch = train_steps(len(train), config.batch_size)
+    model = build_model(config, num_classes, pixels)
+    compile_phase(model, config, recipe, ConfusionMatrix(num_classes), steps_per_epoch, plan_phases(config)[-1])
+    per_call = steps_per_call(steps_per_epoch, recipe.steps_per_execution)
+    timed = per_call * math.ceil(PROBE_STEPS / per_call)
+    augment, mix = training_augment(config, recipe, num_classes)
+    batches = make_train_dataset(train, config.batch_size, seed=config.seed,
+                                 epochs=math.ceil(timed / steps_per_epoch), augment=augment, mix=mix)
+
+    def run_steps(count: int) -> float:  # the input pipeline's work counts, as in an epoch
+        began = time.perf_counter()
+        model.fit(batches, steps_per_epoch=count, epochs=1, verbose=0, shuffle=False)
+        return time.perf_counter() - began
+
+    first = run_steps(per_call)  # traces the training step
+    step = run_steps(timed) / timed
+    eval_batch = max(config.batch_size, EVAL_BATCH)
+    sample = val.subset(list(range(min(len(val), PROBE_EVAL_BATCHES * eval_batch))))
+    validation = make_dataset(sample, eval_batch).cache()
+    began = time.perf_counter()
+    model.evaluate(validation, verbose=0)  # traces the validation step (and fills the cache)
+    first_eval = time.perf_counter() - began
+    began = time.perf_counter()
+    model.evaluate(validation, verbose=0)
+    forward = (time.perf_counter() - began) / max(len(sample), 1)
+    with tempfile.TemporaryDirectory(prefix="imgclf-budget-") as folder:
+        path = Path(folder) / "probe.keras"
+        began = time.perf_counter()
+        model.save(path)
+        save = time.perf_counter() - began
+        began = time.perf_counter()
+        keras.models.load_model(path, compile=False, safe_mode=False)
+        load = time.perf_counter() - began
+    tracing = max(0.0, first - per_call * step) + max(0.0, first_eval - forward * len(sample))
+    keras.backend.clear_session()
+    keras.utils.set_random_seed(config.seed)  # the run draws its initialisation as a run without a budget does
+    return Speed(step, forward, save, load, tracing)
+
+
+class TimeBudgetGuard(keras.callbacks.Callback, Stateful):
+    """Stop between epochs once the next epoch (as long as the last one took) and the final
+    evaluation would end past the budget. Seconds spent by earlier processes of a resumed run
+    are in the checkpoint and count."""
+
+    def __init__(self, budget: BudgetPlan, started: float, ema=None):
+        super().__init__()
+        self.budget_s, self.finish_s, self.epochs = budget.minutes * 60, budget.finish_s, budget.epochs
+        self.started = started  # time.perf_counter() when this process began the run
+        self.spent_before = 0.0  # seconds of the processes before a resume
+        self.stopped_epoch = 0  # 1-based; 0 while training goes on
+        self.ema = ema
+
+    def used(self) -> float:
+        return self.spent_before + clock() - self.started
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._began = clock()
+
+    def on_epoch_end(self, epoch, logs=None):
+        took = clock() - self._began
+        if self.model.stop_training:  # stopped already (--patience)
+            return
+        if epoch + 1 < self.epochs and self.used() + took + self.finish_s > self.budget_s:
+            self.stopped_epoch = epoch + 1
+            self.model.stop_training = True
+            if self.ema is not None:
+                self.ema.finish_early()
+
+    @property
+    def stopped(self) -> bool:
+        return self.stopped_epoch > 0
+
+    def get_state(self):
+        return {"spent": self.used(), "stopped_epoch": self.stopped_epoch}, []
+
+    def set_state(self, info, arrays):
+        self.spent_before, self.stopped_epoch = float(info["spent"]), int(info["stopped_epoch"])
+        self.started = clock()

@@ -1,0 +1,139 @@
+"""--time-budget: the plan (fewer epochs for a smaller budget), the guard that stops in time,
+and a resume that keeps the plan. The machine's speed is replaced by a fixed one where a
+verdict depends on the plan, and the guard's clock by one that runs ahead, so that no
+assertion depends on this machine's speed."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import keras
+import pytest
+
+from imgclf import TrainConfig, resume, train
+from imgclf.errors import ImgclfError
+from imgclf.training import budget
+from imgclf.training.budget import MARGIN, Speed, plan_epochs
+
+from conftest import make_image_folder, run_main
+
+
+def epochs_in_history(run) -> list[int]:
+    with open(run / "history.csv", newline="") as handle:
+        return [int(row["epoch"]) for row in csv.DictReader(handle)]
+
+
+def metrics(run) -> dict:
+    return json.loads((run / "metrics.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def colours(tmp_path_factory):
+    return make_image_folder(tmp_path_factory.mktemp("budget") / "images", per_class=12, size=(16, 16))
+
+
+def tiny(colours, tmp_path, name, **values) -> TrainConfig:
+    keras.backend.clear_session()
+    return TrainConfig(data_dir=str(colours), image_size=16, model="fast-tiny", batch_size=16, calibrate="none",
+                       verbose=0, out=str(tmp_path / name), **values)
+
+
+# A machine where a step takes 10 s: with one step an epoch, an epoch is ~10.4 s.
+SLOW = Speed(step=10.0, forward=0.01, save=0.01, load=0.01, tracing=1.0)
+
+
+@pytest.fixture
+def slow_machine(monkeypatch):
+    monkeypatch.setattr(budget, "measure_speed", lambda *args, **kwargs: SLOW)
+
+
+# ------------------------------------------------------------------------------------ the plan
+
+def test_plan_takes_the_epochs_that_fit_and_fewer_for_less_time():
+    fits = [plan_epochs(minutes * 60, spent_s=10, tracing_s=5, epoch_s=30, finish_s=20, max_epochs=100)
+            for minutes in (2, 5, 10)]
+    assert fits == [int((m * 60 * (1 - MARGIN) - 35) // 30) for m in (2, 5, 10)] == [2, 8, 18]
+    assert plan_epochs(600, 10, 5, 30, 20, max_epochs=6) == 6  # --epochs is the most it picks
+    with pytest.raises(ImgclfError, match=r"leaves no time for one epoch .* give at least 1.4 min"):
+        plan_epochs(60, spent_s=10, tracing_s=5, epoch_s=30, finish_s=30, max_epochs=100)
+
+
+def test_a_smaller_budget_plans_fewer_epochs_and_the_run_keeps_its_plan(colours, tmp_path, slow_machine):
+    """Two runs on the same data at 1 and 2 minutes: the plan is in budget.json, config.json
+    (epochs) and metrics.json, the step-size schedule spans it (it ends near zero), and each
+    run trains exactly the epochs it planned."""
+    runs = {minutes: train(tiny(colours, tmp_path, f"m{minutes}", time_budget=minutes)) for minutes in (1, 2)}
+    planned = {}
+    for minutes, run in runs.items():
+        plan = json.loads((run / "budget.json").read_text())
+        assert plan["minutes"] == minutes and plan["step_s"] == SLOW.step and plan["max_epochs"] == 100
+        assert json.loads((run / "config.json").read_text())["epochs"] == plan["epochs"]
+        assert epochs_in_history(run) == list(range(1, plan["epochs"] + 1))  # the guard never had to stop it
+        assert metrics(run)["time_budget"]["epochs_run"] == plan["epochs"]
+        assert metrics(run)["time_budget"]["stopped_after_epoch"] is None
+        planned[minutes] = plan["epochs"]
+    assert 1 <= planned[1] < planned[2], planned
+    assert planned[2] - planned[1] in (5, 6)  # 58 s more at ~10.4 s an epoch
+
+
+def test_the_guard_stops_between_epochs_when_time_runs_out(colours, tmp_path, monkeypatch):
+    """The plan says 10 epochs (a fast machine), but every epoch then takes 50 s more on the
+    guard's clock: with 3 minutes and ~5 s of final evaluation it stops after epoch 3 (after
+    epoch 2 about 100 s are used, and one more epoch ends near 155 s; after epoch 3, 205 s
+    would be past 180). The best model is kept and the run finishes as usual."""
+    monkeypatch.setattr(budget, "measure_speed", lambda *a, **k: Speed(0.01, 0.0001, 0.01, 0.01, 0.1))
+    offset = [0.0]
+    real_clock = budget.clock
+    monkeypatch.setattr(budget, "clock", lambda: real_clock() + offset[0])
+
+    class SlowEpochs(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if batch == 0:
+                offset[0] += 50.0
+
+    run = train(tiny(colours, tmp_path, "guarded", time_budget=3, epochs=10), extra_callbacks=[SlowEpochs()])
+    assert json.loads((run / "budget.json").read_text())["epochs"] == 10
+    assert epochs_in_history(run) == [1, 2, 3]
+    assert metrics(run)["time_budget"]["stopped_after_epoch"] == 3
+    assert metrics(run)["time_budget"]["epochs_run"] == 3
+    assert (run / "best_model.keras").exists() and metrics(run)["best_epoch"] in (1, 2, 3)
+
+
+def test_resume_keeps_the_plan(colours, tmp_path, slow_machine, monkeypatch):
+    """Interrupted after its first epoch, the run resumes with the planned epochs, without
+    timing the machine again."""
+
+    class Interrupt(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch == 1:
+                raise KeyboardInterrupt
+
+    config = tiny(colours, tmp_path, "interrupted", time_budget=1)
+    with pytest.raises(KeyboardInterrupt):
+        train(config, extra_callbacks=[Interrupt()])
+    run = tmp_path / "interrupted"
+    plan = json.loads((run / "budget.json").read_text())
+    assert epochs_in_history(run) == [1]
+
+    def no_probe(*args, **kwargs):
+        raise AssertionError("a resumed run must not time the machine again")
+
+    monkeypatch.setattr(budget, "measure_speed", no_probe)
+    keras.backend.clear_session()
+    resume(run, verbose=0)
+    assert json.loads((run / "budget.json").read_text()) == plan
+    assert epochs_in_history(run) == list(range(1, plan["epochs"] + 1))
+    assert metrics(run)["resumed_after_epoch"] == 1 and metrics(run)["time_budget"]["epochs_run"] == plan["epochs"]
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--time-budget", "0"], "time_budget must be a positive number of minutes"),
+    (["--time-budget", "0.01"], "leaves no time for one epoch"),
+])
+def test_impossible_budgets_are_one_line_errors(colours, tmp_path, args, fragment):
+    result = run_main("train", "--data-dir", str(colours), "--model", "fast-tiny", "--image-size", "16",
+                      "--out", str(tmp_path / "run"), *args)
+    assert result.returncode != 0 and fragment in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+    assert not (tmp_path / "run").exists()
