@@ -75,7 +75,8 @@ def measure(model_name: str, batch: int, steps: int, parts: bool) -> dict:
     flops = forward_flops(model)
     data = tf.data.Dataset.from_tensors((x, y)).repeat()
     iterator = iter(data)
-    train_function = model.make_train_function()
+    model.make_train_function()
+    train_function = model.train_function
 
     def train_step():
         logs = train_function(iterator)

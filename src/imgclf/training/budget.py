@@ -44,7 +44,7 @@ from .regularize import training_augment
 
 BUDGET_FILE = "budget.json"
 MARGIN = 0.03  # of the budget, kept free: timings drift a few percent from minute to minute
-PROBE_STEPS = 3  # timed training steps (at least one graph call)
+PROBE_STEPS = 5  # timed training steps (at least one graph call)
 PROBE_EVAL_BATCHES = 2  # timed validation batches
 clock = time.perf_counter  # the guard's clock (a test runs it ahead)
 FINISH_FIXED_S = 5.0  # the final evaluation's plots, tables and report (measured: 2-4 s)
@@ -94,7 +94,7 @@ def plan_epochs(budget_s: float, spent_s: float, tracing_s: float, epoch_s: floa
     if epochs < 1:
         need = (spent_s + tracing_s + finish_s + epoch_s) / (1 - MARGIN)
         raise ImgclfError(f"a time budget of {budget_s / 60:g} min leaves no time for one epoch on this machine "
-                          f"(~{epoch_s:.0f} s, after {spent_s:.0f} s of loading and timing and ~{finish_s:.0f} s "
+                          f"(~{epoch_s:.1f} s, after {spent_s:.0f} s of loading and timing and ~{finish_s:.0f} s "
                           f"for the final evaluation): give at least {math.ceil(need / 6) / 10:g} min")
     return epochs
 
@@ -110,7 +110,7 @@ def plan(config: TrainConfig, recipe: Recipe, train: Images, val: Images, num_cl
     per_epoch_forward = len(val) + sum(getattr(cb, "forward_images", 0) for cb in recipe_callbacks)
     # after each epoch: the last model, the best (when it improved) and the checkpoint
     epoch_s = steps * speed.step + per_epoch_forward * speed.forward + 3 * speed.save
-    views = len(TTA_VIEWS) if config.tta else 1
+    views = TTA_VIEWS if config.tta else 1
     # the kept model is loaded, calibrated and saved, and its views of the validation (and test) images predicted
     finish_s = (len(val) + test_images) * views * speed.forward + 2 * (speed.load + speed.save) + FINISH_FIXED_S
     spent_s = time.perf_counter() - started
@@ -130,15 +130,15 @@ def measure_speed(config: TrainConfig, recipe: Recipe, train: Images, val: Image
     timed = per_call * math.ceil(PROBE_STEPS / per_call)
     augment, mix = training_augment(config, recipe, num_classes)
     batches = make_train_dataset(train, config.batch_size, seed=config.seed,
-                                 epochs=math.ceil(timed / steps_per_epoch), augment=augment, mix=mix)
+                                 epochs=math.ceil((per_call + timed) / steps_per_epoch), augment=augment, mix=mix)
 
-    def run_steps(count: int) -> float:  # the input pipeline's work counts, as in an epoch
-        began = time.perf_counter()
-        model.fit(batches, steps_per_epoch=count, epochs=1, verbose=0, shuffle=False)
-        return time.perf_counter() - began
-
-    first = run_steps(per_call)  # traces the training step
-    step = run_steps(timed) / timed
+    ends = []  # when each graph call of the probe ended
+    marks = keras.callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs: ends.append(time.perf_counter()))
+    began = time.perf_counter()
+    model.fit(batches, steps_per_epoch=per_call + timed, epochs=1, verbose=0, shuffle=False, callbacks=[marks])
+    # the first call traces the step; the rest are timed from its end, the input pipeline's start left out
+    step = (ends[-1] - ends[0]) / timed
+    first = ends[0] - began
     eval_batch = max(config.batch_size, EVAL_BATCH)
     sample = val.subset(list(range(min(len(val), PROBE_EVAL_BATCHES * eval_batch))))
     validation = make_dataset(sample, eval_batch).cache()

@@ -139,7 +139,7 @@ def fit(config: TrainConfig, recipe: Recipe, run: RunFolder, train: Images, val:
     if not (stopped and first_epoch >= stopped):  # a resumed run that had stopped keeps its last model
         save_model(model, run.last_model, class_names, epoch=epochs_run, **metadata)
     stopped_by = None if not stopped else "time_budget" if callbacks.stopper is callbacks.budget else "patience"
-    return Fitted(callbacks.best, first_epoch, stopped, epochs_run, stopped_by)
+    return Fitted(callbacks.best, first_epoch, stopped, stopped_by, epochs_run)
 
 
 def build_model(config: TrainConfig, num_classes: int, pixels) -> keras.Model:
