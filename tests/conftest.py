@@ -106,9 +106,9 @@ SQUARE_IMAGES, SQUARE_EPOCHS = 100, 10  # per class; both recipes then classify 
 
 def pytest_collection_modifyitems(items):
     """Tests that use a fixture which trains models beyond `trained_run` are slow, marked here
-    once rather than test by test. Then the files with the most slow tests run first: `make
-    test`'s two workers take whole files (`--dist loadfile`) in this order, so the longest
-    start early instead of leaving one worker alone with them at the end."""
+    once rather than test by test. Then the longest files run first: `make test`'s two workers
+    take whole files (`--dist loadfile`, in this order with `--no-loadscope-reorder`), so the
+    longest start early instead of leaving one worker alone with them at the end."""
     for item in items:
         if TRAINING_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
@@ -116,7 +116,20 @@ def pytest_collection_modifyitems(items):
     for item in items:
         slow[item.nodeid.split("::")[0]] = slow.get(item.nodeid.split("::")[0], 0) + bool(
             item.get_closest_marker("slow"))
-    items.sort(key=lambda item: -slow[item.nodeid.split("::")[0]])  # stable: each file's own order kept
+
+    def order(item):  # the longest files first (measured), then those with the most slow tests
+        path = item.nodeid.split("::")[0]
+        longest = next((i for i, name in enumerate(LONGEST_FILES) if path.endswith(name)), len(LONGEST_FILES))
+        return longest, -slow[path]
+
+    items.sort(key=order)  # stable: each file's own order kept
+
+
+# The test files that take longest (`make test`'s durations), longest first: a worker that starts
+# one of them late would finish alone, long after the other.
+LONGEST_FILES = ("training/test_resume.py", "training/test_distribute.py", "training/test_tune.py",
+                 "test_bad_files.py", "training/test_improve.py", "bench/test_bench_train.py",
+                 "test_notebooks.py", "training/test_budget.py")
 
 
 TRAINING_FIXTURES = {"export_runs", "square_runs"}

@@ -35,8 +35,9 @@ def colours(tmp_path_factory):
 
 def tiny(colours, tmp_path, name, **values) -> TrainConfig:
     keras.backend.clear_session()
-    return TrainConfig(data_dir=str(colours), image_size=16, model="fast-tiny", batch_size=16, calibrate="none",
-                       verbose=0, out=str(tmp_path / name), **values)
+    values = {"model": "fast-tiny", **values}
+    return TrainConfig(data_dir=str(colours), image_size=16, batch_size=16, calibrate="none", verbose=0,
+                       out=str(tmp_path / name), **values)
 
 
 # A machine where a step takes 10 s: with one step an epoch, an epoch is ~10.4 s.
@@ -77,11 +78,14 @@ def test_a_smaller_budget_plans_fewer_epochs_and_the_run_keeps_its_plan(colours,
     assert planned[2] - planned[1] in (5, 6)  # 58 s more at ~10.4 s an epoch
 
 
-def test_the_guard_stops_between_epochs_when_time_runs_out(colours, tmp_path, monkeypatch):
+@pytest.mark.parametrize("model", ["fast-tiny", "seed"])
+def test_the_guard_ends_the_run_in_time_when_epochs_are_slower_than_timed(model, colours, tmp_path, monkeypatch):
     """The plan says 10 epochs (a fast machine), but every epoch then takes 50 s more on the
-    guard's clock: with 3 minutes and ~5 s of final evaluation it stops after epoch 3 (after
-    epoch 2 about 100 s are used, and one more epoch ends near 155 s; after epoch 3, 205 s
-    would be past 180). The best model is kept and the run finishes as usual."""
+    guard's clock, with 3 minutes and ~5 s of final evaluation. After epoch 1 (~52 s used)
+    two more fit. The fast recipe's plan shrinks to 3 epochs and its step-size schedule with
+    it (the step size is 0 at the end of epoch 3); the seed recipe's Adam cannot move its
+    schedule, so it goes on while one more epoch fits and stops after epoch 3 (~152 s used).
+    Either way the best model is kept and the run finishes as usual."""
     monkeypatch.setattr(budget, "measure_speed", lambda *a, **k: Speed(0.01, 0.0001, 0.01, 0.01, 0.1))
     offset = [0.0]
     real_clock = budget.clock
@@ -92,11 +96,19 @@ def test_the_guard_stops_between_epochs_when_time_runs_out(colours, tmp_path, mo
             if batch == 0:
                 offset[0] += 50.0
 
-    run = train(tiny(colours, tmp_path, "guarded", time_budget=3, epochs=10), extra_callbacks=[SlowEpochs()])
+    run = train(tiny(colours, tmp_path, "guarded", model=model, time_budget=3, epochs=10),
+                extra_callbacks=[SlowEpochs()])
     assert json.loads((run / "budget.json").read_text())["epochs"] == 10
     assert epochs_in_history(run) == [1, 2, 3]
-    assert metrics(run)["time_budget"]["stopped_after_epoch"] == 3
-    assert metrics(run)["time_budget"]["epochs_run"] == 3
+    spent = metrics(run)["time_budget"]
+    assert spent["epochs_run"] == 3 and spent["stopped_after_epoch"] == 3
+    with open(run / "history.csv", newline="") as handle:
+        rates = [float(row["learning_rate"]) for row in csv.DictReader(handle)]
+    if model == "fast-tiny":
+        assert spent["shrunk_to_epochs"] == 3
+        assert rates[-1] == pytest.approx(0.0, abs=1e-6) and rates[0] > 0.5  # annealed over 3 epochs, not 10
+    else:
+        assert spent["shrunk_to_epochs"] is None and rates[-1] == rates[0]  # constant: nothing to shrink
     assert (run / "best_model.keras").exists() and metrics(run)["best_epoch"] in (1, 2, 3)
 
 

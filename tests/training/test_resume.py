@@ -214,16 +214,27 @@ def resumed_history(run):
     return history(run)
 
 
-def test_fast_recipe_resumes_exactly(tmp_path):
-    """The fast recipe has more state (Muon and SGD momenta, a whitening bias that freezes
-    after a step count, a schedule by step): resumed after its first epoch, it must still give
-    the uninterrupted run's history. (Kills of real processes: the test above.)"""
+@pytest.mark.parametrize("model", ["fast", "fast-large"])
+def test_fast_recipe_resumes_exactly(model, tmp_path):
+    """The fast recipes have more state (Muon and SGD momenta, a whitening bias that freezes
+    after a step count, a schedule by step): resumed after its first epoch, a run must still
+    give the uninterrupted run's history. (Kills of real processes: the test above.) The
+    newest size, fast-large, also saves, loads and exports like the others."""
     data = make_image_folder(tmp_path / "images", per_class=12)
-    config = TrainConfig(data_dir=str(data), model="fast", epochs=3, image_size=16, batch_size=8,
+    config = TrainConfig(data_dir=str(data), model=model, epochs=3, image_size=16, batch_size=8,
                          deterministic=True, calibrate="none", out=str(tmp_path / "whole"), verbose=0)
     whole = train_with_copies(config, (1,), tmp_path)
     assert resumed_history(tmp_path / "after1") == history(whole)
     assert json.loads((tmp_path / "after1" / "metrics.json").read_text())["resumed_after_epoch"] == 1
+    if model == "fast-large":
+        from imgclf.export.writers import export_model
+        from imgclf.inference.modelio import load_model
+
+        loaded = load_model(whole / "best_model.keras")
+        widths = [layer.filters for layer in loaded.model.layers if type(layer).__name__ == "Conv2D"][1:]
+        assert widths == [128, 128, 384, 384, 384, 384]
+        report = export_model(whole / "best_model.keras", "onnx", verbose=False)
+        assert report.agreement == 1.0 and report.images == 36
 
 
 def test_fine_tuning_resumes_across_the_phase_change_and_mid_phase_two(tmp_path):

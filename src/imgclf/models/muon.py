@@ -35,13 +35,22 @@ def orthogonalize(matrix, steps: int = NS_STEPS, eps: float = 1e-7):
 
 
 class LinearDecay(keras.optimizers.schedules.LearningRateSchedule):
-    """1 at step 0, falling linearly to 0 at `total_steps` (then 0)."""
+    """1 at step 0, falling linearly to 0 at `total_steps` (then 0). `set_total_steps` moves
+    the end while training runs (--time-budget shortens a run whose epochs are slower than
+    timed, so that it still anneals to 0): the traced step reads it from a variable."""
 
     def __init__(self, total_steps: int):
+        import tensorflow as tf
+
         self.total = max(1, int(total_steps))
+        self._total = tf.Variable(float(self.total), trainable=False, dtype="float32")
+
+    def set_total_steps(self, total_steps: int) -> None:
+        self.total = max(1, int(total_steps))
+        self._total.assign(float(self.total))
 
     def __call__(self, step):
-        return ops.maximum(0.0, 1.0 - ops.cast(step, "float32") / self.total)
+        return ops.maximum(0.0, 1.0 - ops.cast(step, "float32") / self._total)
 
     def get_config(self):
         return {"total_steps": self.total}

@@ -163,41 +163,87 @@ def measure_speed(config: TrainConfig, recipe: Recipe, train: Images, val: Image
 
 
 class TimeBudgetGuard(keras.callbacks.Callback, Stateful):
-    """Stop between epochs once the next epoch (as long as the last one took) and the final
-    evaluation would end past the budget. Seconds spent by earlier processes of a resumed run
-    are in the checkpoint and count."""
+    """Keep a run within its budget, between epochs. After each epoch, at the pace of the
+    last one (the first's tracing left out): when fewer epochs fit than the plan has left,
+    the plan shrinks to those that fit where the step-size schedule can move its end (the fast
+    recipes' `LinearDecay.set_total_steps`), so that the run still anneals to zero; with any
+    other schedule, training goes on while one more epoch fits, and stops when none does. The
+    best model so far is kept, as with an early stop. Seconds spent by the processes before a
+    resume, and a shrunk plan, are in the checkpoint."""
 
-    def __init__(self, budget: BudgetPlan, started: float, ema=None):
+    def __init__(self, budget: BudgetPlan, started: float, ema=None, verbose: bool = True):
         super().__init__()
-        self.budget_s, self.finish_s, self.epochs = budget.minutes * 60, budget.finish_s, budget.epochs
-        self.started = started  # time.perf_counter() when this process began the run
+        self.plan = budget
+        self.budget_s, self.finish_s, self.tracing_s = budget.minutes * 60, budget.finish_s, budget.tracing_s
+        self.planned = self.epochs = budget.epochs  # the plan, and what it is now
+        self.started = started  # clock() when this process began the run
         self.spent_before = 0.0  # seconds of the processes before a resume
         self.stopped_epoch = 0  # 1-based; 0 while training goes on
-        self.ema = ema
+        self.ema, self.verbose = ema, verbose
 
     def used(self) -> float:
         return self.spent_before + clock() - self.started
 
     def on_epoch_begin(self, epoch, logs=None):
         self._began = clock()
+        self._first = not hasattr(self, "_seen")
+        self._seen = True
 
     def on_epoch_end(self, epoch, logs=None):
-        took = clock() - self._began
+        took = clock() - self._began - (self.tracing_s if self._first else 0.0)
+        done = epoch + 1
         if self.model.stop_training:  # stopped already (--patience)
             return
-        if epoch + 1 < self.epochs and self.used() + took + self.finish_s > self.budget_s:
-            self.stopped_epoch = epoch + 1
-            self.model.stop_training = True
-            if self.ema is not None:
-                self.ema.finish_early()
+        if done >= self.epochs:
+            if done < self.planned:  # the end of a shrunk plan
+                self._stop(done)
+            return
+        fits = math.floor((self.budget_s - self.used() - self.finish_s) / max(took, 1e-9))
+        if fits >= self.epochs - done:
+            return
+        schedule = _movable_schedule(self.model.optimizer)
+        if schedule is not None and fits >= 1:
+            self._shrink(schedule, done + fits)
+            if self.verbose:
+                print(f"time budget: epochs take ~{took:.0f} s, longer than timed: the plan is now {self.epochs} "
+                      "epochs (the step-size schedule ends with them)")
+        elif fits < 1:
+            self._stop(done)
+
+    def _shrink(self, schedule, epochs: int) -> None:
+        schedule.set_total_steps(round(schedule.total * epochs / self.epochs))
+        self.epochs = epochs
+
+    def _stop(self, done: int) -> None:
+        self.stopped_epoch = done
+        self.model.stop_training = True
+        if self.ema is not None:
+            self.ema.finish_early()
 
     @property
     def stopped(self) -> bool:
         return self.stopped_epoch > 0
 
+    @property
+    def reason(self) -> str:
+        if self.stopped_epoch == self.epochs < self.planned:
+            return f"the time budget's plan (shrunk from {self.planned} epochs: they ran slower than timed) ends here"
+        return "the next epoch and the final evaluation would not end within the time budget"
+
     def get_state(self):
-        return {"spent": self.used(), "stopped_epoch": self.stopped_epoch}, []
+        return {"spent": self.used(), "stopped_epoch": self.stopped_epoch, "epochs": self.epochs}, []
 
     def set_state(self, info, arrays):
+        """(after the model is compiled: a shrunk plan moves the new optimizer's schedule too)"""
         self.spent_before, self.stopped_epoch = float(info["spent"]), int(info["stopped_epoch"])
         self.started = clock()
+        if int(info["epochs"]) != self.epochs:
+            schedule = _movable_schedule(self.model.optimizer)
+            if schedule is not None:
+                self._shrink(schedule, int(info["epochs"]))
+
+
+def _movable_schedule(optimizer):
+    """The optimizer's step-size schedule if its end can move (`set_total_steps`), else None."""
+    schedule = getattr(optimizer, "_learning_rate", None)
+    return schedule if callable(getattr(schedule, "set_total_steps", None)) else None

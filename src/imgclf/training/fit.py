@@ -132,8 +132,7 @@ def fit(config: TrainConfig, recipe: Recipe, run: RunFolder, train: Images, val:
     stopped = callbacks.stopper.stopped_epoch if callbacks.stopped else None
     if stopped and config.verbose:
         print(f"stopped early after epoch {stopped}: " + (
-            "the next epoch and the final evaluation would not end within the time budget"
-            if callbacks.stopper is callbacks.budget else
+            callbacks.budget.reason if callbacks.stopper is callbacks.budget else
             f"the validation loss has not improved by more than {config.min_delta:g} for {config.patience} epochs"))
     epochs_run = stopped or config.epochs
     if not (stopped and first_epoch >= stopped):  # a resumed run that had stopped keeps its last model

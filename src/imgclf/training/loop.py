@@ -144,18 +144,19 @@ def _train(config: TrainConfig, strategy, resumed: RunFolder | None, data: Loade
     if budget is not None and config.verbose:
         print(budget.line())
     mlflow = MlflowLog(config, run, resumed is not None) if config.mlflow and chief else None
+    guard = TimeBudgetGuard(budget, started, verbose=bool(config.verbose)) if budget is not None else None
     try:
         with compute_precision(precision), strategy.scope():
             try:
                 fitted = fit(config, recipe, run, split.train, split.val, split.labelled.class_names, checkpoint,
                              list(extra_callbacks or []) + ([mlflow] if mlflow else []),
-                             TimeBudgetGuard(budget, started) if budget is not None else None)
+                             guard)
             except StorageError as exc:  # disk full mid-run: every file written so far is whole
                 raise StorageError(exc.reason, exc.path, f"{exc.kept}; the run continues from its last completed "
                                                          f"epoch with --resume {run}") from None
         if not chief:
             return None
-        _finish(config, run, data, split, fitted, started, resumed, budget)
+        _finish(config, run, data, split, fitted, started, resumed, guard)
     except BaseException:
         if mlflow:
             mlflow.finish("KILLED" if sys.exc_info()[0] is KeyboardInterrupt else "FAILED")
@@ -166,7 +167,7 @@ def _train(config: TrainConfig, strategy, resumed: RunFolder | None, data: Loade
 
 
 def _finish(config: TrainConfig, run: RunFolder, data: LoadedData, split: Split, fitted: Fitted, started: float,
-            resumed: RunFolder | None, budget: BudgetPlan | None = None) -> None:
+            resumed: RunFolder | None, guard: TimeBudgetGuard | None = None) -> None:
     """After the fit, on the chief: keep, calibrate and evaluate the final model; write
     metrics.json, the plots and the report."""
     train_seconds = time.perf_counter() - started
@@ -180,8 +181,9 @@ def _finish(config: TrainConfig, run: RunFolder, data: LoadedData, split: Split,
         metrics["early_stopping"] = {"patience": config.patience, "min_delta": config.min_delta,
                                      "stopped_after_epoch": fitted.stopped_epoch if fitted.stopped_by == "patience"
                                      else None, "epochs_run": fitted.epochs_run}
-    if budget is not None:
-        metrics["time_budget"] = {**budget.to_dict(), "epochs_run": fitted.epochs_run,
+    if guard is not None:
+        metrics["time_budget"] = {**guard.plan.to_dict(), "epochs_run": fitted.epochs_run,
+                                  "shrunk_to_epochs": guard.epochs if guard.epochs != guard.planned else None,
                                   "stopped_after_epoch": fitted.stopped_epoch if fitted.stopped_by == "time_budget"
                                   else None, "seconds_so_far": round(time.perf_counter() - started, 1)}
     run.write_metrics(metrics)
