@@ -15,7 +15,7 @@ the recipe's own model, loss and optimizer as `imgclf train` compiles them:
   the name: the tile units), and says how much of the step runs outside oneDNN.
 
 Achieved GFLOP/s count convolutions and dense layers (imgclf.bench.flops: training = 3x forward).
-Prints a table and writes --out (JSON).
+Prints the result as JSON and writes it to --out.
 """
 
 from __future__ import annotations
@@ -70,6 +70,7 @@ def measure(model_name: str, batch: int, steps: int, parts: bool) -> dict:
     from imgclf.bench.flops import forward_flops, measure_peak_gflops
     from imgclf.data.labelled import Images
     from imgclf.data.pipeline import make_train_dataset
+    from imgclf.training.regularize import training_augment
 
     model, recipe, config, precision, x, y = build(model_name, batch)
     flops = forward_flops(model)
@@ -107,14 +108,14 @@ def measure(model_name: str, batch: int, steps: int, parts: bool) -> dict:
         result["optimizer_s"] = timed(lambda: (apply(), optimizer.iterations.numpy()), steps)
         images = Images(labels=y.astype("int64"), class_names=[str(i) for i in range(10)],
                         array=x.astype("uint8"))
-        pipeline = make_train_dataset(images, batch, seed=0, epochs=steps + 2, augment=recipe.augment)
+        augment, mix = training_augment(config, recipe, 10)
+        pipeline = make_train_dataset(images, batch, seed=0, epochs=steps + 2, augment=augment, mix=mix)
         batches = iter(pipeline)
         result["input_pipeline_s"] = timed(lambda: next(batches)[0].numpy(), steps)
         result["peak_gflops"] = {"float32": measure_peak_gflops("float32"), "bfloat16": measure_peak_gflops("bfloat16")}
-    for key in ("train_step_s", "inference_s", "forward_backward_s"):
+    for key, passes in (("train_step_s", 3), ("inference_s", 1), ("forward_backward_s", 3)):
         if key in result:
-            work = flops * batch * (1 if key == "inference_s" else 3 if key == "train_step_s" else 3)
-            result[key.replace("_s", "_gflops")] = work / result[key] / 1e9
+            result[key[:-2] + "_gflops"] = flops * batch * passes / result[key] / 1e9
     return result
 
 

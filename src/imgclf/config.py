@@ -132,8 +132,8 @@ class TrainConfig:
                                        "with --time-budget, the most it may pick")
     time_budget: float | None = _option(
         None, "train for as many epochs as fit in MINUTES on this machine, loading and the final evaluation "
-              "included: the run times its first steps, picks the epochs (the step-size schedule spans them) and "
-              "says what it picked (one device)", metavar="MINUTES")
+              "included: the run times its first steps, picks the epochs (the step-size schedule spans them; at "
+              "most --epochs, else 100) and says what it picked (one device)", metavar="MINUTES")
     batch_size: int | None = _option(None, "images per optimisation step; default: the model's ({recipe_batch_size})")
     learning_rate: float | None = _option(None, "peak step size; default: the model's")
     distribute: str = _option(AUTO, "devices: auto (every GPU when there are several), none, mirrored (tf.distribute "
@@ -240,7 +240,7 @@ class TrainConfig:
         problems = []
         if self.epochs is not None and self.epochs < 1:
             problems.append(f"epochs must be at least 1 (got {self.epochs})")
-        if self.time_budget is not None and not self.time_budget > 0:
+        if self.time_budget is not None and not 0 < self.time_budget < float("inf"):
             problems.append(f"time_budget must be a positive number of minutes (got {self.time_budget})")
         if self.batch_size is not None and self.batch_size < 1:
             problems.append(f"batch_size must be at least 1 (got {self.batch_size})")

@@ -121,7 +121,8 @@ def _probabilities(loaded: LoadedModel, batches: Callable[[], Iterable[np.ndarra
     return combine_views(_views(loaded, batches, tta))
 
 
-TTA_VIEWS = 6  # views `_views` predicts with tta: the image, its mirror, and both shifted two ways
+TTA_SHIFTS = (0, 2)  # offsets into the 1-pixel reflect-padded image: one pixel up-left, one down-right
+TTA_VIEWS = 2 * (1 + len(TTA_SHIFTS))  # the image and its mirror, unshifted and at each shift
 
 
 def _views(loaded: LoadedModel, batches: Callable[[], Iterable[np.ndarray]],
@@ -131,7 +132,7 @@ def _views(loaded: LoadedModel, batches: Callable[[], Iterable[np.ndarray]],
     # Test-time augmentation: half the weight on the image and its mirror, half on the
     # mirrored pair shifted one pixel up-left and one pixel down-right (reflect padding).
     views = [(0.25, lambda x: x), (0.25, _mirror)]
-    for dy in (0, 2):
+    for dy in TTA_SHIFTS:
         shift = _shifted(dy)
         views += [(0.125, shift), (0.125, lambda x, shift=shift: _mirror(shift(x)))]
     return [(weight, _predict_batches(loaded, map(view, batches()))) for weight, view in views]

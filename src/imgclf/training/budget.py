@@ -15,9 +15,10 @@ validation split (x6 views with --tta), its loading and the report. The step-siz
 spans the planned epochs, so the run anneals to the end of its budget. `budget.json` in the
 run folder keeps the plan; a resumed run keeps it.
 
-`TimeBudgetGuard` stops training between epochs should the next epoch and the final
-evaluation no longer fit (the estimate was off, or the machine slowed down): the best model
-so far is kept, as with an early stop.
+`TimeBudgetGuard` watches the epochs as they run: should they be slower than timed (the
+machine slowed down), it shrinks the plan to the epochs that still fit and moves the end of
+the step-size schedule with it, or, where the schedule cannot move, stops between epochs when
+no more fits; the best model so far is kept, as with an early stop.
 """
 
 from __future__ import annotations
@@ -108,11 +109,13 @@ def plan(config: TrainConfig, recipe: Recipe, train: Images, val: Images, num_cl
     steps = train_steps(len(train), config.batch_size)
     recipe_callbacks = recipe.make_callbacks(steps, config.epochs, pixels) if recipe.make_callbacks else []
     per_epoch_forward = len(val) + sum(getattr(cb, "forward_images", 0) for cb in recipe_callbacks)
-    # after each epoch: the last model, the best (when it improved) and the checkpoint
-    epoch_s = steps * speed.step + per_epoch_forward * speed.forward + 3 * speed.save
+    # after each epoch: the best model (when it improved) and the checkpoint
+    epoch_s = steps * speed.step + per_epoch_forward * speed.forward + 2 * speed.save
     views = TTA_VIEWS if config.tta else 1
-    # the kept model is loaded, calibrated and saved, and its views of the validation (and test) images predicted
-    finish_s = (len(val) + test_images) * views * speed.forward + 2 * (speed.load + speed.save) + FINISH_FIXED_S
+    # the last model saved; the kept one loaded, calibrated and saved again, and its views of the
+    # validation (and test) images predicted, by two models whose inference is traced anew
+    finish_s = ((len(val) + test_images) * views * speed.forward + speed.load + 2 * speed.save
+                + 2 * speed.tracing + FINISH_FIXED_S)
     spent_s = time.perf_counter() - started
     epochs = plan_epochs(config.time_budget * 60, spent_s, speed.tracing, epoch_s, finish_s, config.epochs)
     return BudgetPlan(config.time_budget, epochs, config.epochs, speed.step, epoch_s, finish_s, spent_s,
@@ -171,12 +174,15 @@ class TimeBudgetGuard(keras.callbacks.Callback, Stateful):
     best model so far is kept, as with an early stop. Seconds spent by the processes before a
     resume, and a shrunk plan, are in the checkpoint."""
 
-    def __init__(self, budget: BudgetPlan, started: float, ema=None, verbose: bool = True):
+    def __init__(self, budget: BudgetPlan, started: float, ema=None, verbose: bool = True, movable: bool = True):
+        """`started`: time.perf_counter() when this process began the run; `movable`: whether
+        the schedule spans the whole run (one phase: a fine-tuning run's second phase has its own)."""
         super().__init__()
         self.plan = budget
         self.budget_s, self.finish_s, self.tracing_s = budget.minutes * 60, budget.finish_s, budget.tracing_s
         self.planned = self.epochs = budget.epochs  # the plan, and what it is now
-        self.started = started  # clock() when this process began the run
+        self.started = clock() - (time.perf_counter() - started)  # on the guard's clock
+        self.movable = movable
         self.spent_before = 0.0  # seconds of the processes before a resume
         self.stopped_epoch = 0  # 1-based; 0 while training goes on
         self.ema, self.verbose = ema, verbose
@@ -185,12 +191,13 @@ class TimeBudgetGuard(keras.callbacks.Callback, Stateful):
         return self.spent_before + clock() - self.started
 
     def on_epoch_begin(self, epoch, logs=None):
-        self._began = clock()
-        self._first = not hasattr(self, "_seen")
-        self._seen = True
+        # from the end of the previous epoch: its checkpoint, written after this callback, counts
+        self._first = getattr(self, "_ended", None) is None
+        self._began = clock() if self._first else self._ended
 
     def on_epoch_end(self, epoch, logs=None):
         took = clock() - self._began - (self.tracing_s if self._first else 0.0)
+        self._ended = clock()
         done = epoch + 1
         if self.model.stop_training:  # stopped already (--patience)
             return
@@ -201,7 +208,7 @@ class TimeBudgetGuard(keras.callbacks.Callback, Stateful):
         fits = math.floor((self.budget_s - self.used() - self.finish_s) / max(took, 1e-9))
         if fits >= self.epochs - done:
             return
-        schedule = _movable_schedule(self.model.optimizer)
+        schedule = _movable_schedule(self.model.optimizer) if self.movable else None
         if schedule is not None and fits >= 1:
             self._shrink(schedule, done + fits)
             if self.verbose:
@@ -235,8 +242,8 @@ class TimeBudgetGuard(keras.callbacks.Callback, Stateful):
 
     def set_state(self, info, arrays):
         """(after the model is compiled: a shrunk plan moves the new optimizer's schedule too)"""
+        # this process's own loading counts too: `started` stays when it began
         self.spent_before, self.stopped_epoch = float(info["spent"]), int(info["stopped_epoch"])
-        self.started = clock()
         if int(info["epochs"]) != self.epochs:
             schedule = _movable_schedule(self.model.optimizer)
             if schedule is not None:
@@ -245,5 +252,6 @@ class TimeBudgetGuard(keras.callbacks.Callback, Stateful):
 
 def _movable_schedule(optimizer):
     """The optimizer's step-size schedule if its end can move (`set_total_steps`), else None."""
+    optimizer = getattr(optimizer, "inner_optimizer", optimizer)  # float16's loss scaling wraps it
     schedule = getattr(optimizer, "_learning_rate", None)
     return schedule if callable(getattr(schedule, "set_total_steps", None)) else None

@@ -23,7 +23,7 @@ from ..data.check import quick_check
 from ..data.labelled import Images, LoadedData
 from ..data.sources import load_data
 from ..data.split import check_classes, split_indices
-from ..errors import DataError, StorageError
+from ..errors import DataError, ImgclfError, StorageError
 from ..evaluation.calibrate import fit as fit_temperature
 from ..evaluation.calibrate import save_calibrated
 from ..evaluation.evaluate import REPORT_KEYS, report_kept_model, summary_metrics
@@ -41,7 +41,7 @@ from .distribute import (
     strategy_name,
     worker_position,
 )
-from .fit import Fitted, fit
+from .fit import Fitted, fit, plan_phases
 from .hardware import available_memory, environment
 from .precision import compute_precision, resolve_precision
 from .tracking import MlflowLog, check_mlflow
@@ -84,6 +84,8 @@ def _run(config: TrainConfig, resumed: RunFolder | None, data: LoadedData | None
     if config.mlflow:
         check_mlflow(config.mlflow)  # an unreachable tracking URI fails now, in seconds
     strategy = make_strategy(config.distribute)  # first: multi-worker collectives start with it
+    if config.time_budget and replicas(strategy) > 1:  # each would time and stop on its own clock
+        raise ImgclfError("time_budget times the run on one device; with several, give --epochs instead")
     if is_chief(strategy):
         return _train(config, strategy, resumed, data, extra_callbacks)
     with _private_folder(config, resumed) as (config, resumed):
@@ -144,7 +146,9 @@ def _train(config: TrainConfig, strategy, resumed: RunFolder | None, data: Loade
     if budget is not None and config.verbose:
         print(budget.line())
     mlflow = MlflowLog(config, run, resumed is not None) if config.mlflow and chief else None
-    guard = TimeBudgetGuard(budget, started, verbose=bool(config.verbose)) if budget is not None else None
+    guard = None
+    if budget is not None:  # a fine-tuning run's second phase has its own schedule: it cannot move
+        guard = TimeBudgetGuard(budget, started, verbose=bool(config.verbose), movable=len(plan_phases(config)) == 1)
     try:
         with compute_precision(precision), strategy.scope():
             try:
@@ -199,8 +203,6 @@ PIPELINE_BATCHES = 3  # batches alive at once in the input pipeline: one decoded
 def _plan_budget(config: TrainConfig, precision: str, recipe, data: LoadedData, split: Split, strategy,
                  started: float) -> tuple[TrainConfig, BudgetPlan]:
     """--time-budget: (the config with the epochs the budget buys on this machine, the plan)."""
-    if replicas(strategy) > 1:
-        raise DataError("time_budget times the run on one device; with several, give --epochs instead")
     test_images = len(data.test) if data.test is not None and not config.train_on_all else 0
     with compute_precision(precision), strategy.scope():
         budget = plan_budget(config, recipe, split.train, split.val, len(split.labelled.class_names),
