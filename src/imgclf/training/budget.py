@@ -46,7 +46,7 @@ from .regularize import training_augment
 BUDGET_FILE = "budget.json"
 MARGIN = 0.03  # of the budget, kept free: timings drift a few percent from minute to minute
 PROBE_STEPS = 5  # timed training steps (at least one graph call)
-PROBE_EVAL_BATCHES = 2  # timed validation batches
+PROBE_EVAL_BATCHES = 3  # validation batches: the first traces, the others are timed
 clock = time.perf_counter  # the guard's clock (a test runs it ahead)
 FINISH_FIXED_S = 5.0  # the final evaluation's plots, tables and report (measured: 2-4 s)
 
@@ -144,13 +144,14 @@ def measure_speed(config: TrainConfig, recipe: Recipe, train: Images, val: Image
     first = ends[0] - began
     eval_batch = max(config.batch_size, EVAL_BATCH)
     sample = val.subset(list(range(min(len(val), PROBE_EVAL_BATCHES * eval_batch))))
-    validation = make_dataset(sample, eval_batch).cache()
+    ends.clear()
+    marks = keras.callbacks.LambdaCallback(on_test_batch_end=lambda batch, logs: ends.append(time.perf_counter()))
     began = time.perf_counter()
-    model.evaluate(validation, verbose=0)  # traces the validation step (and fills the cache)
-    first_eval = time.perf_counter() - began
-    began = time.perf_counter()
-    model.evaluate(validation, verbose=0)
-    forward = (time.perf_counter() - began) / max(len(sample), 1)
+    model.evaluate(make_dataset(sample, eval_batch), verbose=0, callbacks=[marks])
+    # the first batch traces the validation step; the others are timed from its end
+    timed_images = len(sample) - min(eval_batch, len(sample))
+    forward = (ends[-1] - ends[0]) / timed_images if timed_images else (ends[0] - began) / len(sample)
+    first_eval = ends[0] - began
     with tempfile.TemporaryDirectory(prefix="imgclf-budget-") as folder:
         path = Path(folder) / "probe.keras"
         began = time.perf_counter()
@@ -159,7 +160,7 @@ def measure_speed(config: TrainConfig, recipe: Recipe, train: Images, val: Image
         began = time.perf_counter()
         keras.models.load_model(path, compile=False, safe_mode=False)
         load = time.perf_counter() - began
-    tracing = max(0.0, first - per_call * step) + max(0.0, first_eval - forward * len(sample))
+    tracing = max(0.0, first - per_call * step) + max(0.0, first_eval - forward * min(eval_batch, len(sample)))
     keras.backend.clear_session()
     keras.utils.set_random_seed(config.seed)  # the run draws its initialisation as a run without a budget does
     return Speed(step, forward, save, load, tracing)
