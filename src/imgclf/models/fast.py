@@ -7,7 +7,8 @@ label smoothing, identity (Dirac) initialisation of the conv filters, the Muon o
 conv filters (`muon.py`) and Nesterov SGD for BatchNorm offsets and the classifier, all with
 a linear decay to zero, and alternating flip + 2-pixel translation of whole batches in the
 input pipeline (`augment.py`). `fast` (widths 64/256/256), `fast-small` (64/128/128) and
-`fast-tiny` (16/64/128) trade accuracy for time; docs/results.md has their figures.
+`fast-tiny` (16/64/128) trade accuracy for time, `fast-large` (airbench95's 128/384/384)
+time for accuracy; docs/results.md has their figures.
 
 BatchNorm and GELU are our own layers (`layers.py`), for speed on CPUs.
 """
