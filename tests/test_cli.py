@@ -49,7 +49,9 @@ def test_train_predict_evaluate_end_to_end(tmp_path):
 def test_config_file_and_overrides_streamed_with_a_cache(tmp_path):
     data = make_image_folder(tmp_path / "data", per_class=5)
     (tmp_path / "c.json").write_text(json.dumps({"data_dir": str(data), "epochs": 5, "image_size": 16}))
-    result = run_main("train", "--config", tmp_path / "c.json", "--epochs", "1", "--out", tmp_path / "run", "--quiet",
+    # a new process: TensorFlow's op determinism, which an earlier test of this worker may have turned on
+    # for the whole process, leaves tf.data's cache of the validation batches unfinished
+    result = run_cli("train", "--config", tmp_path / "c.json", "--epochs", "1", "--out", tmp_path / "run", "--quiet",
                      "--memory-limit-mb", "0", "--cache", tmp_path / "cache")
     assert result.returncode == 0, result.stderr[-3000:]
     saved = json.loads((tmp_path / "run" / "config.json").read_text())

