@@ -180,7 +180,7 @@ def _returncodes(folders: list[Path]) -> list[int]:
     return [int((folder / "returncode").read_text()) for folder in folders]
 
 
-def test_two_worker_processes_train_one_model_and_resume_after_a_kill(tmp_path):
+def test_two_worker_processes_train_one_model_and_resume_from_its_epoch_2_folder(tmp_path):
     """Two processes on 127.0.0.1 with --workers: one model (identical weights on both),
     written by the chief alone, each worker reading a disjoint shard; then the run folder as
     it was after epoch 2's checkpoint (what killing both workers then leaves), resumed by two
