@@ -31,7 +31,7 @@ import time
 MARK = "@@profile-step"
 
 
-def build(model_name: str, batch: int):
+def build(model_name: str, batch: int, precision: str = "auto"):
     import keras
     import numpy as np
 
@@ -42,7 +42,7 @@ def build(model_name: str, batch: int):
     from imgclf.training.fit import build_model, compile_phase
     from imgclf.training.precision import POLICIES, auto_precision
 
-    precision = auto_precision()
+    precision = auto_precision() if precision == "auto" else precision
     keras.mixed_precision.set_global_policy(POLICIES[precision])
     config = resolve(TrainConfig(model=model_name, batch_size=batch, epochs=10, verbose=0), 40_000)
     recipe = get_recipe(model_name)
@@ -64,7 +64,7 @@ def timed(function, steps: int) -> float:
     return (time.perf_counter() - began) / steps
 
 
-def measure(model_name: str, batch: int, steps: int, parts: bool) -> dict:
+def measure(model_name: str, batch: int, steps: int, parts: bool, precision: str = "auto") -> dict:
     import tensorflow as tf
 
     from imgclf.bench.flops import forward_flops, measure_peak_gflops
@@ -72,7 +72,7 @@ def measure(model_name: str, batch: int, steps: int, parts: bool) -> dict:
     from imgclf.data.pipeline import make_train_dataset
     from imgclf.training.regularize import training_augment
 
-    model, recipe, config, precision, x, y = build(model_name, batch)
+    model, recipe, config, precision, x, y = build(model_name, batch, precision)
     flops = forward_flops(model)
     data = tf.data.Dataset.from_tensors((x, y)).repeat()
     iterator = iter(data)
@@ -123,7 +123,7 @@ def onednn_breakdown(args) -> dict:
     """Rerun the training steps with ONEDNN_VERBOSE=1 and sum oneDNN's times between the marks."""
     env = {**os.environ, "ONEDNN_VERBOSE": "1"}
     command = [sys.executable, __file__, "--model", args.model, "--batch", str(args.batch), "--steps",
-               str(args.steps), "--no-parts", "--child"] + (["--inter-op", str(args.inter_op)] if args.inter_op else [])
+               str(args.steps), "--no-parts", "--child", "--precision", args.precision] + (["--inter-op", str(args.inter_op)] if args.inter_op else [])
     output = subprocess.run(command, env=env, capture_output=True, text=True, check=True).stdout
     inside, total, by_kind, impls = False, 0.0, collections.Counter(), collections.Counter()
     for line in output.splitlines():
@@ -158,6 +158,8 @@ def main() -> None:
     parser.add_argument("--onednn", action="store_true", help="also oneDNN's primitive times (a second process)")
     parser.add_argument("--no-parts", dest="parts", action="store_false")
     parser.add_argument("--inter-op", type=int, help="TensorFlow's inter-op threads (default: TensorFlow's)")
+    parser.add_argument("--precision", default="auto", choices=["auto", "float32", "bfloat16"],
+                        help="compute precision (default: what a run picks here)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--out")
     args = parser.parse_args()
@@ -165,7 +167,7 @@ def main() -> None:
         import tensorflow as tf
 
         tf.config.threading.set_inter_op_parallelism_threads(args.inter_op)
-    result = measure(args.model, args.batch, args.steps, args.parts)
+    result = measure(args.model, args.batch, args.steps, args.parts, args.precision)
     if args.child:
         return
     if args.onednn:

@@ -49,7 +49,27 @@ SLOW = Speed(step=20.0, forward=0.01, save=0.01, load=0.01, tracing=1.0)
 
 @pytest.fixture
 def slow_machine(monkeypatch):
+    """The plan of a 20 s step. Its epochs then run far faster on the guard's real clock, which
+    would grow the plan: these tests check the plan itself, so the guard may not grow it."""
     monkeypatch.setattr(budget, "measure_speed", lambda *args, **kwargs: SLOW)
+    monkeypatch.setattr(budget, "GROW_LIMIT", 1)
+
+
+class SlowEpochs(keras.callbacks.Callback):
+    """Every epoch takes `seconds` more on the guard's clock, which moves only here."""
+
+    def __init__(self, offset: list[float], seconds: float):
+        super().__init__()
+        self.offset, self.seconds = offset, seconds
+
+    def on_train_batch_end(self, batch, logs=None):
+        if batch == 0:
+            self.offset[0] += self.seconds
+
+
+def learning_rates(run) -> list[float]:
+    with open(run / "history.csv", newline="") as handle:
+        return [float(row["learning_rate"]) for row in csv.DictReader(handle)]
 
 
 # ------------------------------------------------------------------------------------ the plan
@@ -92,26 +112,61 @@ def test_the_guard_ends_the_run_in_time_when_epochs_are_slower_than_timed(model,
     monkeypatch.setattr(budget, "measure_speed", lambda *a, **k: Speed(0.01, 0.0001, 0.01, 0.01, 0.1))
     offset = [1000.0]
     monkeypatch.setattr(budget, "clock", lambda: offset[0])  # moves only when the test moves it
-
-    class SlowEpochs(keras.callbacks.Callback):
-        def on_train_batch_end(self, batch, logs=None):
-            if batch == 0:
-                offset[0] += 50.0
-
     run = train(tiny(colours, tmp_path, "guarded", model=model, time_budget=3, epochs=10),
-                extra_callbacks=[SlowEpochs()])
+                extra_callbacks=[SlowEpochs(offset, 50.0)])
     assert json.loads((run / "budget.json").read_text())["epochs"] == 10
     assert epochs_in_history(run) == [1, 2, 3]
     spent = metrics(run)["time_budget"]
-    assert spent["epochs_run"] == 3 and spent["stopped_after_epoch"] == 3
-    with open(run / "history.csv", newline="") as handle:
-        rates = [float(row["learning_rate"]) for row in csv.DictReader(handle)]
+    assert spent["epochs_run"] == 3 and spent["stopped_after_epoch"] == 3 and spent["grown_to_epochs"] is None
+    rates = learning_rates(run)
     if model == "fast-tiny":
         assert spent["shrunk_to_epochs"] == 3
         assert rates[-1] == pytest.approx(0.0, abs=1e-6) and rates[0] > 0.5  # annealed over 3 epochs, not 10
     else:
         assert spent["shrunk_to_epochs"] is None and rates[-1] == rates[0]  # constant: nothing to shrink
     assert (run / "best_model.keras").exists() and metrics(run)["best_epoch"] in (1, 2, 3)
+
+
+@pytest.mark.parametrize("model", ["fast-tiny", "seed"])
+def test_the_guard_grows_the_plan_when_epochs_are_faster_than_timed_and_a_resume_keeps_it(
+        model, colours, tmp_path, monkeypatch):
+    """The probe times a 60 s step (one step an epoch): 4 minutes buy 3 epochs (~60.4 s each,
+    after ~7 s of final evaluation). The epochs then take 40 s on the guard's clock. After
+    epoch 1, 4 more fit: the fast recipe's plan grows to 5 epochs (its ceiling is 2 x 3) and
+    its step-size schedule with it (0 at the end of epoch 5). Killed after epoch 4, the run
+    resumes with the grown plan and ends after epoch 5, although the fit runs to its ceiling
+    of 6. The seed recipe's Adam has no schedule to move: it keeps its 3 epochs."""
+    monkeypatch.setattr(budget, "measure_speed", lambda *a, **k: Speed(60.0, 0.01, 0.01, 0.01, 1.0))
+    offset = [1000.0]
+    monkeypatch.setattr(budget, "clock", lambda: offset[0])
+
+    class Interrupt(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch == 4:
+                raise KeyboardInterrupt
+
+    config = tiny(colours, tmp_path, "grown", model=model, time_budget=4)
+    extra = [SlowEpochs(offset, 40.0), Interrupt()]
+    run = tmp_path / "grown"
+    if model == "seed":
+        train(config, extra_callbacks=extra)
+    else:
+        with pytest.raises(KeyboardInterrupt):
+            train(config, extra_callbacks=extra)
+        assert epochs_in_history(run) == [1, 2, 3, 4]  # one past the plan of 3
+        keras.backend.clear_session()
+        resume(run, verbose=0)
+    assert json.loads((run / "budget.json").read_text())["epochs"] == 3
+    spent = metrics(run)["time_budget"]
+    assert spent["stopped_after_epoch"] is None and spent["shrunk_to_epochs"] is None
+    rates = learning_rates(run)
+    if model == "seed":
+        assert epochs_in_history(run) == [1, 2, 3] and spent["grown_to_epochs"] is None and rates[-1] == rates[0]
+        return
+    assert epochs_in_history(run) == [1, 2, 3, 4, 5]
+    assert spent["grown_to_epochs"] == 5 and spent["epochs_run"] == 5 and metrics(run)["resumed_after_epoch"] == 4
+    assert rates[-1] == pytest.approx(0.0, abs=1e-6) and rates[-2] > 0.1  # annealed over 5 epochs, not 3
+    assert (run / "best_model.keras").exists() and (run / "last_model.keras").exists()
 
 
 def test_resume_keeps_the_plan(colours, tmp_path, slow_machine, monkeypatch):

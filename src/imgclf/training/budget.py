@@ -18,7 +18,11 @@ run folder keeps the plan; a resumed run keeps it.
 `TimeBudgetGuard` watches the epochs as they run: should they be slower than timed (the
 machine slowed down), it shrinks the plan to the epochs that still fit and moves the end of
 the step-size schedule with it, or, where the schedule cannot move, stops between epochs when
-no more fits; the best model so far is kept, as with an early stop.
+no more fits; the best model so far is kept, as with an early stop. Should they be faster
+(the probe timed the machine in a slow moment: a shared machine's speed drifts by up to ~1.75x
+here), it grows the plan to the epochs that fit at the pace of the slowest epoch so far, up to
+GROW_LIMIT x the plan, and moves the schedule's end later; the fit then runs to that ceiling
+and the guard ends it where the plan does.
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ PROBE_STEPS = 5  # timed training steps (at least one graph call)
 PROBE_EVAL_BATCHES = 3  # validation batches: the first traces, the others are timed
 clock = time.perf_counter  # the guard's clock (a test runs it ahead)
 FINISH_FIXED_S = 5.0  # the final evaluation's plots, tables and report (measured: 2-4 s)
+GROW_LIMIT = 2  # the guard grows a plan to at most this many times its epochs (and --epochs)
 
 
 @dataclass(frozen=True)
@@ -172,8 +177,11 @@ class TimeBudgetGuard(keras.callbacks.Callback, Stateful):
     the plan shrinks to those that fit where the step-size schedule can move its end (the fast
     recipes' `LinearDecay.set_total_steps`), so that the run still anneals to zero; with any
     other schedule, training goes on while one more epoch fits, and stops when none does. The
-    best model so far is kept, as with an early stop. Seconds spent by the processes before a
-    resume, and a shrunk plan, are in the checkpoint."""
+    best model so far is kept, as with an early stop. When more epochs fit than the plan has
+    left, at the pace of the slowest epoch so far, a movable plan grows to them (up to
+    `ceiling`, the end `fit` runs to: see `can_grow`) and the guard ends the fit where the plan
+    ends. Seconds spent by the processes before a resume, and a moved plan, are in the
+    checkpoint."""
 
     def __init__(self, budget: BudgetPlan, started: float, ema=None, verbose: bool = True, movable: bool = True):
         """`started`: time.perf_counter() when this process began the run; `movable`: whether
@@ -182,11 +190,19 @@ class TimeBudgetGuard(keras.callbacks.Callback, Stateful):
         self.plan = budget
         self.budget_s, self.finish_s, self.tracing_s = budget.minutes * 60, budget.finish_s, budget.tracing_s
         self.planned = self.epochs = budget.epochs  # the plan, and what it is now
+        self.ceiling = max(budget.epochs, min(budget.max_epochs, GROW_LIMIT * budget.epochs))
         self.started = clock() - (time.perf_counter() - started)  # on the guard's clock
         self.movable = movable
         self.spent_before = 0.0  # seconds of the processes before a resume
-        self.stopped_epoch = 0  # 1-based; 0 while training goes on
+        self.stopped_epoch = 0  # 1-based, where the run ended before its planned epochs; 0 otherwise
+        self.slowest = 0.0  # the slowest epoch this process has timed
+        self.followers: list = []  # callbacks whose `epochs` follow the plan (the epoch lines' "k/N")
         self.ema, self.verbose = ema, verbose
+
+    def can_grow(self, optimizer) -> bool:
+        """Whether the plan may grow, the optimizer compiled: its schedule spans the whole run
+        and can move its end. `fit` then runs to `ceiling`, and the guard ends it with the plan."""
+        return self.movable and self.ceiling > self.planned and _movable_schedule(optimizer) is not None
 
     def used(self) -> float:
         return self.spent_before + clock() - self.started
@@ -199,32 +215,44 @@ class TimeBudgetGuard(keras.callbacks.Callback, Stateful):
     def on_epoch_end(self, epoch, logs=None):
         took = clock() - self._began - (self.tracing_s if self._first else 0.0)
         self._ended = clock()
+        self.slowest = max(self.slowest, took)
         done = epoch + 1
         if self.model.stop_training:  # stopped already (--patience)
             return
         if done >= self.epochs:
-            if done < self.planned:  # the end of a shrunk plan
+            if done < self.params.get("epochs", done):  # the fit runs on (to the ceiling): the plan ends here
                 self._stop(done)
             return
-        fits = math.floor((self.budget_s - self.used() - self.finish_s) / max(took, 1e-9))
-        if fits >= self.epochs - done:
-            return
+        free = self.budget_s - self.used() - self.finish_s
+        fits = math.floor(free / max(took, 1e-9))
         schedule = _movable_schedule(self.model.optimizer) if self.movable else None
-        if schedule is not None and fits >= 1:
-            self._shrink(schedule, done + fits)
+        if fits < self.epochs - done:
+            if schedule is not None and fits >= 1:
+                self._replan(schedule, done + fits)
+                if self.verbose:
+                    print(f"time budget: epochs take ~{took:.0f} s, longer than timed: the plan is now "
+                          f"{self.epochs} epochs (the step-size schedule ends with them)")
+            elif fits < 1:
+                self._stop(done)
+            return
+        grown = min(done + math.floor(free / max(self.slowest, 1e-9)), self.params.get("epochs", 0))
+        if schedule is not None and grown > self.epochs:
+            self._replan(schedule, grown)
             if self.verbose:
-                print(f"time budget: epochs take ~{took:.0f} s, longer than timed: the plan is now {self.epochs} "
-                      "epochs (the step-size schedule ends with them)")
-        elif fits < 1:
-            self._stop(done)
+                print(f"time budget: epochs take ~{took:.0f} s (the slowest {self.slowest:.0f} s), shorter than "
+                      f"timed: the plan is now {self.epochs} epochs (the step-size schedule ends with them)")
 
-    def _shrink(self, schedule, epochs: int) -> None:
+    def _replan(self, schedule, epochs: int) -> None:
         schedule.set_total_steps(round(schedule.total * epochs / self.epochs))
         self.epochs = epochs
+        for follower in self.followers:
+            follower.epochs = epochs
 
     def _stop(self, done: int) -> None:
-        self.stopped_epoch = done
+        """End the fit after epoch `done`: no more epochs fit, or the plan ends before the fit does."""
         self.model.stop_training = True
+        if done < self.planned:  # before the epochs it planned: a stop, as an early stop is
+            self.stopped_epoch = done
         if self.ema is not None:
             self.ema.finish_early()
 
@@ -242,13 +270,13 @@ class TimeBudgetGuard(keras.callbacks.Callback, Stateful):
         return {"spent": self.used(), "stopped_epoch": self.stopped_epoch, "epochs": self.epochs}, []
 
     def set_state(self, info, arrays):
-        """(after the model is compiled: a shrunk plan moves the new optimizer's schedule too)"""
+        """(after the model is compiled: a moved plan moves the new optimizer's schedule too)"""
         # this process's own loading counts too: `started` stays when it began
         self.spent_before, self.stopped_epoch = float(info["spent"]), int(info["stopped_epoch"])
         if int(info["epochs"]) != self.epochs:
             schedule = _movable_schedule(self.model.optimizer)
             if schedule is not None:
-                self._shrink(schedule, int(info["epochs"]))
+                self._replan(schedule, int(info["epochs"]))
 
 
 def _movable_schedule(optimizer):

@@ -105,19 +105,23 @@ def fit(config: TrainConfig, recipe: Recipe, run: RunFolder, train: Images, val:
                                                          all_sum=lambda values: all_sum(strategy, values))]
     phases = plan_phases(config)
     done = int(checkpoint[0]["epoch"]) if checkpoint is not None else 0
-    # the checkpoint holds the optimizer of the phase its last epoch ran in
-    current = next(p for p in phases if p[1] <= max(done - 1, 0) < p[2])
+    # the checkpoint holds the optimizer of the phase its last epoch ran in (the last phase:
+    # one a time budget grew past its planned end)
+    current = next((p for p in phases if p[1] <= max(done - 1, 0) < p[2]), phases[-1])
     compile_phase(model, config, recipe, matrix, steps_per_epoch, current)
+    if budget_guard is not None and budget_guard.can_grow(model.optimizer):  # it ends the fit where its plan does
+        phases[-1] = current = (*phases[-1][:2], budget_guard.ceiling)
     first_epoch = 0
     if checkpoint is not None:
         first_epoch = restore_state(*checkpoint, model, callbacks.stateful)
-        if config.verbose:
-            print(f"resuming after epoch {first_epoch} of {config.epochs} (best so far: epoch "
-                  f"{callbacks.best.best_epoch})" + (f"; it had stopped early after epoch {first_epoch}, so "
-                                                     "nothing more trains" if callbacks.stopped else ""))
+    end = budget_guard.epochs if budget_guard is not None else config.epochs  # the plan, as resumed
+    if checkpoint is not None and config.verbose:
+        print(f"resuming after epoch {first_epoch} of {end} (best so far: epoch {callbacks.best.best_epoch})"
+              + (f"; it had stopped early after epoch {first_epoch}, so nothing more trains"
+                 if callbacks.stopped else ""))
     try:
         for phase in phases:
-            if phase[2] <= first_epoch or callbacks.stopped:
+            if phase[2] <= first_epoch or callbacks.stopped or first_epoch >= end:
                 continue
             if phase != current:
                 compile_phase(model, config, recipe, matrix, steps_per_epoch, phase)
@@ -134,7 +138,7 @@ def fit(config: TrainConfig, recipe: Recipe, run: RunFolder, train: Images, val:
         print(f"stopped early after epoch {stopped}: " + (
             callbacks.budget.reason if callbacks.stopper is callbacks.budget else
             f"the validation loss has not improved by more than {config.min_delta:g} for {config.patience} epochs"))
-    epochs_run = stopped or config.epochs
+    epochs_run = stopped or (budget_guard.epochs if budget_guard is not None else config.epochs)
     if not (stopped and first_epoch >= stopped):  # a resumed run that had stopped keeps its last model
         save_model(model, run.last_model, class_names, epoch=epochs_run, **metadata)
     stopped_by = None if not stopped else "time_budget" if callbacks.stopper is callbacks.budget else "patience"
@@ -172,6 +176,7 @@ def make_callbacks(config: TrainConfig, recipe: Recipe, run: RunFolder, model: k
         budget_guard.ema = callbacks.ema  # a stop finalizes the average, as an early stop does
         callbacks.budget = stateful["time_budget"] = budget_guard
         budget_guard.set_model(model)
+        budget_guard.followers = [c for c in (history, callbacks.early) if c is not None]  # their "k/N", a moved plan's
     callbacks.tracking = tracking_callbacks(config, run, history, matrix, class_names)
     return callbacks
 

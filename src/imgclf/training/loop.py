@@ -187,7 +187,8 @@ def _finish(config: TrainConfig, run: RunFolder, data: LoadedData, split: Split,
                                      else None, "epochs_run": fitted.epochs_run}
     if guard is not None:
         metrics["time_budget"] = {**guard.plan.to_dict(), "epochs_run": fitted.epochs_run,
-                                  "shrunk_to_epochs": guard.epochs if guard.epochs != guard.planned else None,
+                                  "shrunk_to_epochs": guard.epochs if guard.epochs < guard.planned else None,
+                                  "grown_to_epochs": guard.epochs if guard.epochs > guard.planned else None,
                                   "stopped_after_epoch": fitted.stopped_epoch if fitted.stopped_by == "time_budget"
                                   else None, "seconds_so_far": round(time.perf_counter() - started, 1)}
     run.write_metrics(metrics)
