@@ -4,16 +4,17 @@ import pytest
 from imgclf.training.precision import auto_precision, compute_precision, resolve_precision
 
 
-@pytest.mark.parametrize("gpus,flags,expected", [
-    ([], {"avx2", "avx512f", "avx512_bf16"}, "bfloat16"),
-    ([], {"avx2", "amx_bf16"}, "bfloat16"),
-    ([], {"avx2", "avx512f"}, "float32"),
-    ([{"compute_capability": (8, 0)}], set(), "bfloat16"),
-    ([{"compute_capability": (9, 0)}], set(), "bfloat16"),
-    ([{"compute_capability": (7, 5)}], {"avx512_bf16"}, "float16"),
+@pytest.mark.parametrize("gpus,flags,vendor,expected", [
+    ([], {"avx2", "avx512f", "avx512_bf16"}, "AuthenticAMD", "bfloat16"),  # Zen 4
+    ([], {"avx2", "avx512_bf16", "amx_bf16"}, "GenuineIntel", "bfloat16"),  # Sapphire Rapids with AMX
+    ([], {"avx2", "avx512f", "avx512_bf16"}, "GenuineIntel", "float32"),  # its AMX hidden: bfloat16 is slower
+    ([], {"avx2", "avx512f"}, "AuthenticAMD", "float32"),
+    ([{"compute_capability": (8, 0)}], set(), "", "bfloat16"),
+    ([{"compute_capability": (9, 0)}], set(), "", "bfloat16"),
+    ([{"compute_capability": (7, 5)}], {"avx512_bf16"}, "AuthenticAMD", "float16"),
 ])
-def test_auto_precision_follows_the_hardware(gpus, flags, expected):
-    assert auto_precision(gpus=gpus, flags=flags) == expected
+def test_auto_precision_follows_the_hardware(gpus, flags, vendor, expected):
+    assert auto_precision(gpus=gpus, flags=flags, vendor=vendor) == expected
 
 
 def test_forced_precision_is_kept():

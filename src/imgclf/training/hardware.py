@@ -60,6 +60,11 @@ def cpu_flags() -> set[str]:
     return set(_cpuinfo().get("flags", "").split())
 
 
+def cpu_vendor() -> str:
+    """/proc/cpuinfo's vendor_id: 'GenuineIntel', 'AuthenticAMD', ... ('' where there is none)."""
+    return _cpuinfo().get("vendor_id", "")
+
+
 def cpu_name() -> str:
     return _cpuinfo().get("model name") or platform.processor() or "unknown"
 
