@@ -123,7 +123,8 @@ def onednn_breakdown(args) -> dict:
     """Rerun the training steps with ONEDNN_VERBOSE=1 and sum oneDNN's times between the marks."""
     env = {**os.environ, "ONEDNN_VERBOSE": "1"}
     command = [sys.executable, __file__, "--model", args.model, "--batch", str(args.batch), "--steps",
-               str(args.steps), "--no-parts", "--child", "--precision", args.precision] + (["--inter-op", str(args.inter_op)] if args.inter_op else [])
+               str(args.steps), "--no-parts", "--child", "--precision", args.precision]
+    command += ["--inter-op", str(args.inter_op)] if args.inter_op else []
     output = subprocess.run(command, env=env, capture_output=True, text=True, check=True).stdout
     inside, total, by_kind, impls = False, 0.0, collections.Counter(), collections.Counter()
     for line in output.splitlines():

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import time
 
 import keras
 import pytest
@@ -99,6 +100,40 @@ def test_a_smaller_budget_plans_fewer_epochs_and_the_run_keeps_its_plan(colours,
         planned[minutes] = plan["epochs"]
     assert 1 <= planned[1] < planned[2], planned
     assert planned[2] - planned[1] in (2, 3)  # 59 s more at ~20.4 s an epoch
+
+
+def test_the_guard_grows_in_the_plans_first_half_and_a_stop_after_the_planned_epochs_counts(monkeypatch):
+    """The guard alone, on its own clock: 10 epochs planned in 10 minutes (10 s for the final
+    evaluation), a fit that runs to the ceiling of 20. Epochs of 30 s: after epoch 1, 18 more
+    fit at that pace, 1% of the budget kept free, so the plan grows to 19 and the schedule's
+    end with it; it does not grow again past the plan's first half. Epoch 12 then takes 300 s
+    and the budget is spent: the run stops there, after more epochs than planned, and that
+    stop is recorded (the epochs run are 12, not the plan's 19)."""
+    from types import SimpleNamespace
+
+    from imgclf.models.muon import LinearDecay
+
+    offset = [0.0]
+    monkeypatch.setattr(budget, "clock", lambda: offset[0])
+    plan = budget.BudgetPlan(minutes=10, epochs=10, max_epochs=100, step_s=1.0, epoch_s=30.0, finish_s=10.0,
+                             spent_s=0.0, tracing_s=0.0)
+    guard = budget.TimeBudgetGuard(plan, started=time.perf_counter(), verbose=False)
+    schedule = LinearDecay(10 * 7)  # 7 steps an epoch
+    model = SimpleNamespace(stop_training=False, optimizer=SimpleNamespace(_learning_rate=schedule))
+    guard.set_model(model)
+    assert guard.ceiling == 20 and guard.can_grow(model.optimizer)
+    guard.set_params({"epochs": guard.ceiling})
+    plans = []
+    for epoch, seconds in enumerate([30.0] * 11 + [300.0] + [30.0] * 8):
+        guard.on_epoch_begin(epoch)
+        offset[0] += seconds
+        guard.on_epoch_end(epoch)
+        plans.append(guard.epochs)
+        if model.stop_training:
+            break
+    assert plans == [19] * 12 and schedule.total == 19 * 7
+    assert guard.stopped and guard.stopped_epoch == 12
+    assert guard.reason.startswith("the next epoch and the final evaluation would not end")
 
 
 @pytest.mark.parametrize("model", ["fast-tiny", "seed"])

@@ -30,12 +30,13 @@ def run_row(run: RunFolder) -> dict:
     config = run.read_json(CONFIG) or {}
     metrics = run.read_json(METRICS) or {}
     calibration = metrics.get("calibration") or {}
-    stopped = (metrics.get("early_stopping") or {}).get("stopped_after_epoch")
+    budget = metrics.get("time_budget") or {}  # --time-budget: its plan may have moved, or stopped the run
+    stopped = (metrics.get("early_stopping") or {}).get("stopped_after_epoch") or budget.get("stopped_after_epoch")
     state = "finished" if metrics else "unfinished"
     if stopped:
         state = f"stopped early after epoch {stopped}"
     return {
-        "run": run.path.name, "recipe": config.get("model"), "epochs": config.get("epochs"),
+        "run": run.path.name, "recipe": config.get("model"), "epochs": budget.get("epochs_run", config.get("epochs")),
         "batch": config.get("batch_size"), "learning rate": config.get("learning_rate"),
         "augment": config.get("augment") or "recipe", "label smoothing": config.get("label_smoothing"),
         "ema": config.get("ema"), "weight decay": config.get("weight_decay"),

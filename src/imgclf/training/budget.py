@@ -178,10 +178,10 @@ class TimeBudgetGuard(keras.callbacks.Callback, Stateful):
     recipes' `LinearDecay.set_total_steps`), so that the run still anneals to zero; with any
     other schedule, training goes on while one more epoch fits, and stops when none does. The
     best model so far is kept, as with an early stop. When more epochs fit than the plan has
-    left, at the pace of the slowest epoch so far, a movable plan grows to them (up to
-    `ceiling`, the end `fit` runs to: see `can_grow`) and the guard ends the fit where the plan
-    ends. Seconds spent by the processes before a resume, and a moved plan, are in the
-    checkpoint."""
+    left, at the pace of the slowest epoch so far (the first with its tracing), a movable plan
+    in its first half grows to them (up to `ceiling`, the end `fit` runs to: see `can_grow`)
+    and the guard ends the fit where the plan ends. Seconds spent by the processes before a
+    resume, and a moved plan, are in the checkpoint."""
 
     def __init__(self, budget: BudgetPlan, started: float, ema=None, verbose: bool = True, movable: bool = True):
         """`started`: time.perf_counter() when this process began the run; `movable`: whether
@@ -215,13 +215,13 @@ class TimeBudgetGuard(keras.callbacks.Callback, Stateful):
     def on_epoch_end(self, epoch, logs=None):
         took = clock() - self._began - (self.tracing_s if self._first else 0.0)
         self._ended = clock()
-        self.slowest = max(self.slowest, took)
+        self.slowest = max(self.slowest, took + (self.tracing_s if self._first else 0.0))  # (its tracing kept)
         done = epoch + 1
         if self.model.stop_training:  # stopped already (--patience)
             return
         if done >= self.epochs:
             if done < self.params.get("epochs", done):  # the fit runs on (to the ceiling): the plan ends here
-                self._stop(done)
+                self._stop(done, early=done < self.planned)
             return
         free = self.budget_s - self.used() - self.finish_s
         fits = math.floor(free / max(took, 1e-9))
@@ -233,10 +233,15 @@ class TimeBudgetGuard(keras.callbacks.Callback, Stateful):
                     print(f"time budget: epochs take ~{took:.0f} s, longer than timed: the plan is now "
                           f"{self.epochs} epochs (the step-size schedule ends with them)")
             elif fits < 1:
-                self._stop(done)
+                self._stop(done, early=True)
             return
-        grown = min(done + math.floor(free / max(self.slowest, 1e-9)), self.params.get("epochs", 0))
-        if schedule is not None and grown > self.epochs:
+        # growing raises the step size the schedule has reached: only in the plan's first half,
+        # at the slowest pace seen, with the plan's margin kept free
+        if schedule is None or 2 * done > self.epochs:
+            return
+        grown = min(done + math.floor((free - MARGIN * self.budget_s) / max(self.slowest, 1e-9)),
+                    self.params.get("epochs", 0))
+        if grown > self.epochs:
             self._replan(schedule, grown)
             if self.verbose:
                 print(f"time budget: epochs take ~{took:.0f} s (the slowest {self.slowest:.0f} s), shorter than "
@@ -248,10 +253,12 @@ class TimeBudgetGuard(keras.callbacks.Callback, Stateful):
         for follower in self.followers:
             follower.epochs = epochs
 
-    def _stop(self, done: int) -> None:
-        """End the fit after epoch `done`: no more epochs fit, or the plan ends before the fit does."""
+    def _stop(self, done: int, early: bool) -> None:
+        """End the fit after epoch `done`: `early`, no more epochs fit (or a shrunk plan ends
+        before the epochs planned: a stop, as an early stop is); else the plan ends before the
+        fit does."""
         self.model.stop_training = True
-        if done < self.planned:  # before the epochs it planned: a stop, as an early stop is
+        if early:
             self.stopped_epoch = done
         if self.ema is not None:
             self.ema.finish_early()

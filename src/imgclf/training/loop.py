@@ -147,8 +147,8 @@ def _train(config: TrainConfig, strategy, resumed: RunFolder | None, data: Loade
         print(budget.line())
     mlflow = MlflowLog(config, run, resumed is not None) if config.mlflow and chief else None
     guard = None
-    if budget is not None:  # a fine-tuning run's second phase has its own schedule: it cannot move
-        guard = TimeBudgetGuard(budget, started, verbose=bool(config.verbose), movable=len(plan_phases(config)) == 1)
+    if budget is not None:  # a fine-tuning run's phases have their own schedules: they cannot move
+        guard = TimeBudgetGuard(budget, started, verbose=bool(config.verbose), movable=plan_phases(config)[0][0] == 0)
     try:
         with compute_precision(precision), strategy.scope():
             try:
