@@ -6,6 +6,7 @@ import contextlib
 import csv
 import io
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -178,6 +179,44 @@ def make_hostile_entries(folder):
 def read_csv(path: Path) -> list[dict]:
     with open(path, newline="", encoding="utf-8") as handle:
         return list(csv.DictReader(handle))
+
+
+# history.csv's columns compared between runs: all but the epoch durations
+METRIC_COLUMNS = ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "val_f1", "val_precision",
+                  "val_recall", "learning_rate"]
+
+
+def history(run: Path) -> list[list[str]]:
+    return [[row[c] for c in METRIC_COLUMNS] for row in read_csv(run / "history.csv")]
+
+
+def train_with_copies(config, after, into: Path) -> Path:
+    """Train `config` (a fresh session, so that layer names are those a fresh process gives),
+    copying its run folder to `into / f"after{k}"` as a SIGKILL right after the checkpoint of
+    epoch k (each k in `after`) would leave it: at the start of epoch k + 1, every file of
+    epoch k is written (the checkpoint last)."""
+    import keras
+
+    from imgclf import train
+
+    class CopyRunFolder(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch in after:
+                shutil.copytree(config.out, into / f"after{epoch}")
+
+    keras.backend.clear_session()
+    return train(config, extra_callbacks=[CopyRunFolder()])
+
+
+def resumed_history(run: Path) -> list[list[str]]:
+    """Resume `run` in this process (a fresh session); its history."""
+    import keras
+
+    from imgclf import resume
+
+    keras.backend.clear_session()
+    resume(run, verbose=0)
+    return history(run)
 
 
 def write_backbone_weights(path: Path, name: str = "mobilenetv3small", size: int = 32, seed: int = 5) -> Path:

@@ -5,6 +5,7 @@ non-zero exit only when nothing usable remains."""
 
 import os
 import struct
+import threading
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -13,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import make_hostile_entries, read_csv, run_cli
+from conftest import make_hostile_entries, read_csv, run_cli, run_main
 
 pytestmark = pytest.mark.slow  # trainings in subprocesses
 
@@ -133,6 +134,17 @@ def run_together(*commands):
         return list(pool.map(lambda args: run_cli(*args, timeout=FAST), commands))
 
 
+def run_in_time(*args):
+    """`imgclf ARGS` in this process (`run_main`), watched from here: one that blocks fails the
+    test after FAST seconds instead of hanging the suite."""
+    done = []
+    thread = threading.Thread(target=lambda: done.append(run_main(*args)), daemon=True)
+    thread.start()
+    thread.join(FAST)
+    assert done, f"imgclf {args[0]} did not end within {FAST} s"
+    return done[0]
+
+
 def test_train_predict_evaluate_check_data_survive_odd_files(odd_data, tmp_path):
     root, usable, unusable = odd_data
     run = tmp_path / "run"
@@ -173,10 +185,10 @@ def test_nothing_usable_is_a_clean_error(odd_data, tmp_path):
     from imgclf.models.registry import create_model
 
     save_model(create_model("seed", (16, 16, 3), 2), tmp_path / "m.keras", ["a", "b"])
-    trained, predicted, evaluated = run_together(
-        ["train", "--data-dir", only_bad, "--epochs", "1", "--out", tmp_path / "run"],
-        ["predict", tmp_path / "m.keras", only_bad],
-        ["evaluate", tmp_path / "m.keras", "--data-dir", only_bad, "--out", tmp_path / "eval"])
+    # in this process: the first test runs these commands on the same hostile files in new ones
+    trained = run_in_time("train", "--data-dir", only_bad, "--epochs", "1", "--out", tmp_path / "run")
+    predicted = run_in_time("predict", tmp_path / "m.keras", only_bad)
+    evaluated = run_in_time("evaluate", tmp_path / "m.keras", "--data-dir", only_bad, "--out", tmp_path / "eval")
     assert trained.returncode != 0 and "Traceback" not in trained.stderr
     assert "usable image" in trained.stderr
     assert predicted.returncode != 0 and "Traceback" not in predicted.stderr and "usable image" in predicted.stderr

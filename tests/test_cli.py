@@ -18,12 +18,24 @@ def assert_clean_error(result, *fragments):
 
 
 @pytest.mark.slow  # a training in a subprocess
-def test_train_predict_evaluate_end_to_end(tmp_path):
+def test_train_from_a_config_file_streamed_with_a_cache_then_predict_and_evaluate(tmp_path):
+    """One real training (a new process: TensorFlow's op determinism, which an earlier test of
+    this worker may have turned on for the whole process, leaves tf.data's cache of the
+    validation batches unfinished): settings from a file, options given override them, images
+    streamed through a cache; then its model predicts and evaluates."""
     data = make_image_folder(tmp_path / "data", per_class=12)
+    (tmp_path / "c.json").write_text(json.dumps({"data_dir": str(data), "epochs": 5, "image_size": 16}))
     run = tmp_path / "run"
-    result = run_cli("train", "--data-dir", data, "--epochs", "2", "--image-size", "16", "--out", run)
+    result = run_cli("train", "--config", tmp_path / "c.json", "--epochs", "2", "--out", run,
+                     "--memory-limit-mb", "0", "--cache", tmp_path / "cache")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "epoch   2/2" in result.stdout and (run / "best_model.keras").is_file()
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["epochs"] == 2 and saved["image_size"] == 16 and saved["data_dir"] == str(data)
+    assert saved["cache"] == str(tmp_path / "cache") and saved["memory_limit_mb"] == 0
+    assert json.loads((run / "data.json").read_text())["in_memory"] is False
+    # the training images and the validation batches, each decoded once into the cache
+    assert {p.name.split("-")[0] for p in (tmp_path / "cache").glob("*.index")} == {"train", "eval"}
 
     result = run_main("predict", run / "best_model.keras", data / "red", str(data / "blue" / "*.png"),
                       "--top-k", "2", "--output", tmp_path / "p.csv")
@@ -43,23 +55,6 @@ def test_train_predict_evaluate_end_to_end(tmp_path):
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert metrics["images"] == 36 and 0 <= metrics["f1"] <= 1
     assert (tmp_path / "eval" / "confusion_matrix.png").is_file()
-
-
-@pytest.mark.slow  # a training in a subprocess
-def test_config_file_and_overrides_streamed_with_a_cache(tmp_path):
-    data = make_image_folder(tmp_path / "data", per_class=5)
-    (tmp_path / "c.json").write_text(json.dumps({"data_dir": str(data), "epochs": 5, "image_size": 16}))
-    # a new process: TensorFlow's op determinism, which an earlier test of this worker may have turned on
-    # for the whole process, leaves tf.data's cache of the validation batches unfinished
-    result = run_cli("train", "--config", tmp_path / "c.json", "--epochs", "1", "--out", tmp_path / "run", "--quiet",
-                     "--memory-limit-mb", "0", "--cache", tmp_path / "cache")
-    assert result.returncode == 0, result.stderr[-3000:]
-    saved = json.loads((tmp_path / "run" / "config.json").read_text())
-    assert saved["epochs"] == 1 and saved["image_size"] == 16 and saved["data_dir"] == str(data)
-    assert saved["cache"] == str(tmp_path / "cache") and saved["memory_limit_mb"] == 0
-    assert json.loads((tmp_path / "run" / "data.json").read_text())["in_memory"] is False
-    # the training images and the validation batches, each decoded once into the cache
-    assert {p.name.split("-")[0] for p in (tmp_path / "cache").glob("*.index")} == {"train", "eval"}
 
 
 @pytest.mark.parametrize("make_args,fragment", [

@@ -5,37 +5,30 @@ import sys
 
 import pytest
 
-CHECK_STATE = """
-import matplotlib, pkgutil, importlib
+CHECK_IMPORTS = """
+import matplotlib, pkgutil, importlib, os, sys
 from PIL import Image, ImageFile
 matplotlib.use("svg")  # a backend a user might have chosen
-import os
-import keras, tensorflow  # their own imports set variables (TF2_BEHAVIOR, KMP_*...): what is checked is imgclf's
 def state():
     return (matplotlib.get_backend(), Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES, dict(os.environ))
+first = state()
+import imgclf
+assert "tensorflow" not in sys.modules and "keras" not in sys.modules, "importing imgclf loaded TensorFlow"
+assert state() == first, (first, state())
+import keras, tensorflow  # their own imports set variables (TF2_BEHAVIOR, KMP_*...): what is checked is imgclf's
 before = state()
-import imgclf, imgclf.evaluation.plots
+import imgclf.evaluation.plots
 for module in pkgutil.walk_packages(imgclf.__path__, "imgclf."):
     importlib.import_module(module.name)  # every module of the package
 after = state()
 assert before == after, (before, after)
+assert callable(imgclf.train)  # the lazy attributes resolve
 """
 
 
-def run(code):
-    return subprocess.run([sys.executable, "-c", "import sys\n" + code], capture_output=True, text=True, timeout=300)
-
-
 @pytest.mark.slow  # a new Python process
-def test_importing_imgclf_leaves_matplotlib_pillow_and_the_environment_alone():
-    result = run(CHECK_STATE)
-    assert result.returncode == 0, result.stderr[-3000:]
-
-
-@pytest.mark.slow  # a new Python process
-def test_importing_imgclf_loads_no_tensorflow_until_used():
-    result = run("import imgclf\nassert 'tensorflow' not in sys.modules and 'keras' not in sys.modules\n"
-                 "assert callable(imgclf.train) and 'keras' in sys.modules")
+def test_importing_imgclf_loads_no_tensorflow_and_leaves_matplotlib_pillow_and_the_environment_alone():
+    result = subprocess.run([sys.executable, "-c", CHECK_IMPORTS], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
 
 

@@ -56,17 +56,18 @@ def test_lambda_model_is_refused_unless_unsafe(tmp_path):
 def test_cli_refuses_lambda_model_unless_unsafe(tmp_path):
     from PIL import Image
 
-    from conftest import run_cli
+    from conftest import run_cli, run_main
 
     inputs = keras.Input((8, 8, 3))
     x = keras.layers.Lambda(lambda t: t * 2.0)(inputs)
     outputs = keras.layers.Dense(2, activation="softmax")(keras.layers.Flatten()(x))
     save_model(keras.Model(inputs, outputs), tmp_path / "lambda.keras", ["a", "b"])
     Image.new("RGB", (8, 8), (10, 200, 30)).save(tmp_path / "x.png")
+    # a new process: the refusal is the one line it prints, no native chatter before it
     refused = run_cli("predict", tmp_path / "lambda.keras", tmp_path / "x.png")
     assert refused.returncode != 0 and "refusing to load" in refused.stderr and "--unsafe" in refused.stderr
     assert "Traceback" not in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
-    allowed = run_cli("predict", tmp_path / "lambda.keras", tmp_path / "x.png", "--unsafe")
+    allowed = run_main("predict", tmp_path / "lambda.keras", tmp_path / "x.png", "--unsafe")  # per call: no global
     assert allowed.returncode == 0, allowed.stderr[-2000:]
     assert "x.png" in allowed.stdout
 

@@ -20,7 +20,7 @@ from imgclf.training.precision import compute_precision
 
 from conftest import make_image_folder, write_backbone_weights
 
-SIZE = (40, 56)  # not square: height and width must not be swapped anywhere
+SIZE = (32, 48)  # the smallest side they take, and not square: height and width must not be swapped
 
 
 def images(n, size, seed=0):

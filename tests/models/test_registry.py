@@ -6,8 +6,10 @@ from imgclf.models.recipes import RECIPE_DEFAULTS, Recipe
 from imgclf.models.registry import create_model, get_recipe
 
 
-@pytest.mark.parametrize("name", sorted(RECIPE_DEFAULTS))
-@pytest.mark.parametrize("size", [16, 32])
+# The ImageNet backbones at their smallest side, 32, are built, trained, saved and loaded in
+# test_backbones.py (at 32x48); here they refuse 16.
+@pytest.mark.parametrize("name, size", [(name, size) for size in (16, 32) for name in sorted(RECIPE_DEFAULTS)
+                                        if size < 32 or RECIPE_DEFAULTS[name].min_image_size < 32])
 def test_every_registered_model_builds_and_outputs_probabilities(name, size):
     if size < RECIPE_DEFAULTS[name].min_image_size:  # the ImageNet backbones take 32 pixels and more
         with pytest.raises(ImgclfError, match=f"at least {RECIPE_DEFAULTS[name].min_image_size}x"):

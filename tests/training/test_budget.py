@@ -84,11 +84,38 @@ def test_plan_takes_the_epochs_that_fit_and_fewer_for_less_time():
         plan_epochs(60, spent_s=10, tracing_s=5, epoch_s=30, finish_s=30, max_epochs=100)
 
 
-def test_a_smaller_budget_plans_fewer_epochs_and_the_run_keeps_its_plan(colours, tmp_path, slow_machine):
-    """Two runs on the same data at 1 and 2 minutes: the plan is in budget.json, config.json
+class Interrupt(keras.callbacks.Callback):
+    """A Ctrl-C as the run's epoch `after` + 1 begins."""
+
+    def __init__(self, after: int):
+        super().__init__()
+        self.after = after
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == self.after:
+            raise KeyboardInterrupt
+
+
+def test_a_smaller_budget_plans_fewer_epochs_and_the_run_keeps_its_plan(colours, tmp_path, slow_machine,
+                                                                           monkeypatch):
+    """Two runs on the same data at 2 and 1 minutes: the plan is in budget.json, config.json
     (epochs) and metrics.json, the step-size schedule spans it (it ends near zero), and each
-    run trains exactly the epochs it planned."""
-    runs = {minutes: train(tiny(colours, tmp_path, f"m{minutes}", time_budget=minutes)) for minutes in (1, 2)}
+    run trains exactly the epochs it planned. The 1-minute run is interrupted after its first
+    epoch and resumes with the planned epochs, without timing the machine again."""
+    runs = {2: train(tiny(colours, tmp_path, "m2", time_budget=2))}
+    config = tiny(colours, tmp_path, "m1", time_budget=1)
+    with pytest.raises(KeyboardInterrupt):
+        train(config, extra_callbacks=[Interrupt(after=1)])
+    runs[1] = tmp_path / "m1"
+    assert epochs_in_history(runs[1]) == [1]
+
+    def no_probe(*args, **kwargs):
+        raise AssertionError("a resumed run must not time the machine again")
+
+    monkeypatch.setattr(budget, "measure_speed", no_probe)
+    keras.backend.clear_session()
+    resume(runs[1], verbose=0)
+    assert metrics(runs[1])["resumed_after_epoch"] == 1
     planned = {}
     for minutes, run in runs.items():
         plan = json.loads((run / "budget.json").read_text())
@@ -175,13 +202,8 @@ def test_the_guard_grows_the_plan_when_epochs_are_faster_than_timed_and_a_resume
     offset = [1000.0]
     monkeypatch.setattr(budget, "clock", lambda: offset[0])
 
-    class Interrupt(keras.callbacks.Callback):
-        def on_epoch_begin(self, epoch, logs=None):
-            if epoch == 4:
-                raise KeyboardInterrupt
-
     config = tiny(colours, tmp_path, "grown", model=model, time_budget=4)
-    extra = [SlowEpochs(offset, 40.0), Interrupt()]
+    extra = [SlowEpochs(offset, 40.0), Interrupt(after=4)]
     run = tmp_path / "grown"
     if model == "seed":
         train(config, extra_callbacks=extra)
@@ -202,32 +224,6 @@ def test_the_guard_grows_the_plan_when_epochs_are_faster_than_timed_and_a_resume
     assert spent["grown_to_epochs"] == 5 and spent["epochs_run"] == 5 and metrics(run)["resumed_after_epoch"] == 4
     assert rates[-1] == pytest.approx(0.0, abs=1e-6) and rates[-2] > 0.1  # annealed over 5 epochs, not 3
     assert (run / "best_model.keras").exists() and (run / "last_model.keras").exists()
-
-
-def test_resume_keeps_the_plan(colours, tmp_path, slow_machine, monkeypatch):
-    """Interrupted after its first epoch, the run resumes with the planned epochs, without
-    timing the machine again."""
-
-    class Interrupt(keras.callbacks.Callback):
-        def on_epoch_begin(self, epoch, logs=None):
-            if epoch == 1:
-                raise KeyboardInterrupt
-
-    config = tiny(colours, tmp_path, "interrupted", time_budget=1)
-    with pytest.raises(KeyboardInterrupt):
-        train(config, extra_callbacks=[Interrupt()])
-    run = tmp_path / "interrupted"
-    plan = json.loads((run / "budget.json").read_text())
-    assert epochs_in_history(run) == [1]
-
-    def no_probe(*args, **kwargs):
-        raise AssertionError("a resumed run must not time the machine again")
-
-    monkeypatch.setattr(budget, "measure_speed", no_probe)
-    keras.backend.clear_session()
-    resume(run, verbose=0)
-    assert epochs_in_history(run) == list(range(1, plan["epochs"] + 1))
-    assert metrics(run)["resumed_after_epoch"] == 1 and metrics(run)["time_budget"]["epochs_run"] == plan["epochs"]
 
 
 @pytest.mark.parametrize("args, fragment", [

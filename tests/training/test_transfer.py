@@ -8,13 +8,13 @@ import keras
 import numpy as np
 import pytest
 
-from imgclf import TrainConfig, train
+from imgclf import TrainConfig
 from imgclf.errors import DataError
 from imgclf.inference.modelio import load_model
 from imgclf.models.recipes import resolve
 from imgclf.training.transfer import init_recipe, transfer_model
 
-from conftest import make_image_folder
+from conftest import history, make_image_folder, resumed_history, train_with_copies
 
 NEW_CLASSES = {"yellow": (210, 200, 40), "purple": (130, 40, 160)}
 
@@ -48,10 +48,16 @@ def test_a_source_with_a_fixed_size_says_which_size(export_runs):
         transfer_model(source, (24, 24, 3), 2)
 
 
-def test_training_from_init_on_new_classes(export_runs, tmp_path):
+def test_training_from_init_on_new_classes_resumes_at_the_phase_change(export_runs, tmp_path):
+    """Two epochs of the new classifier alone, then the whole model. Resumed after epoch 2, at
+    the phase change (phase 1 done, phase 2 still to start), the run gives the uninterrupted
+    history."""
     data = make_image_folder(tmp_path / "new", per_class=100, size=(16, 16), classes=NEW_CLASSES)
-    run = train(TrainConfig(data_dir=str(data), init=str(export_runs["fast-tiny"]), epochs=4, image_size=16,
-                            out=str(tmp_path / "run"), verbose=0))
+    run = train_with_copies(TrainConfig(data_dir=str(data), init=str(export_runs["fast-tiny"]), epochs=4,
+                                        image_size=16, deterministic=True, out=str(tmp_path / "run"), verbose=0),
+                            (2,), tmp_path)
+    assert resumed_history(tmp_path / "after2") == history(run)
+    assert json.loads((tmp_path / "after2" / "metrics.json").read_text())["resumed_after_epoch"] == 2
     config = json.loads((run / "config.json").read_text())
     assert config["model"] == "fast-tiny" and config["init"] == str(export_runs["fast-tiny"])
     assert config["backbone_lr"] == 0.3  # fine-tuning's default
