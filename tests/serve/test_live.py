@@ -31,7 +31,8 @@ def start_service(model: Path, *extra: str) -> Service:
 @pytest.fixture(scope="module")
 def service(export_runs):
     """Two worker processes: the limits and the model reach each, and they stop without a
-    traceback. (One worker, uvicorn's app in the command's own process: the bench below.)"""
+    traceback. (One worker, uvicorn's app in the command's own process: the bench-serve test in
+    export/test_export.py.)"""
     running = start_service(export_runs["seed"] / "best_model.keras", "--workers", "2")
     yield running.url
     output = running.stop()
