@@ -371,7 +371,7 @@ def test_check_images_found_from_another_folder(export_runs, monkeypatch, tmp_pa
 
 
 def test_check_images_are_capped_validation_split_first(export_runs, monkeypatch):
-    """At most MAX_CHECK_IMAGES (the README's 1,000): the whole validation split first, then a
+    """At most MAX_CHECK_IMAGES (the 1,000 docs/guide.md promises): the whole validation split first, then a
     stratified sample of the training split; or a sample of --check-data's. (Here the cap is
     lowered to 100, below the run's 210 images.)"""
     module = sys.modules[check_images.__module__]
