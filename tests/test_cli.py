@@ -17,16 +17,16 @@ def assert_clean_error(result, *fragments):
         assert fragment in lines[0], lines[0]
 
 
-@pytest.mark.slow  # a training in a subprocess
+@pytest.mark.slow  # a real training
 def test_train_from_a_config_file_streamed_with_a_cache_then_predict_and_evaluate(tmp_path):
-    """One real training (a new process: TensorFlow's op determinism, which an earlier test of
-    this worker may have turned on for the whole process, leaves tf.data's cache of the
-    validation batches unfinished): settings from a file, options given override them, images
+    """One real training in this process, after any deterministic run an earlier test of this
+    worker made (its op determinism must end with it, or tf.data's cache of the validation
+    batches stays unfinished): settings from a file, options given override them, images
     streamed through a cache; then its model predicts and evaluates."""
     data = make_image_folder(tmp_path / "data", per_class=12)
     (tmp_path / "c.json").write_text(json.dumps({"data_dir": str(data), "epochs": 5, "image_size": 16}))
     run = tmp_path / "run"
-    result = run_cli("train", "--config", tmp_path / "c.json", "--epochs", "2", "--out", run,
+    result = run_main("train", "--config", tmp_path / "c.json", "--epochs", "2", "--out", run,
                      "--memory-limit-mb", "0", "--cache", tmp_path / "cache")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "epoch   2/2" in result.stdout and (run / "best_model.keras").is_file()

@@ -86,10 +86,11 @@ def _run(config: TrainConfig, resumed: RunFolder | None, data: LoadedData | None
     strategy = make_strategy(config.distribute)  # first: multi-worker collectives start with it
     if config.time_budget and replicas(strategy) > 1:  # each would time and stop on its own clock
         raise ImgclfError("time_budget times the run on one device; with several, give --epochs instead")
-    if is_chief(strategy):
-        return _train(config, strategy, resumed, data, extra_callbacks)
-    with _private_folder(config, resumed) as (config, resumed):
-        _train(config, strategy, resumed, data, extra_callbacks)
+    with _op_determinism(config.deterministic):
+        if is_chief(strategy):
+            return _train(config, strategy, resumed, data, extra_callbacks)
+        with _private_folder(config, resumed) as (config, resumed):
+            _train(config, strategy, resumed, data, extra_callbacks)
     return None
 
 
@@ -117,7 +118,7 @@ def _train(config: TrainConfig, strategy, resumed: RunFolder | None, data: Loade
     check_input_memory(config)
     precision = resolve_precision(config.precision)
     started = time.perf_counter()
-    _seed_everything(config)
+    keras.utils.set_random_seed(config.seed)
     if config.init and resumed is None:
         config = config.replace(model=init_recipe(config.init))  # the source's recipe
     data = data if data is not None else load_data(config)
@@ -224,12 +225,25 @@ def check_input_memory(config: TrainConfig) -> None:
                         "use a smaller --image-size or --batch-size")
 
 
-def _seed_everything(config: TrainConfig) -> None:
-    if config.deterministic:
-        import tensorflow as tf
+@contextmanager
+def _op_determinism(on: bool):
+    """TensorFlow's op determinism, on for this run only. The switch is process-wide: left on,
+    a deterministic run would make every later run of the same process (a notebook's, a
+    test's) deterministic too, and leave tf.data's cache of their validation batches
+    unfinished. Turned off again at the end unless it was already on."""
+    if not on:
+        yield
+        return
+    import tensorflow as tf
+    from tensorflow.python.framework import config as tf_config  # is_enabled, disable: not under tf.config
 
-        tf.config.experimental.enable_op_determinism()  # process-wide, cannot be undone
-    keras.utils.set_random_seed(config.seed)
+    was_on = tf_config.is_op_determinism_enabled()
+    tf.config.experimental.enable_op_determinism()
+    try:
+        yield
+    finally:
+        if not was_on:
+            tf_config.disable_op_determinism()
 
 
 def split_data(data: LoadedData, config: TrainConfig) -> Split:
