@@ -27,7 +27,7 @@ def test_train_from_a_config_file_streamed_with_a_cache_then_predict_and_evaluat
     (tmp_path / "c.json").write_text(json.dumps({"data_dir": str(data), "epochs": 5, "image_size": 16}))
     run = tmp_path / "run"
     result = run_main("train", "--config", tmp_path / "c.json", "--epochs", "2", "--out", run,
-                     "--memory-limit-mb", "0", "--cache", tmp_path / "cache")
+                      "--memory-limit-mb", "0", "--cache", tmp_path / "cache")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "epoch   2/2" in result.stdout and (run / "best_model.keras").is_file()
     saved = json.loads((run / "config.json").read_text())
