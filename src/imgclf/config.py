@@ -142,6 +142,8 @@ class TrainConfig:
     precision: str = _option(AUTO, "compute precision (default: auto = bfloat16 where the hardware has it, else "
                                    "float32)", choices=PRECISIONS)
     seed: int = _option(42, "fixes split, initialisation, augmentation (default: {default})")
+    split_seed: int | None = _option(None, "fixes the split (and --limit's sample) alone, so that runs of other "
+                                           "--seed values share one validation split (default: --seed)")
     deterministic: bool = _option(False, "deterministic ops: two runs on the same machine give identical histories "
                                          "(slower)")
     # "balanced": n_images / (n_classes * images of the class), on the training split; a JSON
@@ -222,6 +224,11 @@ class TrainConfig:
                 isinstance(w, (int, float)) and not isinstance(w, bool) and w > 0 for w in value.values()):
             raise ImgclfError("class_weight must map class names to positive numbers, e.g. {\"cat\": 3}")
         return {str(k): float(w) for k, w in value.items()}
+
+    @property
+    def data_seed(self) -> int:
+        """What fixes the train/validation split and --limit's sample: --split-seed, else --seed."""
+        return self.seed if self.split_seed is None else self.split_seed
 
     @property
     def size(self) -> tuple[int, int]:

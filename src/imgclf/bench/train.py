@@ -140,7 +140,7 @@ def run_bench(config: TrainConfig, *, epochs: int | None, minutes: float | None,
     budget = minutes * 60 if minutes else None
     data = load_data(config)  # decoded once; every contender gets the same arrays and split
     check_classes(data.labelled)
-    train_idx, val_idx = split_indices(data.labelled.labels, config.val_split, config.seed)
+    train_idx, val_idx = split_indices(data.labelled.labels, config.val_split, config.data_seed)
     train_set, val_set = data.labelled.subset(train_idx), data.labelled.subset(val_idx)
     seed_epochs = epochs or 1
     print(f"bench: {len(train_set)} train / {len(val_set)} validation images; contenders: {', '.join(contenders)}; "

@@ -68,7 +68,7 @@ def load_cifar10(config: TrainConfig) -> LoadedData:
     test = Images(y_test.reshape(-1).astype(np.int32), list(CIFAR10_CLASSES), resize_array(x_test, size, resize),
                   size=size, resize=resize)
     if config.limit:
-        labelled = labelled.subset(stratified_sample(labelled.labels, config.limit, config.seed))
+        labelled = labelled.subset(stratified_sample(labelled.labels, config.limit, config.data_seed))
     return LoadedData(labelled, test, "keras.datasets.cifar10")
 
 
@@ -158,7 +158,7 @@ def load_files(
     """Encode string labels, optionally sample, then decode (into memory when it fits)."""
     labels, class_names = encode_labels(label_names, class_names, known_as=known_as)
     if sample and config.limit and config.limit < len(labels):
-        keep = stratified_sample(labels, config.limit, config.seed)
+        keep = stratified_sample(labels, config.limit, config.data_seed)
         paths, labels = [paths[i] for i in keep], labels[keep]
     fits = len(paths) * size[0] * size[1] * 3 <= config.memory_limit_mb * 2**20
     decoded = decode_paths(paths, size, keep_pixels=fits, verbose=config.verbose, resize=config.resize)

@@ -254,7 +254,7 @@ def split_data(data: LoadedData, config: TrainConfig) -> Split:
         if data.test is None:
             raise DataError("train_on_all needs a separate test split (a folder with train/ and test/, or CIFAR-10)")
         return Split(labelled, np.arange(len(labelled)), np.array([], dtype=np.int64), labelled, data.test, "test")
-    train_idx, val_idx = split_indices(labelled.labels, config.val_split, config.seed)
+    train_idx, val_idx = split_indices(labelled.labels, config.val_split, config.data_seed)
     return Split(labelled, train_idx, val_idx, labelled.subset(train_idx), labelled.subset(val_idx), "validation")
 
 
