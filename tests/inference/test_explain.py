@@ -82,7 +82,7 @@ def test_every_recipe_names_the_layer_grad_cam_explains():
     # every backbone recipe names the same layer, its backbone's output: one of them is built
     assert all(get_recipe(name).explain_layer is backbone_output for name in BACKBONES)
     pixels = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3)).astype(np.uint8)
-    for name in ("seed", "fast", "fast-small", "fast-tiny", "mobilenetv3small"):
+    for name in ("seed", "fast", "fast-small", "fast-tiny", "fast-deep", "mobilenetv3small"):
         keras.utils.set_random_seed(1)
         extra = {"weights": "none"} if name in BACKBONES else {"train_pixels": pixels}
         model = create_model(name, (32, 32, 3), 3, **extra)
@@ -90,7 +90,10 @@ def test_every_recipe_names_the_layer_grad_cam_explains():
         layer = Explainer(loaded).layer
         expected = {"seed": keras.layers.Conv2D}.get(name, keras.Model if name in BACKBONES else keras.layers.Layer)
         assert isinstance(layer, expected) and len(layer.output.shape) == 4, name
-        if name in ("seed", "fast-tiny", "mobilenetv3small"):  # and the computation runs
+        if name.startswith("fast"):  # the first block's end, its residual added where it has one
+            assert layer.output.shape[1:3] == (15, 15), name
+            assert name != "fast-deep" or type(model.layers[model.layers.index(layer) - 1]).__name__ == "Add"
+        if name in ("seed", "fast-tiny", "fast-deep", "mobilenetv3small"):  # and the computation runs
             heatmaps, probs = Explainer(loaded).heatmaps(pixels)
             assert heatmaps.shape == (2, 32, 32) and np.isfinite(heatmaps).all(), name
             if name == "fast-tiny":
@@ -124,3 +127,24 @@ def test_overlay_is_enlarged_and_coloured_where_the_heatmap_is_high():
 
 def test_square_colours_are_the_classes():
     assert list(SQUARE_COLORS) == ["red", "green", "blue", "yellow"]
+
+
+def test_a_model_that_is_not_a_chain_is_explained_through_its_graph():
+    """fast-deep's residual blocks are not a chain of layers: Grad-CAM runs such a model as a
+    Keras model with the chosen layer's output among its outputs. On a chain (fast-tiny) both
+    ways give the same heatmaps; a model with two inputs is refused in one line."""
+    pixels = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3)).astype(np.uint8)
+    keras.utils.set_random_seed(1)
+    model = create_model("fast-tiny", (32, 32, 3), 3, train_pixels=pixels)
+    loaded = LoadedModel(model, ["a", "b", "c"], (32, 32), {"recipe": "fast-tiny"})
+    chain, graph = Explainer(loaded, compile=False), Explainer(loaded, compile=False)
+    graph._graph = graph._graph_model()
+    (heat_chain, probs_chain), (heat_graph, probs_graph) = chain.heatmaps(pixels), graph.heatmaps(pixels)
+    assert np.allclose(probs_chain, probs_graph, atol=1e-5)
+    assert np.allclose(heat_chain, heat_graph, atol=1e-3) and heat_chain.max() > 0.99
+
+    first, second = keras.Input((32, 32, 3)), keras.Input((32, 32, 3))
+    two = keras.Model([first, second], keras.layers.Dense(3, activation="softmax")(
+        keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3)(keras.layers.Add()([first, second])))))
+    with pytest.raises(ModelFileError, match="2 inputs and 1 outputs"):
+        Explainer(LoadedModel(two, ["a", "b", "c"], (32, 32), {}))

@@ -189,20 +189,21 @@ def test_fast_recipe_resumes_exactly(tmp_path):
     """The fast recipes have more state (Muon and SGD momenta, a whitening bias that freezes
     after a step count, a schedule by step): resumed after its first epoch, a run must still
     give the uninterrupted run's history. (Kills of real processes: the test above.) On
-    fast-large, the newest size: the fast recipe's code at other widths, which also saves,
-    loads and exports like the others."""
+    fast-deep, the newest member: fast-large's widths with a residual third conv per block,
+    which also saves, loads and exports like the others."""
     from imgclf.export.writers import export_model
     from imgclf.inference.modelio import load_model
 
     data = make_image_folder(tmp_path / "images", per_class=12)
-    config = TrainConfig(data_dir=str(data), model="fast-large", epochs=3, image_size=16, batch_size=8,
+    config = TrainConfig(data_dir=str(data), model="fast-deep", epochs=3, image_size=16, batch_size=8,
                          deterministic=True, calibrate="none", out=str(tmp_path / "whole"), verbose=0)
     whole = train_with_copies(config, (1,), tmp_path)
     assert resumed_history(tmp_path / "after1") == history(whole)
     assert json.loads((tmp_path / "after1" / "metrics.json").read_text())["resumed_after_epoch"] == 1
     loaded = load_model(whole / "best_model.keras")
     widths = [layer.filters for layer in loaded.model.layers if type(layer).__name__ == "Conv2D"][1:]
-    assert widths == [128, 128, 384, 384, 384, 384]
+    assert widths == [128, 128, 128, 384, 384, 384, 384, 384, 384]
+    assert sum(type(layer).__name__ == "Add" for layer in loaded.model.layers) == 3  # a residual per block
     report = export_model(whole / "best_model.keras", "onnx", verbose=False)
     assert report.agreement == 1.0 and report.images >= 36
 

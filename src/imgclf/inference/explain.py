@@ -10,9 +10,11 @@ prediction still has a gradient.
 Which feature map: the recipe names it (`Recipe.explain_layer`): the last conv of `seed`, the
 end of the second block of the `fast` family, the backbone's last feature map for the
 pretrained recipes; `--init` models keep their source's recipe. A model from elsewhere uses its
-last layer with a 2-D feature map. Every imgclf model is a chain of layers (each feeds the
-next), which is what lets this run the layers one by one and watch the chosen one; a model
-that is not a chain is refused.
+last layer with a 2-D feature map. A chain of layers (each feeding the next: most imgclf
+models) runs layer by layer, watching the chosen one; any other model with one input and one
+output (`fast-deep`'s residual blocks) runs as a Keras model whose outputs are the chosen
+layer's, the softmax's input and the probabilities (the Keras example's way). A model with
+several inputs or outputs is refused.
 
 Keras and TensorFlow only: a gradient tape over the chosen layer.
 """
@@ -46,15 +48,35 @@ class Explainer:
         if loaded.model is None:
             raise ModelFileError(f"{loaded.path}: Grad-CAM needs the .keras model (its gradients); an exported "
                                  f"{loaded.format} file has none")
-        if not is_chain(loaded.model):
-            raise ModelFileError(f"{loaded.path}: the model is not a chain of layers (each feeding the next): "
-                                 "Grad-CAM cannot follow it")
+        model = loaded.model
+        chain = is_chain(model)
+        if not chain and (len(model.inputs) != 1 or len(model.outputs) != 1):
+            raise ModelFileError(f"{loaded.path}: the model has {len(model.inputs)} inputs and {len(model.outputs)} "
+                                 "outputs: Grad-CAM explains models of one image input and one output")
         self.loaded = loaded
-        self.layers = _chain(loaded.model)
+        self.layers = _chain(model)
         self.index = explain_layer(loaded)
         self.layer = self.layers[self.index]
         self.layer_name = self.layer.name
         self._function = None if compile else self._gradcam
+        self._graph = None if chain else self._graph_model()
+
+    def _last(self) -> int:
+        """Index of the last layer that is not a calibration temperature: the softmax's, if any."""
+        from ..models.layers import Temperature
+
+        return max(i for i, layer in enumerate(self.layers) if not isinstance(layer, Temperature))
+
+    def _graph_model(self):
+        """A model that is not a chain, with the explained layer's output, the last layer's input
+        and the probabilities as its outputs (each of these layers is called once)."""
+        import keras
+
+        model, last = self.loaded.model, self.layers[self._last()]
+        try:
+            return keras.Model(model.inputs, [self.layer.output, last.input, model.outputs[0]])
+        except (AttributeError, ValueError) as error:  # a layer called at several places has no one output
+            raise ModelFileError(f"{self.loaded.path}: Grad-CAM cannot follow this model's graph ({error})") from None
 
     def heatmaps(self, pixels: np.ndarray, classes: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """((N, H, W) float32 heatmaps in [0, 1] at the model's input size, (N, classes)
@@ -89,11 +111,16 @@ class Explainer:
         the explained layer's output."""
         from keras import ops
 
-        from ..models.layers import PROBABILITY_FLOOR, Temperature
+        from ..models.layers import PROBABILITY_FLOOR
 
-        last = max(i for i, layer in enumerate(self.layers) if not isinstance(layer, Temperature))
+        last = self._last()
         logits = None
-        for i, layer in enumerate(self.layers):
+        if self._graph is not None:
+            features, before, x = self._graph(x, training=False)
+            logits = _logits(self.layers[last], before)
+            if watch is not None:
+                watch(features)
+        for i, layer in enumerate(self.layers if self._graph is None else ()):
             if i == last:
                 logits = _logits(layer, x)
             x = layer(x, training=False)

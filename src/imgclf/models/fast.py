@@ -8,7 +8,8 @@ conv filters (`muon.py`) and Nesterov SGD for BatchNorm offsets and the classifi
 a linear decay to zero, and alternating flip + 2-pixel translation of whole batches in the
 input pipeline (`augment.py`). `fast` (widths 64/256/256), `fast-small` (64/128/128) and
 `fast-tiny` (16/64/128) trade accuracy for time, `fast-large` (airbench95's 128/384/384)
-time for accuracy; docs/results.md has their figures.
+time for accuracy, and `fast-deep` adds airbench96's residual third conv to each of
+fast-large's blocks; docs/results.md has their figures.
 
 BatchNorm and GELU are our own layers (`layers.py`), for speed on CPUs.
 """
@@ -80,18 +81,33 @@ def dirac_init(layer) -> None:
     layer.kernel.assign(kernel)
 
 
-def _conv_bn(x, width: int, pool: bool):
+def _conv_bn(x, width: int, pool: bool, residual=None):
     # PyTorch's default initialisation, U(+-1/sqrt(fan_in)), for the filters that are not identity maps
     x = layers.Conv2D(width, 3, padding="same", use_bias=False,
                       kernel_initializer=keras.initializers.VarianceScaling(1 / 3, "fan_in", "uniform"))(x)
     if pool:
         x = layers.MaxPooling2D(2)(x)
     x = FusedBatchNorm(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, scale=False)(x)
+    if residual is not None:
+        x = layers.Add()([x, residual])
     return QuickGELU()(x)
 
 
+def _block(x, width: int, depth: int):
+    """A conv block: conv + pool, then conv; with `depth` 3, a third conv whose output (before
+    its GELU) adds the block's first activation back (airbench96's block)."""
+    x = first = _conv_bn(x, width, pool=True)
+    x = _conv_bn(x, width, pool=False)
+    if depth == 3:
+        x = _conv_bn(x, width, pool=False, residual=first)
+    return x
+
+
 def fast_cnn(input_shape, num_classes: int, train_pixels: np.ndarray | None = None,
-             widths: tuple[int, ...] = WIDTHS) -> keras.Model:
+             widths: tuple[int, ...] = WIDTHS, depth: int = 2) -> keras.Model:
+    """`depth`: convs per block, 2 (airbench94/95) or 3 (a residual third, airbench96)."""
+    if depth not in (2, 3):
+        raise ValueError(f"depth must be 2 or 3 convs per block, not {depth}")
     inputs = keras.Input(shape=input_shape)
     # The whitening runs in float32 whatever the precision: its weakest components are
     # differences of neighbouring pixels, scaled up ~50x; bfloat16's 8-bit mantissa on
@@ -105,8 +121,7 @@ def fast_cnn(input_shape, num_classes: int, train_pixels: np.ndarray | None = No
         whiten.set_weights(list(whitening_weights(train_pixels)))
     x = QuickGELU()(x)
     for width in widths:
-        x = _conv_bn(x, width, pool=True)
-        x = _conv_bn(x, width, pool=False)
+        x = _block(x, width, depth)
     x = layers.GlobalMaxPooling2D()(x)
     # The classifier's weights have unit variance and its outputs are divided by its input width.
     unit_variance = keras.initializers.RandomUniform(-(3**0.5), 3**0.5)
@@ -190,10 +205,11 @@ def make_callbacks(steps_per_epoch: int, epochs: int, pixels: np.ndarray | None 
 
 def recipe(name: str) -> Recipe:
     """The fast recipe `name` at the widths of its row in `recipes.RECIPE_DEFAULTS`."""
-    widths = recipe_defaults(name).options["widths"]
+    options = recipe_defaults(name).options
+    widths, depth = options["widths"], options.get("depth", 2)
     return Recipe(
         build=lambda input_shape, num_classes, train_pixels=None: fast_cnn(input_shape, num_classes, train_pixels,
-                                                                           widths=widths),
+                                                                           widths=widths, depth=depth),
         make_optimizer=make_optimizer,
         loss=smoothed_crossentropy,
         augment=flip_translate,
@@ -202,14 +218,14 @@ def recipe(name: str) -> Recipe:
         # 8-bit whitening outputs cost 1-2% of top-1 agreement with the float model (97.8% on
         # CIFAR-10; 99.2% with the whitening in float32, for 0.1% of the FLOPs and 2 kB).
         float_layers=("whiten",),
-        explain_layer=explain_layer,
+        explain_layer=lambda layers: explain_layer(layers, depth),
     )
 
 
-def explain_layer(layers: list) -> int:
+def explain_layer(layers: list, depth: int = 2) -> int:
     """Grad-CAM's layer: the activation at the end of the first conv block (half the input's
     side, 15x15 at 32 pixels). Deeper maps are too coarse to point at an object: on a square
     that alone tells the classes apart (tests/inference/test_explain.py), the heatmap's peak
     fell inside it on 100% of the images here, on 39-54% at the second block's end (7x7) and
     10-19% at the third's (3x3)."""
-    return [i for i, layer in enumerate(layers) if isinstance(layer, QuickGELU)][2]
+    return [i for i, layer in enumerate(layers) if isinstance(layer, QuickGELU)][depth]  # [0]: the whitening's

@@ -104,11 +104,13 @@ FAST_BATCH_SIZE = 1000  # images per step (airbench94_muon: 2000; 1000 is as acc
 FAST_BIAS_LR_PER_IMAGE = 0.053  # BatchNorm offsets and the whitening bias
 
 
-def _fast(epochs: int, widths: tuple[int, int, int], description: str) -> RecipeDefaults:
-    """A fast recipe: `widths` are the channels of its three conv blocks. They were tuned on
-    CIFAR-10: 32-pixel images, 10,000-50,000 training images."""
+def _fast(epochs: int, widths: tuple[int, int, int], description: str, depth: int = 2) -> RecipeDefaults:
+    """A fast recipe: `widths` are the channels of its three conv blocks, `depth` their convs
+    (3: a residual third). They were tuned on CIFAR-10: 32-pixel images, 10,000-50,000
+    training images."""
     return RecipeDefaults(epochs, FAST_BATCH_SIZE, FAST_BIAS_LR_PER_IMAGE * FAST_BATCH_SIZE, True,
-                          description.format(widths="/".join(map(str, widths))), ".fast", {"widths": widths},
+                          description.format(widths="/".join(map(str, widths))), ".fast",
+                          {"widths": widths, "depth": depth},
                           fit_batch_to_data=True, label_smoothing=0.2, tuned_train_images=(10_000, 50_000),
                           tuned_image_sizes=(32, 32))
 
@@ -129,6 +131,10 @@ RECIPE_DEFAULTS: dict[str, RecipeDefaults] = {
     # fit twice the 14-epoch fast run's time on 2 cores (docs/results.md)
     "fast-large": _fast(8, (128, 384, 384), "the fast recipe at widths {widths} (airbench95's): for long budgets, "
                                            "~2.5x the compute per image"),
+    # airbench96's block (a third conv per block, its output added to the block's first
+    # activation) at fast-large's widths: 1.37x fast-large's FLOPs per image
+    "fast-deep": _fast(8, (128, 384, 384), "fast-large with a residual third conv per block (airbench96's "
+                                          "block): ~3.5x the fast recipe's compute per image", depth=3),
 }
 
 
