@@ -120,12 +120,13 @@ class Explainer:
             logits = _logits(self.layers[last], before)
             if watch is not None:
                 watch(features)
-        for i, layer in enumerate(self.layers if self._graph is None else ()):
-            if i == last:
-                logits = _logits(layer, x)
-            x = layer(x, training=False)
-            if i == self.index and watch is not None:
-                watch(x)
+        else:
+            for i, layer in enumerate(self.layers):
+                if i == last:
+                    logits = _logits(layer, x)
+                x = layer(x, training=False)
+                if i == self.index and watch is not None:
+                    watch(x)
         if logits is None:
             logits = ops.log(ops.maximum(ops.cast(x, "float32"), PROBABILITY_FLOOR))
         return ops.cast(logits, "float32"), ops.cast(x, "float32")
