@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import fcntl
 import io
 import os
 import shutil
@@ -65,14 +66,39 @@ def image_folder(tmp_path: Path) -> Path:
     return make_image_folder(tmp_path / "images")
 
 
+def built_once(tmp_path_factory, name: str, build) -> Path:
+    """A folder that `build(folder)` fills once for all of `make test`'s workers: the first
+    worker to need it builds it in the folder the workers share (under a lock, which the
+    others wait on), and every worker gets a copy of its own, so that what one worker's tests
+    write there (exports, reports) never meets the other's. Paths that the built files record
+    (a run's data_dir, its split) point to the shared folder, which no test changes."""
+    own = tmp_path_factory.mktemp(name)
+    if os.environ.get("PYTEST_XDIST_WORKER") is None:  # one process: nothing to share
+        build(own)
+        return own
+    shared = tmp_path_factory.getbasetemp().parent / f"built-{name}"
+    with open(f"{shared}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (shared / ".built").exists():
+            shutil.rmtree(shared, ignore_errors=True)  # a build that failed in the other worker
+            build(shared)
+            (shared / ".built").touch()
+    return Path(shutil.copytree(shared, own, dirs_exist_ok=True))
+
+
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory) -> Path:
     """One short training shared by the tests that only need a run folder and a model."""
     from imgclf import TrainConfig, train
 
-    root = tmp_path_factory.mktemp("shared")
-    data = make_image_folder(root / "images")
-    return train(TrainConfig(data_dir=str(data), epochs=2, image_size=16, out=str(root / "run"), verbose=0))
+    def build(root: Path) -> None:
+        data = make_image_folder(root / "images")
+        train(TrainConfig(data_dir=str(data), epochs=2, image_size=16, out=str(root / "run"), verbose=0))
+
+    return built_once(tmp_path_factory, "shared", build) / "run"
+
+
+EXPORT_RECIPES = ("seed", "fast-tiny")
 
 
 @pytest.fixture(scope="session")
@@ -82,11 +108,14 @@ def export_runs(tmp_path_factory) -> dict[str, Path]:
     recipes classify them all correctly: recipe -> run folder."""
     from imgclf import TrainConfig, train
 
-    root = tmp_path_factory.mktemp("export")
-    data = make_image_folder(root / "images", per_class=70, size=(16, 16))
-    return {model: train(TrainConfig(data_dir=str(data), model=model, epochs=2, image_size=16,
-                                     out=str(root / model), verbose=0))
-            for model in ("seed", "fast-tiny")}
+    def build(root: Path) -> None:
+        data = make_image_folder(root / "images", per_class=70, size=(16, 16))
+        for model in EXPORT_RECIPES:
+            train(TrainConfig(data_dir=str(data), model=model, epochs=2, image_size=16, out=str(root / model),
+                              verbose=0))
+
+    root = built_once(tmp_path_factory, "export", build)
+    return {model: root / model for model in EXPORT_RECIPES}
 
 
 @pytest.fixture(scope="session")
