@@ -345,8 +345,10 @@ def import_tensorflow_quietly() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    started = time.perf_counter()  # a training's clock counts from here: TensorFlow's import is part of the run
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ log level, read when it loads
     args = build_parser().parse_args(argv)
+    args.started = started
     try:
         if _needs_tensorflow(args):
             import_tensorflow_quietly()
@@ -399,13 +401,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         if given:
             options = ", ".join("--" + key.replace("_", "-") for key in given)
             raise ImgclfError(f"--resume continues a run with its own configuration; drop {options}")
-        resume(args.resume, verbose=0 if args.quiet else None)
+        resume(args.resume, verbose=0 if args.quiet else None, started=args.started)
         return 0
     config = _config_from_args(args, TRAIN_KEYS, validate=False)
     check(config)  # the values, the recipe's name and what it takes, in one line, before any data is read
     if args.quiet:
         config = config.replace(verbose=0)
-    train(config)
+    train(config, started=args.started)
     return 0
 
 

@@ -48,24 +48,27 @@ from .tracking import MlflowLog, check_mlflow
 from .transfer import init_recipe
 
 
-def train(config: TrainConfig, data: LoadedData | None = None, extra_callbacks: list | None = None) -> Path | None:
+def train(config: TrainConfig, data: LoadedData | None = None, extra_callbacks: list | None = None,
+          started: float | None = None) -> Path | None:
     """Train as `config` says and return the run folder (see `runfolder` for its contents);
     None on the workers of a multi-worker run but the chief, which write nothing.
 
-    `data` skips loading (already loaded data); `extra_callbacks` run after imgclf's own.
+    `data` skips loading (already loaded data); `extra_callbacks` run after imgclf's own;
+    `started`: the time.perf_counter() the run's clock (the time budget's, the reported time)
+    counts from, default this call (the CLI passes its own start, so that its imports count).
     """
-    return _run(config, None, data, extra_callbacks)
+    return _run(config, None, data, extra_callbacks, started)
 
 
 def resume(run_dir: str | Path, data: LoadedData | None = None, extra_callbacks: list | None = None,
-           verbose: int | None = None) -> Path | None:
+           verbose: int | None = None, started: float | None = None) -> Path | None:
     """Continue an interrupted run from its last completed epoch (its checkpoint); a run
-    killed before its first epoch ended starts again in the same folder."""
+    killed before its first epoch ended starts again in the same folder. `started` as for `train`."""
     run = RunFolder.existing(run_dir)
     config = run.read_config()
     if verbose is not None:
         config = config.replace(verbose=verbose)
-    return _run(config, run, data, extra_callbacks)
+    return _run(config, run, data, extra_callbacks, started)
 
 
 @dataclass
@@ -79,7 +82,7 @@ class Split:
 
 
 def _run(config: TrainConfig, resumed: RunFolder | None, data: LoadedData | None,
-         extra_callbacks: list | None) -> Path | None:
+         extra_callbacks: list | None, started: float | None = None) -> Path | None:
     check(config)  # the config and its recipe, before anything is loaded
     if config.mlflow:
         check_mlflow(config.mlflow)  # an unreachable tracking URI fails now, in seconds
@@ -88,9 +91,9 @@ def _run(config: TrainConfig, resumed: RunFolder | None, data: LoadedData | None
         raise ImgclfError("time_budget times the run on one device; with several, give --epochs instead")
     with _op_determinism(config.deterministic):
         if is_chief(strategy):
-            return _train(config, strategy, resumed, data, extra_callbacks)
+            return _train(config, strategy, resumed, data, extra_callbacks, started)
         with _private_folder(config, resumed) as (config, resumed):
-            _train(config, strategy, resumed, data, extra_callbacks)
+            _train(config, strategy, resumed, data, extra_callbacks, started)
     return None
 
 
@@ -111,13 +114,13 @@ def _private_folder(config: TrainConfig, resumed: RunFolder | None):
 
 
 def _train(config: TrainConfig, strategy, resumed: RunFolder | None, data: LoadedData | None,
-           extra_callbacks: list | None) -> Path | None:
+           extra_callbacks: list | None, started: float | None = None) -> Path | None:
     chief = is_chief(strategy)
     if resumed is None:
         RunFolder.check_free(config)  # before any loading: an earlier run is never overwritten
     check_input_memory(config)
     precision = resolve_precision(config.precision)
-    started = time.perf_counter()
+    started = time.perf_counter() if started is None else started
     keras.utils.set_random_seed(config.seed)
     if config.init and resumed is None:
         config = config.replace(model=init_recipe(config.init))  # the source's recipe
