@@ -11,8 +11,8 @@ where `spent` is what the run has used so far (from the CLI, its imports; loadin
 `tracing` what the real fit pays again before its first step, an epoch is its training steps
 plus the validation pass (and the recipe's own forward passes: the fast recipes' BatchNorm
 re-estimation) plus the files written after it, and the final evaluation is the kept model's
-passes over the validation split (x6 views with --tta), its loading and the report. The step-size schedule
-spans the planned epochs, so the run anneals to the end of its budget. `budget.json` in the
+passes over the validation split (x6 views with --tta), its loading and the report. The
+step-size schedule spans the planned epochs, so the run anneals to the end of its budget. `budget.json` in the
 run folder keeps the plan; a resumed run keeps it.
 
 `TimeBudgetGuard` watches the epochs as they run: should they be slower than timed (the
