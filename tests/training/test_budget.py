@@ -106,8 +106,10 @@ def test_a_smaller_budget_plans_fewer_epochs_and_the_run_keeps_its_plan(colours,
     # what the process did before (the CLI's imports) counts when `started` says so: 31 s more
     # spent, at least one epoch (~20.4 s) fewer, whatever the two runs' own loading took (up
     # to 10 s apart)
-    early = train(tiny(colours, tmp_path, "m2-early", time_budget=2), started=time.perf_counter() - 31)
-    early_plan = json.loads((early / "budget.json").read_text())
+    with pytest.raises(KeyboardInterrupt):  # the plan is all it needs: stopped as epoch 1 begins
+        train(tiny(colours, tmp_path, "m2-early", time_budget=2), extra_callbacks=[Interrupt(after=0)],
+              started=time.perf_counter() - 31)
+    early_plan = json.loads((tmp_path / "m2-early" / "budget.json").read_text())
     assert early_plan["spent_s"] >= 31
     assert early_plan["epochs"] < json.loads((runs[2] / "budget.json").read_text())["epochs"]
     config = tiny(colours, tmp_path, "m1", time_budget=1)
