@@ -172,6 +172,38 @@ def test_the_guard_grows_in_the_plans_first_half_and_a_stop_after_the_planned_ep
     assert guard.reason.startswith("the next epoch and the final evaluation would not end")
 
 
+def test_one_slow_epoch_shrinks_the_plan_and_the_next_at_the_usual_pace_grow_it_back(monkeypatch):
+    """The guard alone, on its own clock: 9 epochs planned in 10 minutes (10 s for the final
+    evaluation), at 60 s an epoch. Epoch 2 stalls (90 s): at that pace only 4 more fit, and
+    the plan shrinks to 6. Epoch 3 is back to 60 s: the pace is the median of the last three
+    (60 s), 6 more fit, and the plan grows back to 9, the schedule's end with it; the run
+    ends there with 20 s to spare. (Judged by the slowest epoch, the plan would only have
+    grown back to 7, and 2 epochs' time would have gone unused.)"""
+    from types import SimpleNamespace
+
+    from imgclf.models.muon import LinearDecay
+
+    offset = [0.0]
+    monkeypatch.setattr(budget, "clock", lambda: offset[0])
+    plan = budget.BudgetPlan(minutes=10, epochs=9, max_epochs=100, step_s=1.0, epoch_s=60.0, finish_s=10.0,
+                             spent_s=0.0, tracing_s=0.0)
+    guard = budget.TimeBudgetGuard(plan, started=time.perf_counter(), verbose=False)
+    schedule = LinearDecay(9 * 7)  # 7 steps an epoch
+    model = SimpleNamespace(stop_training=False, optimizer=SimpleNamespace(_learning_rate=schedule))
+    guard.set_model(model)
+    guard.set_params({"epochs": guard.ceiling})
+    plans = []
+    for epoch, seconds in enumerate([60.0, 90.0] + [60.0] * 16):
+        guard.on_epoch_begin(epoch)
+        offset[0] += seconds
+        guard.on_epoch_end(epoch)
+        plans.append(guard.epochs)
+        if model.stop_training:
+            break
+    assert plans == [9, 6] + [9] * 7 and schedule.total == 9 * 7
+    assert not guard.stopped and guard.used() + plan.finish_s <= 600
+
+
 @pytest.mark.parametrize("model", ["fast-tiny", "seed"])
 def test_the_guard_ends_the_run_in_time_when_epochs_are_slower_than_timed(model, colours, tmp_path, monkeypatch):
     """The plan says 10 epochs (a fast machine), but every epoch then takes 50 s more on the

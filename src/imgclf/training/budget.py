@@ -15,20 +15,23 @@ passes over the validation split (x6 views with --tta), its loading and the repo
 step-size schedule spans the planned epochs, so the run anneals to the end of its budget. `budget.json` in the
 run folder keeps the plan; a resumed run keeps it.
 
-`TimeBudgetGuard` watches the epochs as they run: should they be slower than timed (the
-machine slowed down), it shrinks the plan to the epochs that still fit and moves the end of
-the step-size schedule with it, or, where the schedule cannot move, stops between epochs when
-no more fits; the best model so far is kept, as with an early stop. Should they be faster
-(the probe timed the machine in a slow moment: a shared machine's speed drifts by up to ~1.75x
-here), it grows the plan to the epochs that fit at the pace of the slowest epoch so far, up to
-GROW_LIMIT x the plan, and moves the schedule's end later; the fit then runs to that ceiling
-and the guard ends it where the plan does.
+`TimeBudgetGuard` watches the epochs as they run, at one pace for both directions: the
+median of the last PACE_WINDOW epochs, or the last one when it was slower. Should they be
+slower than timed (the machine slowed down), it shrinks the plan to the epochs that still fit
+and moves the end of the step-size schedule with it, or, where the schedule cannot move, stops
+between epochs when no more fits; the best model so far is kept, as with an early stop. Should
+they be faster (the probe timed the machine in a slow moment: a shared machine's speed drifts
+by up to ~1.75x here), or should a plan shrunk for one slow epoch fit again once the epochs
+after it are back to their pace, it grows the plan to the epochs that fit, up to GROW_LIMIT x
+the plan, and moves the schedule's end later; the fit then runs to that ceiling and the guard
+ends it where the plan does.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import statistics
 import tempfile
 import time
 from dataclasses import dataclass
@@ -54,6 +57,7 @@ PROBE_EVAL_BATCHES = 3  # validation batches: the first traces, the others are t
 clock = time.perf_counter  # the guard's clock (a test runs it ahead)
 FINISH_FIXED_S = 5.0  # the final evaluation's plots, tables and report (measured: 2-4 s)
 GROW_LIMIT = 2  # the guard grows a plan to at most this many times its epochs (and --epochs)
+PACE_WINDOW = 3  # the guard's pace: the median of this many last epochs (or the last, when slower)
 
 
 @dataclass(frozen=True)
@@ -172,16 +176,17 @@ def measure_speed(config: TrainConfig, recipe: Recipe, train: Images, val: Image
 
 
 class TimeBudgetGuard(keras.callbacks.Callback, Stateful):
-    """Keep a run within its budget, between epochs. After each epoch, at the pace of the
-    last one (the first's tracing left out): when fewer epochs fit than the plan has left,
+    """Keep a run within its budget, between epochs. After each epoch, at the run's pace (see
+    `pace`; the first epoch's tracing left out): when fewer epochs fit than the plan has left,
     the plan shrinks to those that fit where the step-size schedule can move its end (the fast
     recipes' `LinearDecay.set_total_steps`), so that the run still anneals to zero; with any
     other schedule, training goes on while one more epoch fits, and stops when none does. The
     best model so far is kept, as with an early stop. When more epochs fit than the plan has
-    left, at the pace of the slowest epoch so far (the first with its tracing), a movable plan
-    in its first half grows to them (up to `ceiling`, the end `fit` runs to: see `can_grow`)
-    and the guard ends the fit where the plan ends. Seconds spent by the processes before a
-    resume, and a moved plan, are in the checkpoint."""
+    left, with the plan's margin kept free, a movable plan in its first half grows to them (up
+    to `ceiling`, the end `fit` runs to: see `can_grow`) and the guard ends the fit where the
+    plan ends. The same pace judges both: one slow epoch shrinks the plan, and the next epochs
+    at the usual pace grow it back. Seconds spent by the processes before a resume, and a
+    moved plan, are in the checkpoint."""
 
     def __init__(self, budget: BudgetPlan, started: float, ema=None, verbose: bool = True, movable: bool = True):
         """`started`: time.perf_counter() when this process began the run; `movable`: whether
@@ -195,7 +200,7 @@ class TimeBudgetGuard(keras.callbacks.Callback, Stateful):
         self.movable = movable
         self.spent_before = 0.0  # seconds of the processes before a resume
         self.stopped_epoch = 0  # 1-based, where the run ended before its planned epochs; 0 otherwise
-        self.slowest = 0.0  # the slowest epoch this process has timed
+        self.times: list[float] = []  # the epochs this process has timed, their tracing left out
         self.followers: list = []  # callbacks whose `epochs` follow the plan (the epoch lines' "k/N")
         self.ema, self.verbose = ema, verbose
 
@@ -207,15 +212,21 @@ class TimeBudgetGuard(keras.callbacks.Callback, Stateful):
     def used(self) -> float:
         return self.spent_before + clock() - self.started
 
+    def pace(self) -> float:
+        """Seconds an epoch takes now: the median of the last PACE_WINDOW epochs (of two, their
+        mean), so that one stall does not set it, or the last, when slower (the machine slowed
+        down: the plan shrinks at once, not a window later)."""
+        last = self.times[-PACE_WINDOW:]
+        return max(self.times[-1], statistics.median(last))
+
     def on_epoch_begin(self, epoch, logs=None):
         # from the end of the previous epoch: its checkpoint, written after this callback, counts
         self._first = getattr(self, "_ended", None) is None
         self._began = clock() if self._first else self._ended
 
     def on_epoch_end(self, epoch, logs=None):
-        took = clock() - self._began - (self.tracing_s if self._first else 0.0)
+        self.times.append(clock() - self._began - (self.tracing_s if self._first else 0.0))
         self._ended = clock()
-        self.slowest = max(self.slowest, took + (self.tracing_s if self._first else 0.0))  # (its tracing kept)
         done = epoch + 1
         if self.model.stop_training:  # stopped already (--patience)
             return
@@ -224,28 +235,28 @@ class TimeBudgetGuard(keras.callbacks.Callback, Stateful):
                 self._stop(done, early=done < self.planned)
             return
         free = self.budget_s - self.used() - self.finish_s
-        fits = math.floor(free / max(took, 1e-9))
+        pace = max(self.pace(), 1e-9)
+        fits = math.floor(free / pace)
         schedule = _movable_schedule(self.model.optimizer) if self.movable else None
         if fits < self.epochs - done:
             if schedule is not None and fits >= 1:
                 self._replan(schedule, done + fits)
                 if self.verbose:
-                    print(f"time budget: epochs take ~{took:.0f} s, longer than timed: the plan is now "
+                    print(f"time budget: epochs take ~{pace:.0f} s, longer than timed: the plan is now "
                           f"{self.epochs} epochs (the step-size schedule ends with them)")
             elif fits < 1:
                 self._stop(done, early=True)
             return
         # growing raises the step size the schedule has reached: only in the plan's first half,
-        # at the slowest pace seen, with the plan's margin kept free
+        # with the plan's margin kept free
         if schedule is None or 2 * done > self.epochs:
             return
-        grown = min(done + math.floor((free - MARGIN * self.budget_s) / max(self.slowest, 1e-9)),
-                    self.params.get("epochs", 0))
+        grown = min(done + math.floor((free - MARGIN * self.budget_s) / pace), self.params.get("epochs", 0))
         if grown > self.epochs:
             self._replan(schedule, grown)
             if self.verbose:
-                print(f"time budget: epochs take ~{took:.0f} s (the slowest {self.slowest:.0f} s), shorter than "
-                      f"timed: the plan is now {self.epochs} epochs (the step-size schedule ends with them)")
+                print(f"time budget: epochs take ~{pace:.0f} s, shorter than timed or than the plan assumed: "
+                      f"the plan is now {self.epochs} epochs (the step-size schedule ends with them)")
 
     def _replan(self, schedule, epochs: int) -> None:
         schedule.set_total_steps(round(schedule.total * epochs / self.epochs))
