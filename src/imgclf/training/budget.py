@@ -23,8 +23,8 @@ between epochs when no more fits; the best model so far is kept, as with an earl
 they be faster (the probe timed the machine in a slow moment: a shared machine's speed drifts
 by up to ~1.75x here), or should a plan shrunk for one slow epoch fit again once the epochs
 after it are back to their pace, it grows the plan to the epochs that fit, up to GROW_LIMIT x
-the plan, and moves the schedule's end later; the fit then runs to that ceiling and the guard
-ends it where the plan does.
+the plan, and moves the schedule's end later, at any point of the run; the fit then runs to
+that ceiling and the guard ends it where the plan does.
 """
 
 from __future__ import annotations
@@ -182,11 +182,11 @@ class TimeBudgetGuard(keras.callbacks.Callback, Stateful):
     recipes' `LinearDecay.set_total_steps`), so that the run still anneals to zero; with any
     other schedule, training goes on while one more epoch fits, and stops when none does. The
     best model so far is kept, as with an early stop. When more epochs fit than the plan has
-    left, with the plan's margin kept free, a movable plan in its first half grows to them (up
-    to `ceiling`, the end `fit` runs to: see `can_grow`) and the guard ends the fit where the
-    plan ends. The same pace judges both: one slow epoch shrinks the plan, and the next epochs
-    at the usual pace grow it back. Seconds spent by the processes before a resume, and a
-    moved plan, are in the checkpoint."""
+    left, with the plan's margin kept free, a movable plan grows to them (up to `ceiling`, the
+    end `fit` runs to: see `can_grow`) and the guard ends the fit where the plan ends. The
+    same pace judges both: one slow epoch shrinks the plan, and the next epochs at the usual
+    pace grow it back. Seconds spent by the processes before a resume, and a moved plan, are
+    in the checkpoint."""
 
     def __init__(self, budget: BudgetPlan, started: float, ema=None, verbose: bool = True, movable: bool = True):
         """`started`: time.perf_counter() when this process began the run; `movable`: whether
@@ -247,9 +247,10 @@ class TimeBudgetGuard(keras.callbacks.Callback, Stateful):
             elif fits < 1:
                 self._stop(done, early=True)
             return
-        # growing raises the step size the schedule has reached: only in the plan's first half,
-        # with the plan's margin kept free
-        if schedule is None or 2 * done > self.epochs:
+        # with the plan's margin kept free; at any point of the run (growing raises the step size
+        # the linear decay has reached, from 1/n to 2/(n+1) of its peak at the latest: the run
+        # then anneals over its last two epochs, as it does when the plan shrinks the other way)
+        if schedule is None:
             return
         grown = min(done + math.floor((free - MARGIN * self.budget_s) / pace), self.params.get("epochs", 0))
         if grown > self.epochs:
