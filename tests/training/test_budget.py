@@ -138,35 +138,43 @@ def test_a_smaller_budget_plans_fewer_epochs_and_the_run_keeps_its_plan(colours,
     assert planned[2] - planned[1] in (2, 3)  # 59 s more at ~20.4 s an epoch
 
 
-def test_the_guard_grows_the_plan_and_a_stop_after_the_planned_epochs_counts(monkeypatch):
-    """The guard alone, on its own clock: 10 epochs planned in 10 minutes (10 s for the final
-    evaluation), a fit that runs to the ceiling of 20. Epochs of 30 s: after epoch 1, 18 more
-    fit at that pace, 1% of the budget kept free, so the plan grows to 19 and the schedule's
-    end with it; at that pace no more fit later, and the plan stays 19. Epoch 12 then takes 300 s
-    and the budget is spent: the run stops there, after more epochs than planned, and that
-    stop is recorded (the epochs run are 12, not the plan's 19)."""
+def run_guard_alone(monkeypatch, epochs: int, epoch_s: float, seconds: list[float]):
+    """A guard on its own clock, its plan `epochs` of `epoch_s` in 10 minutes (10 s for the
+    final evaluation), a linear decay of 7 steps an epoch, and a fit that runs to the guard's
+    ceiling; the epochs take `seconds` until the guard stops the fit. Returns (the guard, its
+    schedule, the plan after each epoch)."""
     from types import SimpleNamespace
 
     from imgclf.models.muon import LinearDecay
 
     offset = [0.0]
     monkeypatch.setattr(budget, "clock", lambda: offset[0])
-    plan = budget.BudgetPlan(minutes=10, epochs=10, max_epochs=100, step_s=1.0, epoch_s=30.0, finish_s=10.0,
+    plan = budget.BudgetPlan(minutes=10, epochs=epochs, max_epochs=100, step_s=1.0, epoch_s=epoch_s, finish_s=10.0,
                              spent_s=0.0, tracing_s=0.0)
     guard = budget.TimeBudgetGuard(plan, started=time.perf_counter(), verbose=False)
-    schedule = LinearDecay(10 * 7)  # 7 steps an epoch
+    schedule = LinearDecay(epochs * 7)
     model = SimpleNamespace(stop_training=False, optimizer=SimpleNamespace(_learning_rate=schedule))
     guard.set_model(model)
-    assert guard.ceiling == 20 and guard.can_grow(model.optimizer)
+    assert guard.ceiling == 2 * epochs and guard.can_grow(model.optimizer)
     guard.set_params({"epochs": guard.ceiling})
     plans = []
-    for epoch, seconds in enumerate([30.0] * 11 + [300.0] + [30.0] * 8):
+    for epoch, took in enumerate(seconds):
         guard.on_epoch_begin(epoch)
-        offset[0] += seconds
+        offset[0] += took
         guard.on_epoch_end(epoch)
         plans.append(guard.epochs)
         if model.stop_training:
             break
+    return guard, schedule, plans
+
+
+def test_the_guard_grows_the_plan_and_a_stop_after_the_planned_epochs_counts(monkeypatch):
+    """10 epochs planned in 10 minutes, a fit that runs to the ceiling of 20. Epochs of 30 s:
+    after epoch 1, 18 more fit at that pace, 1% of the budget kept free, so the plan grows to
+    19 and the schedule's end with it; at that pace no more fit later, and the plan stays 19.
+    Epoch 12 then takes 300 s and the budget is spent: the run stops there, after more epochs
+    than planned, and that stop is recorded (the epochs run are 12, not the plan's 19)."""
+    guard, schedule, plans = run_guard_alone(monkeypatch, 10, 30.0, [30.0] * 11 + [300.0] + [30.0] * 8)
     assert plans == [19] * 12 and schedule.total == 19 * 7
     assert guard.stopped and guard.stopped_epoch == 12
     assert guard.reason.startswith("the next epoch and the final evaluation would not end")
@@ -177,37 +185,16 @@ def test_the_guard_grows_the_plan_and_a_stop_after_the_planned_epochs_counts(mon
     ([60.0] * 5 + [90.0] + [60.0] * 12, [9] * 5 + [8] + [9] * 3),  # and in its second
 ])
 def test_one_slow_epoch_shrinks_the_plan_and_the_next_at_the_usual_pace_grow_it_back(seconds, plans, monkeypatch):
-    """The guard alone, on its own clock: 9 epochs planned in 10 minutes (10 s for the final
-    evaluation), at 60 s an epoch. One epoch stalls (90 s): at that pace fewer epochs fit, and
-    the plan shrinks (after epoch 2 to 6, after epoch 6 to 8). The next epoch is back to 60 s:
-    the pace is the median of the last three (60 s), and the plan grows back to 9, the
-    schedule's end with it, also past the plan's first half; the run ends there with 20 s to
-    spare. (Judged by the slowest epoch, the plan would have grown back only to 7 in the first
-    case; growing only in the first half, not at all in the second: 2 epochs' and 1 epoch's
-    time unused.)"""
-    from types import SimpleNamespace
-
-    from imgclf.models.muon import LinearDecay
-
-    offset = [0.0]
-    monkeypatch.setattr(budget, "clock", lambda: offset[0])
-    plan = budget.BudgetPlan(minutes=10, epochs=9, max_epochs=100, step_s=1.0, epoch_s=60.0, finish_s=10.0,
-                             spent_s=0.0, tracing_s=0.0)
-    guard = budget.TimeBudgetGuard(plan, started=time.perf_counter(), verbose=False)
-    schedule = LinearDecay(9 * 7)  # 7 steps an epoch
-    model = SimpleNamespace(stop_training=False, optimizer=SimpleNamespace(_learning_rate=schedule))
-    guard.set_model(model)
-    guard.set_params({"epochs": guard.ceiling})
-    seen = []
-    for epoch, took in enumerate(seconds):
-        guard.on_epoch_begin(epoch)
-        offset[0] += took
-        guard.on_epoch_end(epoch)
-        seen.append(guard.epochs)
-        if model.stop_training:
-            break
+    """9 epochs planned in 10 minutes, at 60 s an epoch. One epoch stalls (90 s): at that pace
+    fewer epochs fit, and the plan shrinks (after epoch 2 to 6, after epoch 6 to 8). The next
+    epoch is back to 60 s: the pace is the median of the last three (60 s), and the plan grows
+    back to 9, the schedule's end with it, also past the plan's first half; the run ends there
+    with 20 s to spare. (Judged by the slowest epoch, the plan would have grown back only to 7
+    in the first case; growing only in the first half, not at all in the second: 2 epochs' and
+    1 epoch's time unused.)"""
+    guard, schedule, seen = run_guard_alone(monkeypatch, 9, 60.0, seconds)
     assert seen == plans and schedule.total == 9 * 7
-    assert not guard.stopped and guard.used() + plan.finish_s <= 600
+    assert not guard.stopped and guard.used() + guard.finish_s <= 600
 
 
 @pytest.mark.parametrize("model", ["fast-tiny", "seed"])
