@@ -101,7 +101,8 @@ def _help_values() -> dict[str, Any]:
     return {"recipes": ", ".join(RECIPE_DEFAULTS), "recipe_epochs": _model_defaults("epochs"),
             "recipe_batch_size": _model_defaults("batch_size"), "backbone_freeze_epochs": backbone.freeze_epochs,
             "backbone_backbone_lr": backbone.backbone_lr, "init_freeze_epochs": INIT_FREEZE_EPOCHS,
-            "init_backbone_lr": INIT_BACKBONE_LR, "recipe_label_smoothing": _smoothing_defaults()}
+            "init_backbone_lr": INIT_BACKBONE_LR, "recipe_label_smoothing": _grouped_defaults("label_smoothing"),
+            "recipe_ema": _grouped_defaults("ema")}
 
 
 def build_parser() -> Parser:
@@ -697,11 +698,11 @@ COMMANDS = {"train": cmd_train, "predict": cmd_predict, "evaluate": cmd_evaluate
             "lr-find": cmd_lr_find, "compare": cmd_compare, "tune": cmd_tune}
 
 
-def _smoothing_defaults() -> str:
-    """The recipes' label smoothing, grouped: "0.2 for fast, fast-tiny; 0 for the others"."""
+def _grouped_defaults(field: str) -> str:
+    """One of the recipes' defaults, grouped: "0.2 for fast, fast-tiny; 0 for the others"."""
     from collections import Counter
 
-    values = {name: defaults.label_smoothing for name, defaults in RECIPE_DEFAULTS.items()}
+    values = {name: getattr(defaults, field) for name, defaults in RECIPE_DEFAULTS.items()}
     common = Counter(values.values()).most_common(1)[0][0]
     rare = sorted(set(values.values()) - {common})
     return "; ".join([f"{v:g} for {', '.join(n for n, x in values.items() if x == v)}" for v in rare]

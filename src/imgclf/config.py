@@ -164,7 +164,8 @@ class TrainConfig:
               "recipe's own regularisation only)", metavar="W", group="improving a model")
     ema: float | None = _option(
         None, "keep an exponential moving average of the weights with this decay (e.g. 0.99); it is what "
-              "validation measures and what is saved", metavar="DECAY", group="improving a model")
+              "validation measures and what is saved; 0 turns it off (default: the recipe's: {recipe_ema})",
+        metavar="DECAY", group="improving a model")
     patience: int | None = _option(
         None, "stop when the validation loss has not improved (by more than --min-delta) for N epochs; the best "
               "model stays the kept one", metavar="N", group="improving a model")
@@ -299,8 +300,8 @@ class TrainConfig:
             problems.append(f"label_smoothing must be in [0, 1) (got {self.label_smoothing})")
         if self.weight_decay is not None and not 0.0 <= self.weight_decay < 1.0:
             problems.append(f"weight_decay must be in [0, 1) (got {self.weight_decay})")
-        if self.ema is not None and not 0.0 < self.ema < 1.0:
-            problems.append(f"ema must be a decay between 0 and 1, exclusive, e.g. 0.99 (got {self.ema})")
+        if self.ema is not None and not 0.0 <= self.ema < 1.0:
+            problems.append(f"ema must be a decay from 0 (none) to below 1, e.g. 0.99 (got {self.ema})")
         if self.patience is not None and self.patience < 1:
             problems.append(f"patience must be at least 1 epoch (got {self.patience})")
         if not self.min_delta >= 0.0:

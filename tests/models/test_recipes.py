@@ -68,6 +68,36 @@ def test_recipe_defaults_fill_only_what_is_not_given():
     assert half.learning_rate == pytest.approx(config.learning_rate / 2)
 
 
+@pytest.mark.parametrize("name", ["seed", "fast", "fast-large"])
+def test_the_weight_average_is_the_recipes_unless_given_and_0_turns_it_off(name, tmp_path):
+    from imgclf.config import TrainConfig
+    from imgclf.models.recipes import resolve
+
+    assert resolve(TrainConfig(model=name)).ema == RECIPE_DEFAULTS[name].ema
+    assert resolve(TrainConfig(model=name, ema=0.0)).ema == 0.0
+    assert resolve(TrainConfig(model=name, ema=0.9)).ema == 0.9
+    result = run_cli("train", "--model", name, "--ema", "-0.1", "--data-dir", str(tmp_path))
+    assert result.returncode != 0 and "ema must be a decay from 0 (none)" in result.stderr
+
+
+def test_a_run_folder_from_before_the_recipes_ema_default_resumes_without_one(tmp_path, monkeypatch):
+    """Its config.json is resolved, and "ema": null then meant no average."""
+    import json
+
+    from imgclf.config import TrainConfig
+    from imgclf.training import loop
+
+    run = tmp_path / "old"
+    run.mkdir()
+    written = TrainConfig(model="fast-large", epochs=3).to_dict()
+    assert "ema" in written and written["ema"] is None
+    (run / "config.json").write_text(json.dumps(written))
+    seen = []
+    monkeypatch.setattr(loop, "_run", lambda config, *args, **kwargs: seen.append(config))
+    loop.resume(run)
+    assert seen[0].ema == 0.0 and seen[0].model == "fast-large"
+
+
 def test_backbone_options_belong_to_backbones():
     from imgclf.config import TrainConfig
     from imgclf.errors import ImgclfError

@@ -119,7 +119,7 @@ def test_unreachable_mlflow_server_fails_before_training(colours, tmp_path):
     (["--patience", "0"], "patience must be at least 1"),
     (["--augment", "recipe,sharpen"], "unknown augmentation 'sharpen'"),
     (["--label-smoothing", "1"], "label_smoothing must be in [0, 1)"),
-    (["--ema", "1.5"], "ema must be a decay between 0 and 1"),
+    (["--ema", "1.5"], "ema must be a decay from 0 (none) to below 1"),
 ])
 def test_bad_choices_are_one_line_errors_before_anything_is_written(colours, tmp_path, args, fragment):
     result = run_main("train", "--data-dir", str(colours), "--out", str(tmp_path / "run"), *args)

@@ -55,6 +55,7 @@ class RecipeDefaults:
     # Smaller training sets get smaller batches (`fitted_batch_size`), step sizes in proportion.
     fit_batch_to_data: bool = False
     label_smoothing: float = 0.0  # of the loss (--label-smoothing)
+    ema: float = 0.0  # decay of the weights' moving average, validated and saved; 0: none (--ema)
     # What the recipe was tuned on: (smallest, largest) training-set size and image side. A run
     # far outside them (FAR_OUTSIDE x) gets one warning.
     tuned_train_images: tuple[int, int] = (100, 1_000_000)
@@ -283,6 +284,7 @@ def resolve(config: TrainConfig, train_images: int | None = None, replicas: int 
     return config.replace(
         augment=augment_value(config.augment or "recipe"),
         label_smoothing=recipe.label_smoothing if config.label_smoothing is None else config.label_smoothing,
+        ema=recipe.ema if config.ema is None else config.ema,
         backbone_lr=backbone_lr,
         weights=(config.weights or "imagenet") if recipe.backbone else None,
         freeze_epochs=freeze_epochs,

@@ -164,7 +164,7 @@ def make_callbacks(config: TrainConfig, recipe: Recipe, run: RunFolder, model: k
     stateful: dict[str, Stateful] = {"history": history, "best": best}
     stateful.update({f"recipe{i}": cb for i, cb in enumerate(recipe_callbacks) if isinstance(cb, Stateful)})
     callbacks = Callbacks(history, best, recipe_callbacks, [], list(extra_callbacks or []), stateful)
-    if config.ema is not None:
+    if config.ema:
         refresh = next((cb.refresh for cb in recipe_callbacks if hasattr(cb, "refresh")), None)
         callbacks.ema = stateful["ema"] = SwapEMAWeights(refresh)
         callbacks.ema.set_model(model)

@@ -66,6 +66,8 @@ def resume(run_dir: str | Path, data: LoadedData | None = None, extra_callbacks:
     killed before its first epoch ended starts again in the same folder. `started` as for `train`."""
     run = RunFolder.existing(run_dir)
     config = run.read_config()
+    if config.ema is None:  # its config is resolved: written before recipes had an EMA default, none
+        config = config.replace(ema=0.0)
     if verbose is not None:
         config = config.replace(verbose=verbose)
     return _run(config, run, data, extra_callbacks, started)
@@ -370,7 +372,7 @@ def _announce(config: TrainConfig, precision: str, run: RunFolder, data: LoadedD
           f"batch {config.batch_size}, learning rate {config.learning_rate:g}, precision {precision}"
           + (", deterministic" if config.deterministic else ""))
     extras = [f"augment {config.augment}", f"label smoothing {config.label_smoothing:g}"]
-    extras += [f"EMA {config.ema:g}"] if config.ema is not None else []
+    extras += [f"EMA {config.ema:g}"] if config.ema else []
     extras += [f"weight decay {config.weight_decay:g}"] if config.weight_decay else []
     extras += [f"early stop after {config.patience} epochs without improvement"] if config.patience else []
     print("regularisation: " + ", ".join(extras))

@@ -124,7 +124,7 @@ def training_metrics(config: TrainConfig) -> list:
 def configure_optimizer(optimizer, config: TrainConfig):
     """--ema and --weight-decay on any recipe's optimizer, before it is built: Keras'
     optimizers keep the moving average (use_ema) and apply decoupled decay themselves."""
-    if config.ema is not None:
+    if config.ema:
         optimizer.use_ema = True
         optimizer.ema_momentum = config.ema
         optimizer.ema_overwrite_frequency = None

@@ -342,7 +342,7 @@ class _Trial:
         ema = trial.suggest_categorical("ema", EMA_CHOICES)
         return {"model": model, "batch_size": batch, "learning_rate": default_learning_rate(model, batch) * lr_scale,
                 "epochs": epochs, "augment": augment, "label_smoothing": round(smoothing, 4),
-                "weight_decay": weight_decay, "ema": None if ema == "none" else float(ema)}
+                "weight_decay": weight_decay, "ema": 0.0 if ema == "none" else float(ema)}
 
     def __call__(self, trial) -> float:
         keras.backend.clear_session()  # one process, many models: free them, restart layer names
