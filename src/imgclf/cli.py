@@ -706,7 +706,7 @@ def _grouped_defaults(field: str) -> str:
     common = Counter(values.values()).most_common(1)[0][0]
     rare = sorted(set(values.values()) - {common})
     return "; ".join([f"{v:g} for {', '.join(n for n, x in values.items() if x == v)}" for v in rare]
-                     + [f"{common:g} for the others"])
+                     + [f"{common:g} for " + ("the others" if rare else "all")])
 
 
 def _model_defaults(key: str) -> str:
