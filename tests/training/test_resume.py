@@ -190,13 +190,14 @@ def test_fast_recipe_resumes_exactly(tmp_path):
     after a step count, a schedule by step): resumed after its first epoch, a run must still
     give the uninterrupted run's history. (Kills of real processes: the test above.) On
     fast-deep, the newest member: fast-large's widths with a residual third conv per block,
-    which also saves, loads and exports like the others."""
+    which also saves, loads and exports like the others. With a moving average of the weights
+    (--ema, fast-large's default), whose average and swap are state too."""
     from imgclf.export.writers import export_model
     from imgclf.inference.modelio import load_model
 
     data = make_image_folder(tmp_path / "images", per_class=12)
     config = TrainConfig(data_dir=str(data), model="fast-deep", epochs=3, image_size=16, batch_size=8,
-                         deterministic=True, calibrate="none", out=str(tmp_path / "whole"), verbose=0)
+                         ema=0.9, deterministic=True, calibrate="none", out=str(tmp_path / "whole"), verbose=0)
     whole = train_with_copies(config, (1,), tmp_path)
     assert resumed_history(tmp_path / "after1") == history(whole)
     assert json.loads((tmp_path / "after1" / "metrics.json").read_text())["resumed_after_epoch"] == 1

@@ -182,9 +182,10 @@ class TimeBudgetGuard(keras.callbacks.Callback, Stateful):
     recipes' `LinearDecay.set_total_steps`), so that the run still anneals to zero; with any
     other schedule, training goes on while one more epoch fits, and stops when none does. The
     best model so far is kept, as with an early stop. When more epochs fit than the plan has
-    left, with the plan's margin kept free, a movable plan grows to them (up to `ceiling`, the
-    end `fit` runs to: see `can_grow`) and the guard ends the fit where the plan ends. The
-    same pace judges both: one slow epoch shrinks the plan, and the next epochs at the usual
+    left, with the plan's margin kept free and room for one epoch as slow as the slowest of the
+    last PACE_WINDOW, a movable plan grows to them (up to `ceiling`, the end `fit` runs to:
+    see `can_grow`) and the guard ends the fit where the plan ends. The same pace judges both:
+    one slow epoch shrinks the plan, and once it has left the window, epochs at the usual
     pace grow it back. Seconds spent by the processes before a resume, and a moved plan, are
     in the checkpoint."""
 
@@ -247,12 +248,15 @@ class TimeBudgetGuard(keras.callbacks.Callback, Stateful):
             elif fits < 1:
                 self._stop(done, early=True)
             return
-        # with the plan's margin kept free; at any point of the run (growing raises the step size
-        # the linear decay has reached, from 1/n to 2/(n+1) of its peak at the latest: the run
-        # then anneals over its last two epochs, as it does when the plan shrinks the other way)
+        # with the plan's margin kept free, and one epoch as slow as the slowest of the window:
+        # else the next ordinary epoch can leave the grown plan's last one without the time,
+        # and the run stops before its schedule anneals. At any point of the run (growing raises
+        # the step size the linear decay has reached, from 1/n to 2/(n+1) of its peak at the
+        # latest: the run then anneals over its last two epochs, as when the plan shrinks)
         if schedule is None:
             return
-        grown = min(done + math.floor((free - MARGIN * self.budget_s) / pace), self.params.get("epochs", 0))
+        spare = max(self.times[-PACE_WINDOW:]) - pace
+        grown = min(done + math.floor((free - MARGIN * self.budget_s - spare) / pace), self.params.get("epochs", 0))
         if grown > self.epochs:
             self._replan(schedule, grown)
             if self.verbose:
