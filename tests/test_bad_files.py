@@ -158,10 +158,10 @@ def test_train_predict_evaluate_check_data_survive_odd_files(odd_data, tmp_path)
     split = {row["item"] for row in read_csv(run / "split.csv")}
     assert {str(p) for p in usable} <= split and not {str(p) for p in unusable} & split
 
-    result, evaluated, named = run_together(
-        ["predict", run / "best_model.keras", root, "--output", tmp_path / "p.csv"],
-        ["evaluate", run / "best_model.keras", "--data-dir", root, "--out", tmp_path / "eval"],
-        ["predict", run / "best_model.keras", fifo, root / "red" / "0.png"])
+    # the model's users in this process (watched: one that blocked would fail the test, not hang it)
+    result = run_in_time("predict", run / "best_model.keras", root, "--output", tmp_path / "p.csv")
+    evaluated = run_in_time("evaluate", run / "best_model.keras", "--data-dir", root, "--out", tmp_path / "eval")
+    named = run_in_time("predict", run / "best_model.keras", fifo, root / "red" / "0.png")
     assert result.returncode == 0, result.stderr[-3000:]
     assert_names_every_bad_file(result, unusable)
     predicted = {row["file"] for row in read_csv(tmp_path / "p.csv")}
@@ -185,7 +185,7 @@ def test_nothing_usable_is_a_clean_error(odd_data, tmp_path):
     from imgclf.models.registry import create_model
 
     save_model(create_model("seed", (16, 16, 3), 2), tmp_path / "m.keras", ["a", "b"])
-    # in this process: the first test runs these commands on the same hostile files in new ones
+    # in this process, as the first test's predict and evaluate (its check-data and train: in new processes)
     trained = run_in_time("train", "--data-dir", only_bad, "--epochs", "1", "--out", tmp_path / "run")
     predicted = run_in_time("predict", tmp_path / "m.keras", only_bad)
     evaluated = run_in_time("evaluate", tmp_path / "m.keras", "--data-dir", only_bad, "--out", tmp_path / "eval")

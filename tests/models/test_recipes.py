@@ -5,7 +5,7 @@ import pytest
 
 from imgclf.models.recipes import RECIPE_DEFAULTS
 
-from conftest import run_cli
+from conftest import run_cli, run_main
 
 
 def test_the_defaults_table_loads_without_keras():
@@ -76,7 +76,7 @@ def test_the_weight_average_is_the_recipes_unless_given_and_0_turns_it_off(name,
     assert resolve(TrainConfig(model=name)).ema == RECIPE_DEFAULTS[name].ema
     assert resolve(TrainConfig(model=name, ema=0.0)).ema == 0.0
     assert resolve(TrainConfig(model=name, ema=0.9)).ema == 0.9
-    result = run_cli("train", "--model", name, "--ema", "-0.1", "--data-dir", str(tmp_path))
+    result = run_main("train", "--model", name, "--ema", "-0.1", "--data-dir", str(tmp_path))
     assert result.returncode != 0 and "ema must be a decay from 0 (none)" in result.stderr
 
 

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from imgclf.run.atomic import atomic_path, remove_partial_files, write_csv, write_json
+from imgclf.run.atomic import atomic_path, remove_partial_files, write_csv, write_figure, write_json
 
 
 def test_writes_replace_the_file_whole(tmp_path):
@@ -38,3 +38,18 @@ def test_partial_folders_of_a_killed_export_are_removed_too(tmp_path):
     (tmp_path / "best_model.keras").write_bytes(b"kept")
     removed = remove_partial_files(tmp_path)
     assert len(removed) == 2 and [p.name for p in tmp_path.iterdir()] == ["best_model.keras"]
+
+
+def test_a_class_name_the_font_cannot_draw_writes_the_figure_without_a_warning(tmp_path):
+    """A CJK class name in DejaVu Sans: boxes in the figure and no warning per glyph, which
+    this suite would turn into an error; the filter is write_figure's alone, not left behind."""
+    import io
+
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(2, 2))
+    figure.subplots().set_title("猫 / 狗")
+    write_figure(tmp_path / "cjk.png", figure, 50)
+    assert (tmp_path / "cjk.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.warns(UserWarning, match="missing from font"):  # the font does lack them: not a vacuous test
+        figure.savefig(io.BytesIO(), dpi=50, format="png")

@@ -50,8 +50,12 @@ def data(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def uninterrupted(data, tmp_path_factory):
+    """The run no kill interrupts, trained in this process (a fresh session, whose layer names
+    are those of a new process): every resume below, each in a process of its own, must give
+    its history exactly."""
     run = tmp_path_factory.mktemp("whole") / "run"
-    result = run_cli("train", "--data-dir", data, *TRAIN_ARGS, "--out", run)
+    keras.backend.clear_session()
+    result = run_main("train", "--data-dir", data, *TRAIN_ARGS, "--out", run)
     assert result.returncode == 0, result.stderr[-3000:]
     return run
 

@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -84,8 +85,11 @@ def write_json(path: str | Path, value: Any) -> None:
 
 
 def write_figure(path: str | Path, figure, dpi: int) -> None:
-    """A Matplotlib figure as a PNG file."""
-    with atomic_path(path, suffix=".png") as tmp:
+    """A Matplotlib figure as a PNG file. A class name in a script the font lacks (a CJK name
+    in DejaVu Sans) is drawn as boxes without a warning per glyph: the name itself is in the
+    CSV and HTML files beside the figure."""
+    with atomic_path(path, suffix=".png") as tmp, warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"Glyph \d+ .* missing from font", category=UserWarning)
         figure.savefig(tmp, dpi=dpi, format="png")
 
 
