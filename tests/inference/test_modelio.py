@@ -18,6 +18,33 @@ def test_saved_model_carries_class_names_and_input_size(tmp_path):
     assert not list(tmp_path.glob(".*"))  # no temporary files left behind
 
 
+def test_saves_of_one_model_build_its_uncompiled_copy_once_per_configuration(tmp_path, monkeypatch):
+    """A training saves every epoch: the uncompiled copy that is written is built once, each
+    file still gets the weights of its own save, and a changed configuration (layers frozen
+    or unfrozen) builds a new copy, so the file records it."""
+    model = create_model("seed", (16, 16, 3), 3)
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    built = []
+    from_config = type(model).from_config
+    monkeypatch.setattr(type(model), "from_config", classmethod(
+        lambda cls, config, **kw: built.append(1) or from_config.__func__(cls, config, **kw)))
+    first = model.get_weights()
+    second = [w + 1 for w in first]
+    save_model(model, tmp_path / "a.keras", ["a", "b", "c"])
+    save_model(model, tmp_path / "b.keras", ["a", "b", "c"], weights=second)
+    model.set_weights(second)
+    save_model(model, tmp_path / "c.keras", ["a", "b", "c"])
+    assert len(built) == 1
+    dense = next(layer for layer in model.layers if type(layer).__name__ == "Dense")
+    dense.trainable = False
+    save_model(model, tmp_path / "d.keras", ["a", "b", "c"])
+    assert len(built) == 2
+    for name, expected in (("a", first), ("b", second), ("c", second), ("d", second)):
+        saved = load_model(tmp_path / f"{name}.keras").model
+        assert all(np.array_equal(w, e) for w, e in zip(saved.get_weights(), expected, strict=True)), name
+        assert saved.get_layer(dense.name).trainable == (name != "d"), name
+
+
 def test_saved_model_loads_with_plain_keras_without_imgclf(trained_run):
     code = (
         "import sys, keras, numpy as np\n"

@@ -9,6 +9,7 @@ imports imgclf; `load_model` here reads it back. Files are written atomically.
 from __future__ import annotations
 
 import json
+import weakref
 import zipfile
 from pathlib import Path
 
@@ -44,13 +45,29 @@ def save_model(model: keras.Model, path: str | Path, class_names: list[str], *,
     }
     inference = model
     if getattr(model, "compiled", False) or weights is not None:
-        # from_config builds the same architecture uncompiled (clone_model would compile it).
-        inference = type(model).from_config(model.get_config())
+        inference = _uncompiled_twin(model)
         inference.set_weights(model.get_weights() if weights is None else weights)
     with atomic_path(path, suffix=".keras") as tmp:
         inference.save(tmp)
         with zipfile.ZipFile(tmp, "a") as archive:
             archive.writestr(METADATA_MEMBER, json.dumps(metadata, ensure_ascii=False, indent=2))
+
+
+_TWINS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> (its configuration, twin)
+
+
+def _uncompiled_twin(model: keras.Model) -> keras.Model:
+    """A model of `model`'s architecture, uncompiled (from_config; clone_model would compile
+    it), built once per model and configuration and kept while the model lives: a training
+    saves its best and last models every epoch, and building the copy again each time (new
+    variables, initialised and then overwritten) cost more than writing the file. A changed
+    configuration (a fine-tuning phase unfreezing layers) builds a new one."""
+    config = model.get_config()
+    key = json.dumps(config, sort_keys=True, default=repr)
+    kept = _TWINS.get(model)
+    if kept is None or kept[0] != key:
+        kept = _TWINS[model] = key, type(model).from_config(config)
+    return kept[1]
 
 
 def with_temperature(model: keras.Model, factor: float) -> keras.Model:
