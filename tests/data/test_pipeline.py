@@ -57,14 +57,18 @@ def test_training_batches_depend_only_on_seed_and_epoch(image_folder):
     assert not np.array_equal(whole[0][1], batches(memory, seed=6)[0][1])
 
 
-def test_steps_per_call_divides_the_epoch():
-    assert steps_per_call(1250, 25) == 25  # CIFAR-10's 40,000 images at batch 32
-    assert steps_per_call(1000, 32) == 25
-    assert steps_per_call(1249, 25) == 1  # a prime epoch: one step per call
-    assert steps_per_call(3, 25) == 3 and steps_per_call(1, 25) == 1 and steps_per_call(12, 1) == 1
+def test_steps_per_call_divides_the_epoch_of_a_phase_long_enough_to_pay_for_it():
+    assert steps_per_call(1250, 25, 50) == 25  # CIFAR-10's 40,000 images at batch 32
+    assert steps_per_call(1250, 25, 1) == 25  # an epoch alone is long enough
+    assert steps_per_call(1000, 32, 3) == 25
+    assert steps_per_call(1249, 25, 50) == 1  # a prime epoch: one step per call
+    assert steps_per_call(12, 1, 100) == 1
     for steps in range(1, 200):
-        k = steps_per_call(steps, 25)
+        k = steps_per_call(steps, 25, 200)
         assert steps % k == 0 and 1 <= k <= 25
+    # phases too short to pay for Keras' second trace of a multi-step call: one step per call
+    assert steps_per_call(3, 25, 50) == 1 and steps_per_call(9, 25, 3) == 1 and steps_per_call(10, 8, 39) == 1
+    assert steps_per_call(10, 8, 40) == 5  # 400 steps
 
 
 def test_data_init_sample_spans_every_class(tmp_path):

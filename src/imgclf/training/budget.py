@@ -41,7 +41,7 @@ import keras
 
 from ..config import TrainConfig
 from ..data.labelled import Images
-from ..data.pipeline import make_dataset, make_train_dataset, sample_pixels, steps_per_call, train_steps
+from ..data.pipeline import make_dataset, make_train_dataset, sample_pixels, train_steps
 from ..errors import ImgclfError
 from ..evaluation.metrics import ConfusionMatrix
 from ..inference.predict import TTA_VIEWS
@@ -138,7 +138,7 @@ def measure_speed(config: TrainConfig, recipe: Recipe, train: Images, val: Image
     steps_per_epoch = train_steps(len(train), config.batch_size)
     model = build_model(config, num_classes, pixels)
     compile_phase(model, config, recipe, ConfusionMatrix(num_classes), steps_per_epoch, plan_phases(config)[-1])
-    per_call = steps_per_call(steps_per_epoch, recipe.steps_per_execution)
+    per_call = model.steps_per_execution  # what the run's last phase will take
     timed = per_call * math.ceil(PROBE_STEPS / per_call)
     augment, mix = training_augment(config, recipe, num_classes)
     batches = make_train_dataset(train, config.batch_size, seed=config.seed,

@@ -209,7 +209,7 @@ def compile_phase(model: keras.Model, config: TrainConfig, recipe: Recipe, matri
         metrics=[*training_metrics(config), matrix],
         # model.fit's; with several replicas `fit_replicated` runs one step per call (several
         # fail under MirroredStrategy on TF 2.21, docs/distribute.md)
-        steps_per_execution=steps_per_call(steps_per_epoch, recipe.steps_per_execution),
+        steps_per_execution=steps_per_call(steps_per_epoch, recipe.steps_per_execution, stop - start),
     )
 
 
