@@ -5,6 +5,7 @@ import pytest
 
 from imgclf import TrainConfig, train
 from imgclf.models.fast import fast_cnn, whitening_weights
+from imgclf.models.layers import MatmulGradConv2D
 from imgclf.models.recipes import resolve
 from imgclf.training.precision import compute_precision
 
@@ -39,7 +40,11 @@ def test_fast_model_shapes_and_layers():
     pixels = np.random.default_rng(0).integers(0, 256, (64, 32, 32, 3), dtype=np.uint8)
     model = fast_cnn((32, 32, 3), 10, pixels)
     kinds = [type(layer).__name__ for layer in model.layers]
-    assert kinds.count("Conv2D") == 7 and kinds.count("FusedBatchNorm") == 6 and kinds.count("QuickGELU") == 7
+    assert kinds.count("Conv2D") == 1 and kinds.count("FusedBatchNorm") == 6 and kinds.count("QuickGELU") == 7
+    # the whitening, then the blocks' convs: at 31x31 and 15x15 TensorFlow's filter gradient, at
+    # 7x7 and 3x3 (the last three) the matmuls'
+    convs = [layer for layer in model.layers if isinstance(layer, MatmulGradConv2D)]
+    assert [conv.matmul_filter_gradient for conv in convs] == [False, False, False, True, True, True]
     trainable = {w.path for w in model.trainable_weights}
     assert "whiten/bias" in trainable and "whiten/kernel" not in trainable  # the whitening itself stays fixed
     probs = model.predict(pixels[:4].astype("float32"), verbose=0)

@@ -206,7 +206,7 @@ def test_fast_recipe_resumes_exactly(tmp_path):
     assert resumed_history(tmp_path / "after1") == history(whole)
     assert json.loads((tmp_path / "after1" / "metrics.json").read_text())["resumed_after_epoch"] == 1
     loaded = load_model(whole / "best_model.keras")
-    widths = [layer.filters for layer in loaded.model.layers if type(layer).__name__ == "Conv2D"][1:]
+    widths = [layer.filters for layer in loaded.model.layers if isinstance(layer, keras.layers.Conv2D)][1:]
     assert widths == [128, 128, 128, 384, 384, 384, 384, 384, 384]
     assert sum(type(layer).__name__ == "Add" for layer in loaded.model.layers) == 3  # a residual per block
     report = export_model(whole / "best_model.keras", "onnx", verbose=False)

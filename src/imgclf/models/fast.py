@@ -21,7 +21,7 @@ import numpy as np
 from keras import layers, ops
 
 from .augment import flip_translate
-from .layers import FusedBatchNorm, QuickGELU
+from .layers import FusedBatchNorm, MatmulGradConv2D, QuickGELU
 from .muon import LinearDecay, Muon
 from .recipes import FAST_BIAS_LR_PER_IMAGE, Recipe, recipe_defaults
 
@@ -83,8 +83,8 @@ def dirac_init(layer) -> None:
 
 def _conv_bn(x, width: int, pool: bool, residual=None):
     # PyTorch's default initialisation, U(+-1/sqrt(fan_in)), for the filters that are not identity maps
-    x = layers.Conv2D(width, 3, padding="same", use_bias=False,
-                      kernel_initializer=keras.initializers.VarianceScaling(1 / 3, "fan_in", "uniform"))(x)
+    x = MatmulGradConv2D(width, 3, padding="same", use_bias=False,
+                         kernel_initializer=keras.initializers.VarianceScaling(1 / 3, "fan_in", "uniform"))(x)
     if pool:
         x = layers.MaxPooling2D(2)(x)
     x = FusedBatchNorm(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, scale=False)(x)
