@@ -11,7 +11,8 @@ input pipeline (`augment.py`). `fast` (widths 64/256/256), `fast-small` (64/128/
 time for accuracy, and `fast-deep` adds airbench96's residual third conv to each of
 fast-large's blocks; docs/results.md has their figures.
 
-BatchNorm and GELU are our own layers (`layers.py`), for speed on CPUs.
+BatchNorm and GELU are our own layers (`layers.py`), for speed on CPUs, and so are the convs'
+filter gradients on small maps (`MatmulGradConv2D`).
 """
 
 from __future__ import annotations

@@ -68,8 +68,8 @@ class QuickGELU(layers.Layer):
 
 
 # Feature maps of at most this many pixels (10x10) get their filter gradient from matmuls
-# (`MatmulGradConv2D`): at 7x7 and 3x3 those ran 1.8-2.7x faster than TensorFlow's kernel, at
-# 15x15 and 31x31 0.3-0.95x as fast (benchmarks/filter_gradient.py, AMD Zen 4, bfloat16).
+# (`MatmulGradConv2D`): at 7x7 and 3x3 those ran 1.4-2.7x faster than TensorFlow's kernel, at
+# 15x15 0.75-1.3x and at 31x31 0.3-0.6x as fast (benchmarks/filter_gradient.py, AMD Zen 4, bfloat16).
 SMALL_MAP_PIXELS = 100
 
 
