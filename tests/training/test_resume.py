@@ -189,26 +189,30 @@ def test_resume_refuses_changed_data_and_finishes_a_completed_run(data, uninterr
     assert_clean_error(run_main("train", "--resume", run), "data differs")
 
 
-def test_fast_recipe_resumes_exactly(tmp_path):
+@pytest.mark.parametrize("model, widths, residuals", [
+    ("fast-large", [128, 128, 384, 384, 384, 384], 0),
+    ("fast-deep", [128, 128, 128, 384, 384, 384, 384, 384, 384], 3),
+], ids=["fast-large", "fast-deep"])
+def test_fast_recipe_resumes_exactly(model, widths, residuals, tmp_path):
     """The fast recipes have more state (Muon and SGD momenta, a whitening bias that freezes
     after a step count, a schedule by step): resumed after its first epoch, a run must still
-    give the uninterrupted run's history. (Kills of real processes: the test above.) On
-    fast-deep, the newest member: fast-large's widths with a residual third conv per block,
-    which also saves, loads and exports like the others. With a moving average of the weights
-    (--ema, fast-large's default), whose average and swap are state too."""
+    give the uninterrupted run's history. (Kills of real processes: the test above.) On issue
+    26's two recipes: fast-large (airbench95's widths) and fast-deep (the same widths with a
+    residual third conv per block), each of which also saves, loads and exports like the
+    others. With a moving average of the weights (--ema, which the README's 2 x T14 command
+    adds to fast-large), whose average and swap are state too."""
     from imgclf.export.writers import export_model
     from imgclf.inference.modelio import load_model
 
     data = make_image_folder(tmp_path / "images", per_class=12)
-    config = TrainConfig(data_dir=str(data), model="fast-deep", epochs=3, image_size=16, batch_size=8,
+    config = TrainConfig(data_dir=str(data), model=model, epochs=3, image_size=16, batch_size=8,
                          ema=0.9, deterministic=True, calibrate="none", out=str(tmp_path / "whole"), verbose=0)
     whole = train_with_copies(config, (1,), tmp_path)
     assert resumed_history(tmp_path / "after1") == history(whole)
     assert json.loads((tmp_path / "after1" / "metrics.json").read_text())["resumed_after_epoch"] == 1
     loaded = load_model(whole / "best_model.keras")
-    widths = [layer.filters for layer in loaded.model.layers if isinstance(layer, keras.layers.Conv2D)][1:]
-    assert widths == [128, 128, 128, 384, 384, 384, 384, 384, 384]
-    assert sum(type(layer).__name__ == "Add" for layer in loaded.model.layers) == 3  # a residual per block
+    assert [layer.filters for layer in loaded.model.layers if isinstance(layer, keras.layers.Conv2D)][1:] == widths
+    assert sum(type(layer).__name__ == "Add" for layer in loaded.model.layers) == residuals
     report = export_model(whole / "best_model.keras", "onnx", verbose=False)
     assert report.agreement == 1.0 and report.images >= 36
 
