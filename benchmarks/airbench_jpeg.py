@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +28,6 @@ import numpy as np
 
 def pack(data_dir: str, out: str, val_split: float = 0.2, seed: int = 42) -> None:
     """The JPEG bytes of imgclf's train/validation split of `data_dir`, as one .npz."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
     from imgclf.data.labelled import encode_labels
     from imgclf.data.sources import scan_folder
     from imgclf.data.split import split_indices
